@@ -1,0 +1,130 @@
+# The front door of the sales pipeline. `make` lists the targets; `make demo` runs everything once.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+# Bun is pinned in package.json ("packageManager"). A bun on PATH is used only when it is that version;
+# otherwise `make install` puts that version in .local/bun from npm (the `bun` package ships the binary).
+BUN_VERSION := $(shell sed -n 's/.*"packageManager": *"bun@\([^"]*\)".*/\1/p' package.json)
+LOCAL_BUN := .local/bun/node_modules/.bin/bun
+SYSTEM_BUN := $(shell command -v bun 2>/dev/null)
+ifeq ($(and $(SYSTEM_BUN),$(filter $(BUN_VERSION),$(shell bun --version 2>/dev/null))),)
+BUN ?= $(LOCAL_BUN)
+BUN_DEP := $(LOCAL_BUN)
+else
+BUN ?= bun
+BUN_DEP :=
+endif
+
+RATE ?= 1
+TEST_TIMEOUT ?= 180000
+TESTS ?= tests/
+DEMO_START := $(shell date +%s)
+
+##@ Start here
+
+.PHONY: demo
+demo: up migrate data ## Everything on a fresh machine: install, start, migrate, stream the whole file, load, summary
+	@echo "== streaming data/Sample-Superstore.csv through Kafka at full speed"
+	$(BUN) scripts/producer.ts --rate max
+	@echo "== writing batch files until the topic is quiet"
+	$(BUN) scripts/consumer_batch_to_csv.ts --until-idle 5
+	@echo "== loading batch files into PostgreSQL"
+	$(BUN) scripts/load.ts
+	@echo "== summary"
+	@$(BUN) scripts/status.ts --since $(DEMO_START)
+
+.PHONY: test
+test: up ## Run every test against the real Kafka and PostgreSQL (starts them)
+	$(BUN) test --timeout $(TEST_TIMEOUT) $(TESTS)
+
+##@ Stack
+
+.PHONY: install
+install: node_modules/.installed ## Install the pinned Bun (if needed) and the locked dependencies
+
+$(LOCAL_BUN):
+	@command -v npm >/dev/null || { echo "npm is needed to install Bun $(BUN_VERSION) (or install Bun $(BUN_VERSION) yourself)" >&2; exit 1; }
+	npm install --prefix .local/bun --no-save --no-audit --no-fund --loglevel=error bun@$(BUN_VERSION)
+	@touch $@
+
+node_modules/.installed: package.json bun.lock $(BUN_DEP)
+	$(BUN) install --frozen-lockfile
+	@touch $@
+
+.PHONY: up
+up: install ## Start Kafka and PostgreSQL: Docker Compose if Docker runs, else local mode (STACK_MODE=local|docker)
+	$(BUN) scripts/local_stack.ts up
+
+.PHONY: down
+down: ## Stop what `make up` started; all data is kept
+	@if [ -x "$(BUN)" ] || command -v "$(BUN)" >/dev/null; then $(BUN) scripts/local_stack.ts down; else echo "nothing to stop"; fi
+
+.PHONY: destroy
+destroy: install ## Stop and DELETE all data (topics, offsets, database); asks first, CONFIRM=1 skips the question
+	$(BUN) scripts/local_stack.ts destroy
+
+.PHONY: status
+status: install ## What runs, consumer lag, batch files waiting, rows in PostgreSQL
+	@$(BUN) scripts/local_stack.ts status
+	@$(BUN) scripts/status.ts
+
+##@ Pipeline, step by step
+
+.PHONY: migrate
+migrate: up ## Create the database if needed and apply sql/ migrations
+	$(BUN) scripts/migrate.ts
+
+.PHONY: data
+data: data/Sample-Superstore.csv ## Write data/Sample-Superstore.csv (the real Superstore rows, Kaggle-style Windows-1252)
+
+data/Sample-Superstore.csv: node_modules/.installed scripts/make_data.ts
+	$(BUN) scripts/make_data.ts --out $@
+
+.PHONY: produce
+produce: up data ## Send the CSV to Kafka: full speed by default here, RATE=1 for the seed's pace
+	$(BUN) scripts/producer.ts --rate $(if $(filter command line,$(origin RATE)),$(RATE),max)
+
+.PHONY: consume
+consume: up ## Write batch files of BATCH_SIZE records; exits when the topic is quiet for 5 s
+	$(BUN) scripts/consumer_batch_to_csv.ts --until-idle 5
+
+.PHONY: load
+load: migrate ## Load the pending batch files into PostgreSQL
+	$(BUN) scripts/load.ts
+
+.PHONY: stream
+stream: up migrate data ## Watch it live: producer at RATE rows/s (1), consumer and loader side by side; Ctrl-C stops all
+	@echo "== producer at $(RATE)/s, consumer and loader running; watch batches/ fill up, Ctrl-C to stop"
+	@trap 'echo; echo "stopping..."' INT TERM; \
+	$(BUN) scripts/consumer_batch_to_csv.ts & \
+	$(BUN) scripts/load.ts --watch & \
+	$(BUN) scripts/producer.ts --rate $(RATE) || true; \
+	while [ -n "$$(jobs -pr)" ]; do wait || true; done
+
+##@ Development
+
+.PHONY: typecheck
+typecheck: install ## Type-check every script and test (tsc --noEmit)
+	node_modules/.bin/tsc --noEmit -p tsconfig.json
+
+.PHONY: compose-check
+compose-check: ## Validate docker-compose.yml (docker compose config, or Debian's docker-compose)
+	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q; \
+	elif command -v docker-compose >/dev/null; then docker-compose -f docker-compose.yml config -q; \
+	else echo "neither 'docker compose' nor docker-compose is installed (apt-get install docker-compose)" >&2; exit 1; fi
+	@echo "docker-compose.yml is valid"
+
+.PHONY: clean
+clean: ## Delete generated batch files and data/*.csv (Kafka and PostgreSQL data stay; see destroy)
+	find batches -mindepth 1 ! -name .gitkeep -delete
+	rm -f data/*.csv
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m   (the two that do everything: make demo, make test)\n"} \
+	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)

@@ -1,0 +1,79 @@
+// Batch files: the hand-over from the consumer to the loader, and what people open to inspect the stream.
+//
+// A batch file is a CSV: the source fields as received (header names of the source file), then columns
+// saying where each row came from. Its name encodes topic, partition, offset range and a content hash:
+//
+//   sales_topic_p0_000000000100-000000000199_3fa9c2d1e0b4.csv
+//
+// so names never collide across restarts and never reuse a number, a rewrite of the same records gets the
+// same name, and the loader can tell a truncated or edited file (the hash no longer matches).
+
+import { createHash } from "node:crypto";
+import { open, rename } from "node:fs/promises";
+import { join } from "node:path";
+
+/** Where a row came from; appended after the source fields in every batch file. */
+export const META_COLUMNS = [
+  "_source_file",
+  "_source_line",
+  "_source_lines",
+  "_topic",
+  "_partition",
+  "_offset",
+  "_timestamp",
+  "_error",
+  "_raw",
+] as const;
+
+export type MetaColumn = (typeof META_COLUMNS)[number];
+
+const NAME = /^(.+)_p(\d+)_(\d{12,})-(\d{12,})_([0-9a-f]{12})\.csv$/;
+
+export function sha256(content: string | Uint8Array): string {
+  return createHash("sha256").update(content).digest("hex");
+}
+
+export function batchFileName(topic: string, partition: number, first: bigint, last: bigint, content: string): string {
+  const pad = (n: bigint) => n.toString().padStart(12, "0");
+  return `${topic}_p${partition}_${pad(first)}-${pad(last)}_${sha256(content).slice(0, 12)}.csv`;
+}
+
+export interface BatchName {
+  readonly topic: string;
+  readonly partition: number;
+  readonly first: bigint;
+  readonly last: bigint;
+  /** first 12 hex digits of the content's sha256 */
+  readonly hash: string;
+}
+
+/** Reads a name written by batchFileName; undefined for any other name (a file someone put there). */
+export function parseBatchFileName(name: string): BatchName | undefined {
+  const m = NAME.exec(name);
+  if (!m) return undefined;
+  return { topic: m[1]!, partition: Number(m[2]), first: BigInt(m[3]!), last: BigInt(m[4]!), hash: m[5]! };
+}
+
+/**
+ * Writes `content` so that `dir/name` either does not exist or is complete: temporary file, fsync, rename,
+ * fsync of the folder (so the rename itself survives a power cut).
+ */
+export async function writeFileDurably(dir: string, name: string, content: string | Uint8Array): Promise<string> {
+  const path = join(dir, name);
+  const tmp = join(dir, `.${name}.tmp`);
+  const file = await open(tmp, "w");
+  try {
+    await file.writeFile(content);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(tmp, path);
+  const folder = await open(dir, "r");
+  try {
+    await folder.sync();
+  } finally {
+    await folder.close();
+  }
+  return path;
+}

@@ -1,0 +1,335 @@
+// CSV in one module, one way. Fields are parsed by csv-parse and written by csv-stringify (RFC 4180 quoting,
+// explicit columns, null <-> empty field); this module adds what a streaming pipeline needs around them:
+//
+// - readCsv streams a source file (never whole in memory) in UTF-8, UTF-8 with BOM or Windows-1252 and yields
+//   one record at a time with the line it starts on. A record csv-parse cannot split (wrong field count,
+//   broken quoting, a line too long) is not fatal and not dropped: it is yielded as `broken` with its raw
+//   text and the reason, so the loader can record it as rejected.
+// - Records are found before they are parsed: a record ends at a newline outside quotes, so a quote that is
+//   never closed cannot swallow the rest of the file (csv-parse alone resumes badly after such an error).
+//   An open record is cut back to its first line when it grows past a limit or fails to parse.
+// - writeCsv / parseCsv read and write the batch files between the consumer and the loader.
+
+import { parse } from "csv-parse/sync";
+import { stringify } from "csv-stringify/sync";
+
+export type Encoding = "utf-8" | "windows-1252";
+
+/** A quoted field may span at most this many lines before the record is treated as broken. */
+export const MAX_RECORD_LINES = 100;
+/** Records (and lines) longer than this many characters are broken; the raw text keeps a prefix. */
+export const MAX_RECORD_CHARS = 256 * 1024;
+/** How much of an over-long line is kept as raw text for the rejected-rows record. */
+export const KEPT_CHARS = 64 * 1024;
+
+export interface Line {
+  /** 1-based line number in the file */
+  readonly number: number;
+  /** text without the newline (a trailing \r of a CRLF line is kept here, removed at record end) */
+  readonly text: string;
+  /** set when the line was longer than MAX_RECORD_CHARS: its full length; `text` holds a prefix */
+  readonly overLength?: number;
+}
+
+export type CsvRecord =
+  | { readonly kind: "row"; readonly line: number; readonly lines: number; readonly fields: string[] }
+  | {
+      readonly kind: "broken";
+      readonly line: number;
+      readonly lines: number;
+      readonly raw: string;
+      readonly reason: string;
+    };
+
+export interface EncodingReport {
+  readonly encoding: Encoding;
+  readonly bom: boolean;
+  /** newline count, a cheap upper bound of the record count for progress */
+  readonly lines: number;
+}
+
+const UTF8_BOM = [0xef, 0xbb, 0xbf];
+
+/**
+ * Reads the file once: UTF-8 (with or without BOM) if every byte sequence is valid UTF-8, else
+ * Windows-1252, the encoding of the Kaggle download. Also counts lines for progress.
+ */
+export async function detectEncoding(path: string): Promise<EncodingReport> {
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let valid = true;
+  let bom = false;
+  let first = true;
+  let lines = 0;
+  for await (const chunk of Bun.file(path).stream()) {
+    if (first) {
+      bom = UTF8_BOM.every((b, i) => chunk[i] === b);
+      first = false;
+    }
+    for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
+    if (valid) {
+      try {
+        decoder.decode(chunk, { stream: true });
+      } catch {
+        valid = false;
+      }
+    }
+  }
+  if (valid) {
+    try {
+      decoder.decode();
+    } catch {
+      valid = false; // the file ends inside a multi-byte sequence
+    }
+  }
+  return { encoding: valid ? "utf-8" : "windows-1252", bom, lines };
+}
+
+/** Streams decoded lines; a UTF-8 BOM is dropped by the decoder. Over-long lines keep a prefix only. */
+export async function* readLines(path: string, encoding: Encoding): AsyncGenerator<Line> {
+  const decoder = new TextDecoderStream(encoding, { fatal: encoding === "utf-8" });
+  let number = 1;
+  let partial = "";
+  let overLength = 0; // > 0 while skipping the rest of an over-long line
+  try {
+    for await (const chunk of Bun.file(path).stream().pipeThrough(decoder)) {
+      let start = 0;
+      for (let nl = chunk.indexOf("\n"); nl !== -1; nl = chunk.indexOf("\n", start)) {
+        const piece = chunk.slice(start, nl);
+        start = nl + 1;
+        if (overLength > 0) {
+          yield { number: number++, text: partial, overLength: overLength + piece.length };
+          overLength = 0;
+        } else {
+          const text = partial + piece;
+          yield text.length > MAX_RECORD_CHARS
+            ? { number: number++, text: text.slice(0, KEPT_CHARS), overLength: text.length }
+            : { number: number++, text };
+        }
+        partial = "";
+      }
+      const rest = chunk.slice(start);
+      if (overLength > 0) overLength += rest.length;
+      else if (partial.length + rest.length > MAX_RECORD_CHARS) {
+        overLength = partial.length + rest.length;
+        partial = (partial + rest).slice(0, KEPT_CHARS);
+      } else partial += rest;
+    }
+  } catch (error) {
+    throw new Error(`${path}: line ${number}: not valid ${encoding} (${(error as Error).message})`);
+  }
+  if (overLength > 0) yield { number, text: partial, overLength };
+  else if (partial !== "") yield { number, text: partial };
+}
+
+function stripCR(text: string): string {
+  return text.endsWith("\r") ? text.slice(0, -1) : text;
+}
+
+function countQuotes(text: string): number {
+  let n = 0;
+  for (let i = text.indexOf('"'); i !== -1; i = text.indexOf('"', i + 1)) n++;
+  return n;
+}
+
+const PARSE_OPTIONS = { relax_column_count: true, record_delimiter: "\n" } as const;
+
+/** csv-parse's messages end in "at line N"; lines here are relative to one record, so drop that part. */
+function parseReason(error: unknown): string {
+  return (error as Error).message.replace(/\s+(at|on) line \d+/g, "").replace(/:\s*$/, "");
+}
+
+/** Parses one record's text. Returns the fields, or a reason it cannot be split. */
+export function parseRecord(text: string, expectedFields?: number): string[] | string {
+  let records: string[][];
+  try {
+    records = parse(text, PARSE_OPTIONS) as string[][];
+  } catch (error) {
+    return parseReason(error);
+  }
+  if (records.length !== 1 || records[0] === undefined) {
+    return `expected one record but found ${records.length}`;
+  }
+  const fields = records[0];
+  if (expectedFields !== undefined && fields.length !== expectedFields) {
+    return `expected ${expectedFields} fields but got ${fields.length}`;
+  }
+  return fields;
+}
+
+type Pending = { line: number; lines: number; text: string; fields?: string[] | string };
+
+/**
+ * Groups lines into records by quote parity. Multi-line records are parsed right away, because a failure
+ * there means the quote was not really open and the lines after the first must be read again; one-line
+ * records are left for a chunked parse (one csv-parse call per few hundred records is ten times faster).
+ */
+class RecordSplitter {
+  private open: Line[] = [];
+  private chars = 0;
+  private oddQuotes = false;
+  expectedFields: number | undefined;
+
+  constructor(private readonly emit: (record: Pending) => void) {}
+
+  push(line: Line): void {
+    if (this.open.length === 0) {
+      if (line.overLength !== undefined) {
+        this.emit({
+          line: line.number,
+          lines: 1,
+          text: line.text,
+          fields: `line is ${line.overLength} characters long, more than ${MAX_RECORD_CHARS}; the first ${KEPT_CHARS} are kept`,
+        });
+        return;
+      }
+      if (line.text.trim() === "") return; // an empty line holds no record (RFC 4180 has none)
+    }
+    this.open.push(line);
+    this.chars += line.text.length + 1;
+    if (countQuotes(line.text) % 2 === 1) this.oddQuotes = !this.oddQuotes;
+    if (!this.oddQuotes) this.close();
+    else if (
+      line.overLength !== undefined ||
+      this.open.length > MAX_RECORD_LINES ||
+      this.chars > MAX_RECORD_CHARS
+    ) {
+      this.cutBack(`a quoted field is not closed within ${MAX_RECORD_LINES} lines`);
+    }
+  }
+
+  end(): void {
+    while (this.open.length > 0) this.cutBack("a quoted field is not closed before the end of the file");
+  }
+
+  private reset(): Line[] {
+    const lines = this.open;
+    this.open = [];
+    this.chars = 0;
+    this.oddQuotes = false;
+    return lines;
+  }
+
+  private close(): void {
+    const lines = this.reset();
+    const first = lines[0]!;
+    const text = stripCR(lines.map((l) => l.text).join("\n"));
+    if (lines.length === 1) {
+      this.emit({ line: first.number, lines: 1, text });
+      return;
+    }
+    const fields = parseRecord(text, this.expectedFields);
+    if (typeof fields !== "string") {
+      this.emit({ line: first.number, lines: lines.length, text, fields });
+      return;
+    }
+    // The quote that opened the record was most likely stray: the first line alone is broken,
+    // and the following lines are read again as records of their own.
+    this.emit({ line: first.number, lines: 1, text: stripCR(first.text), fields: `${fields} (record starting here)` });
+    for (const line of lines.slice(1)) this.push(line);
+  }
+
+  private cutBack(reason: string): void {
+    const lines = this.reset();
+    const first = lines[0]!;
+    this.emit({ line: first.number, lines: 1, text: stripCR(first.text), fields: reason });
+    for (const line of lines.slice(1)) this.push(line);
+  }
+}
+
+const CHUNK_RECORDS = 256;
+
+/** Parses pending one-line records together; falls back to one by one when the chunk does not parse. */
+function settle(pending: Pending[], expectedFields: number | undefined): CsvRecord[] {
+  const unparsed = pending.filter((p) => p.fields === undefined);
+  if (unparsed.length > 0) {
+    let parsed: string[][] | undefined;
+    try {
+      parsed = parse(unparsed.map((p) => p.text).join("\n"), PARSE_OPTIONS) as string[][];
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed && parsed.length === unparsed.length) unparsed.forEach((p, i) => (p.fields = parsed[i]));
+    else for (const p of unparsed) p.fields = parseRecord(p.text);
+  }
+  return pending.map((p): CsvRecord => {
+    let fields = p.fields!;
+    if (typeof fields !== "string" && expectedFields !== undefined && fields.length !== expectedFields) {
+      fields = `expected ${expectedFields} fields but got ${fields.length}`;
+    }
+    return typeof fields === "string"
+      ? { kind: "broken", line: p.line, lines: p.lines, raw: p.text, reason: fields }
+      : { kind: "row", line: p.line, lines: p.lines, fields };
+  });
+}
+
+/**
+ * Streams the records of a CSV file. The first record yielded is the header (kind "row"); every later
+ * record is checked against the header's field count.
+ */
+export async function* readCsv(path: string, encoding: Encoding): AsyncGenerator<CsvRecord> {
+  let pending: Pending[] = [];
+  const splitter = new RecordSplitter((record) => pending.push(record));
+  let header = true;
+  for await (const line of readLines(path, encoding)) {
+    splitter.push(line);
+    if (header && pending.length > 0) {
+      const [first] = settle(pending.splice(0, 1), undefined);
+      if (first?.kind !== "row") {
+        throw new Error(`${path}: line ${first?.line}: cannot read the header: ${first?.kind === "broken" ? first.reason : ""}`);
+      }
+      splitter.expectedFields = first.fields.length;
+      header = false;
+      yield first;
+    }
+    if (pending.length >= CHUNK_RECORDS) {
+      const ready = pending;
+      pending = [];
+      yield* settle(ready, splitter.expectedFields);
+    }
+  }
+  splitter.end();
+  if (header && pending.length > 0) {
+    const [first] = settle(pending.splice(0, 1), undefined);
+    if (first?.kind !== "row") throw new Error(`${path}: line ${first?.line}: cannot read the header`);
+    splitter.expectedFields = first.fields.length;
+    yield first;
+  }
+  yield* settle(pending, splitter.expectedFields);
+}
+
+export type CsvRow = Record<string, string | number | null | undefined>;
+
+/** Writes rows with a header line, columns in the given order, RFC 4180 quoting, null as an empty field. */
+export function writeCsv(rows: readonly CsvRow[], columns: readonly string[]): string {
+  return stringify(rows as CsvRow[], { header: true, columns: [...columns], record_delimiter: "\n" });
+}
+
+export interface ParsedCsv {
+  readonly columns: string[];
+  readonly rows: { readonly line: number; readonly values: Record<string, string> }[];
+}
+
+/**
+ * Parses a whole (batch) file strictly: every record must have the header's field count. Errors name the
+ * file and the line.
+ */
+export function parseCsv(text: string, name: string): ParsedCsv {
+  let records: { record: string[]; info: { lines: number } }[];
+  try {
+    records = parse(text, { info: true }) as unknown as typeof records;
+  } catch (error) {
+    throw new Error(`${name}: ${(error as Error).message}`);
+  }
+  const [header, ...body] = records;
+  if (!header) throw new Error(`${name}: the file is empty (no header line)`);
+  const columns = header.record;
+  if (new Set(columns).size !== columns.length) throw new Error(`${name}: the header repeats a column name`);
+  return {
+    columns,
+    rows: body.map(({ record, info }) => {
+      const values: Record<string, string> = {};
+      columns.forEach((column, i) => (values[column] = record[i] ?? ""));
+      return { line: info.lines, values };
+    }),
+  };
+}

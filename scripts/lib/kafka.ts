@@ -1,0 +1,77 @@
+// The kafkajs client as every script builds it: brokers and client id from config, kafkajs' own logs routed
+// through our logger at WARN, and a helper that creates the topic when it is missing.
+
+import { Kafka, logLevel, type Admin, type LogEntry, type logCreator } from "kafkajs";
+import type { Config } from "./config.ts";
+import type { Logger } from "./log.ts";
+
+// kafkajs 2.2.4's request queue calls setTimeout with a negative delay when it is not throttled. The runtime
+// runs such a timer after 1 ms, which is what kafkajs means, but prints a TimeoutNegativeWarning that only
+// confuses whoever reads the output. Clamp negative delays to 0 before the runtime sees them.
+const runtimeSetTimeout = globalThis.setTimeout;
+globalThis.setTimeout = ((handler: (...args: unknown[]) => void, delay?: number, ...args: unknown[]) =>
+  runtimeSetTimeout(handler, delay !== undefined && delay < 0 ? 0 : delay, ...args)) as typeof setTimeout;
+
+function kafkaLogs(log: Logger): logCreator {
+  return () =>
+    ({ level, namespace, log: entry }: LogEntry) => {
+      const { message, error } = entry;
+      const text = `kafkajs ${namespace}: ${message}${error ? ` (${error})` : ""}`;
+      // kafkajs logs every error response at ERROR, also the retriable ones it then retries ("coordinator
+      // is loading" while a broker starts). A failure that survives the retries reaches us as an exception.
+      if (namespace === "Connection" && message.startsWith("Response ")) log.debug(text);
+      else if (level === logLevel.ERROR || level === logLevel.NOTHING) log.error(text);
+      else if (level === logLevel.WARN) log.warn(text);
+      else if (level === logLevel.INFO) log.info(text);
+      else log.debug(text);
+    };
+}
+
+export interface KafkaOptions {
+  clientId?: string;
+  /** a single quick attempt, for "does a broker answer?" probes */
+  probe?: boolean;
+}
+
+export function createKafka(config: Config, log: Logger, options: KafkaOptions = {}): Kafka {
+  return new Kafka({
+    clientId: options.clientId ?? config.kafkaClientId,
+    brokers: [...config.kafkaBrokers],
+    logLevel: log.enabled("debug") ? logLevel.INFO : logLevel.WARN,
+    logCreator: kafkaLogs(log),
+    // Fail in seconds, not minutes, when nothing listens: the message names the brokers tried.
+    connectionTimeout: options.probe ? 1000 : 3000,
+    retry: options.probe ? { retries: 0 } : { retries: 8, initialRetryTime: 300, maxRetryTime: 5000 },
+  });
+}
+
+/** Creates `topic` with `partitions` partitions unless it exists. Returns true when it was created. */
+export async function ensureTopic(admin: Admin, topic: string, partitions: number): Promise<boolean> {
+  const existing = await admin.listTopics();
+  if (existing.includes(topic)) return false;
+  // createTopics answers false when another client created it first: either way it exists afterwards.
+  return admin.createTopics({
+    topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }],
+    waitForLeaders: true,
+  });
+}
+
+/** Message lag of `groupId` on `topic`: log end offset minus committed offset, summed over partitions. */
+export async function consumerLag(admin: Admin, groupId: string, topic: string): Promise<number> {
+  const [ends, committed] = await Promise.all([
+    admin.fetchTopicOffsets(topic),
+    admin.fetchOffsets({ groupId, topics: [topic] }),
+  ]);
+  const done = new Map(committed[0]?.partitions.map((p) => [p.partition, Number(p.offset)]) ?? []);
+  let lag = 0;
+  for (const { partition, high, low } of ends) {
+    const at = done.get(partition) ?? -1;
+    lag += Number(high) - (at < 0 ? Number(low) : at);
+  }
+  return lag;
+}
+
+/** "127.0.0.1:9092" style list for messages. */
+export function describeBrokers(config: Config): string {
+  return config.kafkaBrokers.join(",");
+}

@@ -1,0 +1,118 @@
+// One small logger for every script: `[producer] sent=1200 rate=980/s` lines on stderr, so stdout stays
+// free for data. LOG_LEVEL (error | warn | info | debug) filters; a progress line redraws itself on a
+// terminal and falls back to an ordinary line every N items when stderr is a file or a pipe.
+
+export const LEVELS = ["error", "warn", "info", "debug"] as const;
+export type Level = (typeof LEVELS)[number];
+
+export interface Logger {
+  readonly name: string;
+  error(message: string): void;
+  warn(message: string): void;
+  info(message: string): void;
+  debug(message: string): void;
+  enabled(level: Level): boolean;
+}
+
+export function isLevel(value: string): value is Level {
+  return (LEVELS as readonly string[]).includes(value);
+}
+
+function envLevel(): Level {
+  const value = (process.env.LOG_LEVEL ?? "info").toLowerCase();
+  // A bad LOG_LEVEL is reported by readConfig(); the logger itself must work before config is read.
+  return isLevel(value) ? value : "info";
+}
+
+let progressVisible = false;
+
+function clearProgress(): void {
+  if (progressVisible) {
+    process.stderr.write("\r\x1b[2K");
+    progressVisible = false;
+  }
+}
+
+/** `level` "silent" logs nothing (for probes whose failures are the expected answer). */
+export function createLogger(name: string, level: Level | "silent" = envLevel()): Logger {
+  const threshold = level === "silent" ? -1 : LEVELS.indexOf(level);
+  const write = (at: Level, message: string) => {
+    if (LEVELS.indexOf(at) > threshold) return;
+    clearProgress();
+    const tag = at === "info" ? "" : `${at.toUpperCase()} `;
+    process.stderr.write(`[${name}] ${tag}${message}\n`);
+  };
+  return {
+    name,
+    error: (message) => write("error", message),
+    warn: (message) => write("warn", message),
+    info: (message) => write("info", message),
+    debug: (message) => write("debug", message),
+    enabled: (at) => LEVELS.indexOf(at) <= threshold,
+  };
+}
+
+/** "12.3s", "4m05s", "1h02m". */
+export function formatDuration(ms: number): string {
+  const seconds = ms / 1000;
+  if (seconds < 60) return `${seconds.toFixed(1)}s`;
+  const m = Math.floor(seconds / 60);
+  const s = Math.floor(seconds % 60);
+  if (m < 60) return `${m}m${String(s).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
+}
+
+export function formatRate(count: number, ms: number): string {
+  if (ms <= 0) return "-";
+  const rate = (count * 1000) / ms;
+  return rate >= 100 ? `${Math.round(rate)}/s` : `${rate.toFixed(1)}/s`;
+}
+
+export interface Progress {
+  /** Report that `done` items are finished (absolute, not an increment). */
+  update(done: number): void;
+  /** Remove the progress line (before a summary). */
+  done(): void;
+}
+
+/**
+ * Progress for long runs. On a terminal: one line redrawn at most 4 times a second with count / total,
+ * rate and ETA. Off a terminal: a plain log line every `every` items, so CI logs stay short.
+ */
+export function createProgress(
+  log: Logger,
+  label: string,
+  total: number | undefined,
+  every = 1000,
+  isTTY = Boolean(process.stderr.isTTY),
+): Progress {
+  const started = performance.now();
+  let lastDraw = 0;
+  let lastLogged = 0;
+  const describe = (done: number) => {
+    const elapsed = performance.now() - started;
+    const parts = [`${label}=${done}${total ? `/${total}` : ""}`, `rate=${formatRate(done, elapsed)}`];
+    if (total && done > 0 && done < total) {
+      parts.push(`eta=${formatDuration(((total - done) * elapsed) / done)}`);
+    }
+    return parts.join(" ");
+  };
+  return {
+    update(done) {
+      if (!log.enabled("info")) return;
+      if (isTTY) {
+        const now = performance.now();
+        if (now - lastDraw < 250) return;
+        lastDraw = now;
+        process.stderr.write(`\r\x1b[2K[${log.name}] ${describe(done)}`);
+        progressVisible = true;
+      } else if (done - lastLogged >= every) {
+        lastLogged = done - (done % every);
+        log.info(describe(done));
+      }
+    },
+    done() {
+      clearProgress();
+    },
+  };
+}

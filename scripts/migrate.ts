@@ -1,0 +1,135 @@
+// Migrations: creates the database named in DATABASE_URL if it is missing, then applies sql/NNN_*.sql in
+// order, each in its own transaction and recorded in `schema_migrations`, so a second run is a no-op.
+// Forward only: an applied file that was edited afterwards stops the run (write a new migration instead).
+//
+//   sql/*.sql  ->  tables in PostgreSQL                 make migrate
+//
+// Env: DATABASE_URL (or PG*), LOG_LEVEL. Flags: --dir, --help.
+
+import { createHash } from "node:crypto";
+import { readdir } from "node:fs/promises";
+import { join } from "node:path";
+import { fail, parseCli } from "./lib/cli.ts";
+import { readConfig, type Config } from "./lib/config.ts";
+import { connect, databaseName, describeDatabase, withDatabase, type Sql } from "./lib/db.ts";
+import { createLogger, formatDuration, type Logger } from "./lib/log.ts";
+
+export interface Migration {
+  readonly id: number;
+  readonly name: string;
+  readonly path: string;
+}
+
+const command = {
+  script: "scripts/migrate.ts",
+  summary: "Create the database if needed and apply sql/NNN_*.sql migrations that are not applied yet.",
+  flags: {
+    dir: { type: "string", arg: "DIR", help: "folder of migration files (default sql)" },
+  },
+  env: ["DATABASE_URL", "LOG_LEVEL"],
+  notes: "Run by: make migrate",
+} as const;
+
+/** sql/NNN_verb_noun.sql files in id order; ids must be unique. */
+export async function listMigrations(dir: string): Promise<Migration[]> {
+  const migrations: Migration[] = [];
+  for (const name of (await readdir(dir)).sort()) {
+    if (!name.endsWith(".sql")) continue;
+    const m = /^(\d+)_[a-z0-9_]+\.sql$/.exec(name);
+    if (!m) throw new Error(`${join(dir, name)}: migration files are named NNN_verb_noun.sql`);
+    const id = Number(m[1]);
+    const twin = migrations.find((x) => x.id === id);
+    if (twin) throw new Error(`${join(dir, name)}: number ${id} is also used by ${twin.name}`);
+    migrations.push({ id, name, path: join(dir, name) });
+  }
+  return migrations;
+}
+
+/** Creates the database the config points at when the server does not have it yet. */
+export async function ensureDatabase(config: Pick<Config, "databaseUrl">, log: Logger): Promise<boolean> {
+  const name = databaseName(config.databaseUrl);
+  const admin = config.databaseUrl
+    ? connect({ databaseUrl: withDatabase(config.databaseUrl, "postgres") }, log, { max: 1 })
+    : connect(config, log, { max: 1, database: "postgres" });
+  try {
+    const [found] = await admin`select 1 as found from pg_database where datname = ${name}`;
+    if (found) return false;
+    try {
+      await admin`create database ${admin(name)}`;
+    } catch (error) {
+      // Two migrators starting together: the other one created it. Anything else is a real failure.
+      if ((error as { code?: string }).code !== "42P04") throw error;
+      return false;
+    }
+    log.info(`created database ${name}`);
+    return true;
+  } finally {
+    await admin.end({ timeout: 5 });
+  }
+}
+
+/** Applies pending migrations; returns the names applied. Safe to run from two processes at once. */
+export async function migrate(sql: Sql, dir: string, log: Logger): Promise<string[]> {
+  const migrations = await listMigrations(dir);
+  await sql`
+    create table if not exists schema_migrations (
+      id integer primary key,
+      name text not null,
+      sha256 char(64) not null,
+      applied_at timestamptz not null default now()
+    )
+  `;
+  const applied: string[] = [];
+  for (const migration of migrations) {
+    const text = await Bun.file(migration.path).text();
+    const sha256 = createHash("sha256").update(text).digest("hex");
+    const done = await sql.begin(async (tx) => {
+      // One migrator at a time; the second waits here and then finds the row already written.
+      await tx`select pg_advisory_xact_lock(hashtext('schema_migrations'))`;
+      const [row] = await tx<{ name: string; sha256: string }[]>`
+        select name, sha256 from schema_migrations where id = ${migration.id}
+      `;
+      if (row) {
+        if (row.sha256 !== sha256) {
+          throw new Error(
+            `${migration.path} changed after it was applied (as ${row.name}); migrations are forward-only, add a new file instead`,
+          );
+        }
+        return true;
+      }
+      await tx.unsafe(text);
+      await tx`
+        insert into schema_migrations (id, name, sha256)
+        values (${migration.id}, ${migration.name}, ${sha256})
+      `;
+      return false;
+    });
+    if (!done) {
+      log.info(`applied ${migration.name}`);
+      applied.push(migration.name);
+    }
+  }
+  return applied;
+}
+
+async function main(): Promise<void> {
+  const flags = parseCli(command);
+  if (!flags) return;
+  const config = readConfig();
+  const log = createLogger("migrate", config.logLevel);
+  const started = performance.now();
+  const dir = flags.dir ?? "sql";
+  await ensureDatabase(config, log);
+  const sql = connect(config, log, { max: 1 });
+  try {
+    const applied = await migrate(sql, dir, log);
+    log.info(
+      `${describeDatabase(config.databaseUrl)}: ${applied.length} applied, ` +
+        `${(await listMigrations(dir)).length - applied.length} already there (${formatDuration(performance.now() - started)})`,
+    );
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+if (import.meta.main) main().catch(fail);

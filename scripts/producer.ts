@@ -1,0 +1,219 @@
+// Producer: streams the Superstore CSV into Kafka, one JSON message per row, at a steady pace so people can
+// watch data move (the original sent one row per second).
+//
+//   data/Sample-Superstore.csv  ->  Kafka topic sales_topic          make produce (full speed), make stream (1/s)
+//
+// - Encoding is detected (UTF-8 with or without BOM, else Windows-1252) or forced with --encoding.
+// - The pace is scheduled against the clock: message i goes out at start + i/rate, so a slow send does not
+//   push every later message back (no drift). --rate max sends as fast as the broker takes it, in batches.
+// - Each message: key "<file>:<Row ID>" (the row's identity), value the row as JSON with the header's names,
+//   headers source_file / source_line saying where it came from.
+// - A record the CSV parser cannot split is not dropped and does not stop the run: it is sent with its raw
+//   text and a parse_error header, and the loader records it as rejected with its line number.
+// - acks from all in-sync replicas and the idempotent producer: an acknowledged message is not lost or doubled.
+//
+// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
+// Flags: --file, --topic, --rate, --limit, --encoding, --help.
+
+import { basename } from "node:path";
+import { CompressionTypes, Partitioners, type Message } from "kafkajs";
+import { fail, parseCli, UsageError } from "./lib/cli.ts";
+import { parsePositiveInt, parseRate, readConfig } from "./lib/config.ts";
+import { detectEncoding, readCsv, type CsvRecord, type Encoding } from "./lib/csv.ts";
+import { createKafka, describeBrokers, ensureTopic } from "./lib/kafka.ts";
+import { createLogger, createProgress, formatDuration, formatRate } from "./lib/log.ts";
+import { findRowIdColumn } from "./lib/record.ts";
+import { createShutdown, sleep } from "./lib/shutdown.ts";
+
+/** One source row as sent: header name -> value exactly as read (the loader trims and parses). */
+export type SourceRow = Record<string, string>;
+
+/** Headers on every message; values are strings (Kafka headers are bytes). */
+export interface SourceHeaders {
+  source_file: string;
+  source_line: string;
+  /** lines the record spans, when more than one */
+  source_lines?: string;
+  /** set when the record could not be split into fields; the value is then the raw text */
+  parse_error?: string;
+}
+
+const command = {
+  script: "scripts/producer.ts",
+  summary: [
+    "Stream a Superstore CSV into Kafka, one JSON message per row, at --rate rows per second.",
+    "Ctrl-C stops after the messages in flight are acknowledged.",
+  ].join("\n"),
+  flags: {
+    file: { type: "string", short: "f", arg: "FILE", help: "CSV to send (default $DATA_FILE)" },
+    topic: { type: "string", short: "t", arg: "TOPIC", help: "topic (default $KAFKA_TOPIC); created if missing" },
+    rate: { type: "string", short: "r", arg: "N|max", help: "messages per second (default $PRODUCER_RATE = 1)" },
+    limit: { type: "string", short: "n", arg: "N", help: "stop after N records" },
+    encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8 or windows-1252" },
+  },
+  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
+  notes: [
+    "Examples:",
+    "  bun scripts/producer.ts                      # the seed's pace, 1 row per second",
+    "  bun scripts/producer.ts --rate max           # as fast as the broker takes it",
+    "  bun scripts/producer.ts --rate 50 --limit 500",
+  ].join("\n"),
+} as const;
+
+/** The most messages in one send at high rates: large enough to be fast, small enough to stay under 1 MB. */
+export const MAX_SEND_BATCH = 500;
+
+export function parseEncoding(value: string | undefined): Encoding | "auto" {
+  const v = (value ?? "auto").toLowerCase().replace(/[_\s]/g, "-");
+  if (v === "auto") return "auto";
+  if (v === "utf-8" || v === "utf8") return "utf-8";
+  if (["windows-1252", "cp1252", "win-1252"].includes(v)) return "windows-1252";
+  throw new UsageError(`--encoding must be auto, utf-8 or windows-1252, got "${value}"`);
+}
+
+/** Header names as JSON keys: unnamed columns get "column_N"; a repeated name would lose a value, so it stops the run. */
+export function jsonKeys(header: readonly string[], file: string): string[] {
+  const keys = header.map((name, i) => (name.trim() === "" ? `column_${i + 1}` : name));
+  const seen = new Set<string>();
+  for (const key of keys) {
+    if (seen.has(key)) throw new Error(`${file}: line 1: the header names column "${key}" twice`);
+    seen.add(key);
+  }
+  return keys;
+}
+
+/** The message for one record of `file` (its base name identifies it in keys and headers). */
+export function toMessage(record: CsvRecord, keys: readonly string[], fileName: string, rowIdColumn: number): Message {
+  const headers: SourceHeaders = { source_file: fileName, source_line: String(record.line) };
+  if (record.lines > 1) headers.source_lines = String(record.lines);
+  if (record.kind === "broken") {
+    headers.parse_error = record.reason;
+    return { key: `${fileName}:line:${record.line}`, value: record.raw, headers: { ...headers } };
+  }
+  const row: SourceRow = {};
+  keys.forEach((key, i) => (row[key] = record.fields[i] ?? ""));
+  const rowId = rowIdColumn >= 0 ? record.fields[rowIdColumn]?.trim() : "";
+  return {
+    key: rowId ? `${fileName}:${rowId}` : `${fileName}:line:${record.line}`,
+    value: JSON.stringify(row),
+    headers: { ...headers },
+  };
+}
+
+/** When message `index` (0-based) is due, for a run that started at `start` (ms) at `rate` per second. */
+export function dueAt(start: number, index: number, rate: number): number {
+  return rate === Infinity ? start : start + (index * 1000) / rate;
+}
+
+async function main(): Promise<void> {
+  const flags = parseCli(command);
+  if (!flags) return;
+  const config = readConfig();
+  const log = createLogger("producer", config.logLevel);
+  const file = flags.file ?? config.dataFile;
+  const topic = flags.topic ?? config.kafkaTopic;
+  const rate = flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate");
+  const limit = flags.limit === undefined ? Infinity : parsePositiveInt(flags.limit, "--limit");
+  const forced = parseEncoding(flags.encoding);
+  if (!(await Bun.file(file).exists())) {
+    throw new UsageError(`${file} not found (run "make data" to create the sample file, or pass --file)`);
+  }
+
+  const detected = await detectEncoding(file);
+  const encoding = forced === "auto" ? detected.encoding : forced;
+  const fileName = basename(file);
+  log.info(
+    `${file}: ${encoding}${detected.bom ? " with BOM" : ""}${forced === "auto" ? " (detected)" : ""}, ` +
+      `about ${Math.max(detected.lines - 1, 0)} rows -> topic ${topic} at ${rate === Infinity ? "max" : `${rate}/s`}`,
+  );
+
+  const kafka = createKafka(config, log);
+  const admin = kafka.admin();
+  await admin.connect().catch((error: Error) => {
+    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
+  });
+  try {
+    if (await ensureTopic(admin, topic, config.kafkaPartitions)) {
+      log.info(`created topic ${topic} with ${config.kafkaPartitions} partitions`);
+    }
+  } finally {
+    await admin.disconnect();
+  }
+
+  const producer = kafka.producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    // Idempotent: a retried send is written once. kafkajs requires one request in flight for it.
+    idempotent: true,
+    maxInFlightRequests: 1,
+    // Retry without limit (kafkajs warns that a limited idempotent producer may duplicate): when the broker
+    // restarts mid-stream the send waits for it, and Ctrl-C still stops the run.
+    retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 300, maxRetryTime: 5000 },
+  });
+  await producer.connect();
+
+  const shutdown = createShutdown(log);
+  let buffer: Message[] = [];
+  let sent = 0;
+  let broken = 0;
+  let records = 0;
+  const flush = async () => {
+    if (buffer.length === 0) return;
+    const messages = buffer;
+    buffer = [];
+    // acks -1: the broker answers once every in-sync replica has the messages.
+    await producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None });
+    sent += messages.length;
+  };
+  shutdown.onStop("flush messages in flight", flush);
+  shutdown.onStop("disconnect producer", () => producer.disconnect());
+
+  const total = Math.min(Math.max(detected.lines - 1, 0), limit);
+  const progress = createProgress(log, "sent", total || undefined, 1000);
+  const started = performance.now();
+  let failed: unknown;
+  try {
+    let keys: string[] | undefined;
+    let rowIdColumn = -1;
+    for await (const record of readCsv(file, encoding)) {
+      if (keys === undefined) {
+        if (record.kind !== "row") throw new Error(`${file}: line ${record.line}: cannot read the header`);
+        keys = jsonKeys(record.fields, file);
+        rowIdColumn = findRowIdColumn(keys);
+        continue;
+      }
+      if (records >= limit || shutdown.requested) break;
+      if (record.kind === "broken") {
+        broken++;
+        log.warn(`${file}: line ${record.line}: ${record.reason}; sent as a rejected record`);
+      }
+      // Wait for this message's slot; send what is buffered first so it leaves on time.
+      const due = dueAt(started, records, rate);
+      if (due > performance.now()) {
+        await flush();
+        await sleep(due - performance.now(), shutdown.signal);
+        if (shutdown.requested) break;
+      }
+      buffer.push(toMessage(record, keys, fileName, rowIdColumn));
+      records++;
+      // Send now unless the next message is already due too (high rates fill a batch first).
+      if (buffer.length >= MAX_SEND_BATCH || dueAt(started, records, rate) > performance.now()) {
+        await flush();
+        progress.update(sent);
+      }
+    }
+  } catch (error) {
+    failed = error;
+    log.error(`stopped after ${sent} of ${records} records were acknowledged`);
+  } finally {
+    progress.done();
+    await shutdown.run();
+  }
+  if (failed) throw failed;
+  const ms = performance.now() - started;
+  log.info(
+    `done: sent=${sent} rows=${sent - broken} unsplittable=${broken} topic=${topic} ` +
+      `in ${formatDuration(ms)} (${formatRate(sent, ms)})${shutdown.requested ? " (stopped early)" : ""}`,
+  );
+}
+
+if (import.meta.main) main().catch(fail);
