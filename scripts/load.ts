@@ -28,8 +28,11 @@ import { createLogger, createProgress, formatDuration, formatRate, type Logger }
 import { cleanRow, FIELDS, mapHeader, type CleanValue, type HeaderMap } from "./lib/record.ts";
 import { createShutdown, sleep } from "./lib/shutdown.ts";
 
+/** Source columns the schema does not know, kept in orders.extra (jsonb). */
+export type Extra = Record<string, string>;
+
 /** One row for `orders`: the cleaned source fields, its identity, and where it came from. */
-export type OrderRow = Record<(typeof ORDER_COLUMNS)[number], CleanValue>;
+export type OrderRow = Record<(typeof ORDER_COLUMNS)[number], CleanValue | Extra>;
 
 /** One row for `rejected_rows`. */
 export interface RejectedRow {
@@ -37,8 +40,8 @@ export interface RejectedRow {
   source_line: number;
   source_lines: number;
   reason: string;
-  /** JSON text of the fields as received; null for a line that could not be split */
-  fields: string | null;
+  /** the fields as received (jsonb); null for a line that could not be split */
+  fields: Record<string, string> | null;
   raw_text: string | null;
   kafka_topic: string | null;
   kafka_partition: number | null;
@@ -106,7 +109,10 @@ export class BadBatchFileError extends Error {
 
 interface Candidate {
   row: OrderRow;
+  /** source file + Row ID */
   key: string;
+  /** the fields as received, for a rejection found later */
+  fields: Record<string, string>;
 }
 
 /** Byte order of UTF-8, the order of PostgreSQL's "C" collation, so JS and SQL agree on ties. */
@@ -123,7 +129,7 @@ export function isLater(a: OrderRow, b: OrderRow): boolean {
 
 /** The latest row per id, for the users / products upserts (one row per id per statement). */
 export function latestBy(rows: readonly OrderRow[], id: "customer_id" | "product_id"): OrderRow[] {
-  const latest = new Map<CleanValue, OrderRow>();
+  const latest = new Map<unknown, OrderRow>();
   for (const row of rows) {
     const seen = latest.get(row[id]);
     if (!seen || isLater(row, seen)) latest.set(row[id], row);
@@ -177,12 +183,13 @@ export function transform(
     for (const column of sourceColumns) fields[column] = values[column] ?? "";
     const clean = cleanRow(fields, header);
     if (!clean.ok) {
-      rejected.push({ ...base, reason: clean.reason, fields: JSON.stringify(fields), raw_text: null });
+      rejected.push({ ...base, reason: clean.reason, fields, raw_text: null });
       continue;
     }
     const row = {
       ...clean.row.values,
-      extra: clean.row.extra ? JSON.stringify(clean.row.extra) : null,
+      // objects, not JSON text: postgres.js serializes a jsonb parameter itself
+      extra: clean.row.extra,
       source_file: sourceFile,
       source_row_id: clean.row.rowId ?? sourceLine,
       source_line: sourceLine,
@@ -193,13 +200,13 @@ export function transform(
     } as OrderRow;
     const key = `${sourceFile}\u0000${row.source_row_id}`;
     const twin = candidates.get(key);
-    if (twin === undefined) candidates.set(key, { row, key });
+    if (twin === undefined) candidates.set(key, { row, key, fields });
     else if (twin.row.source_line === sourceLine) duplicates++;
     else {
       rejected.push({
         ...base,
         reason: `Row ID ${row.source_row_id} repeats line ${twin.row.source_line} of ${sourceFile}`,
-        fields: JSON.stringify(fields),
+        fields,
         raw_text: null,
       });
     }
@@ -214,8 +221,8 @@ function chunks<T>(rows: readonly T[], columns: number): T[][] {
   return out;
 }
 
-function latestValues(row: OrderRow, columns: readonly string[]): Record<string, CleanValue> {
-  const out: Record<string, CleanValue> = {};
+function latestValues(row: OrderRow, columns: readonly string[]): Record<string, OrderRow[keyof OrderRow]> {
+  const out: Record<string, OrderRow[keyof OrderRow]> = {};
   for (const column of columns) out[column] = row[column as keyof OrderRow];
   out.latest_order_date = row.order_date;
   out.latest_source_row_id = row.source_row_id;
@@ -261,7 +268,7 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
     }
     let duplicates = inFileDuplicates;
     const fresh: OrderRow[] = [];
-    for (const { row, key } of candidates) {
+    for (const { row, key, fields } of candidates) {
       const line = existing.get(key);
       if (line === undefined) fresh.push(row);
       else if (line === row.source_line) duplicates++;
@@ -271,7 +278,7 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
           source_line: Number(row.source_line),
           source_lines: 1,
           reason: `Row ID ${row.source_row_id} is already loaded from line ${line} of ${row.source_file}`,
-          fields: null,
+          fields,
           raw_text: null,
           kafka_topic: row.kafka_topic as string | null,
           kafka_partition: row.kafka_partition as number | null,
@@ -350,18 +357,20 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
 
   if (!result) return { status: "already-loaded", records: parsed.rows.length, inserted: 0, duplicates: 0, rejected: 0 };
   if (rejected.length > 0) {
-    // The file for people: the reason first, then where the row came from and the row as received.
+    // The file for people: the reason, where the row came from, then the row as received.
+    const fieldColumns = [...new Set(rejected.flatMap((r) => Object.keys(r.fields ?? {})))];
+    const columns = ["reason", "source_file", "source_line", "batch_file", "kafka_offset", ...fieldColumns, "raw_text"];
     const rows = rejected.map((r) => ({
+      ...r.fields,
       reason: r.reason,
       source_file: r.source_file,
       source_line: r.source_line,
       batch_file: r.batch_file,
       kafka_offset: r.kafka_offset,
-      fields: r.fields,
       raw_text: r.raw_text,
     }));
     await mkdir(join(dir, "rejected"), { recursive: true });
-    await writeFileDurably(join(dir, "rejected"), name, writeCsv(rows, Object.keys(rows[0]!)));
+    await writeFileDurably(join(dir, "rejected"), name, writeCsv(rows, columns));
   }
   return { status: "loaded", records: parsed.rows.length, ...result };
 }

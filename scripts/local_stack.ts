@@ -29,6 +29,8 @@ import { sleep } from "./lib/shutdown.ts";
 export const STATE_DIR = ".local";
 const STATE_FILE = join(STATE_DIR, "stack.json");
 const COMPOSE_FILE = "docker-compose.yml";
+/** Compose project name: names the containers and volumes (sales-stream_kafka-data, ...). */
+const COMPOSE_PROJECT = "sales-stream";
 
 type Mode = "docker" | "local";
 
@@ -172,8 +174,9 @@ function has(cmd: string): boolean {
 }
 
 function composeCommand(): string[] | undefined {
-  if (has("docker") && run("docker", ["compose", "version"], { quiet: true, timeout: 10_000 }).ok) return ["docker", "compose"];
-  if (has("docker-compose")) return ["docker-compose"];
+  const file = ["-p", COMPOSE_PROJECT, "-f", COMPOSE_FILE];
+  if (has("docker") && run("docker", ["compose", "version"], { quiet: true, timeout: 10_000 }).ok) return ["docker", "compose", ...file];
+  if (has("docker-compose")) return ["docker-compose", ...file];
   return undefined;
 }
 
@@ -462,9 +465,13 @@ async function up(config: Config, mode: Mode, log: Logger): Promise<void> {
   if (state.mode !== mode) throw new Error(`the stack is already up in ${state.mode} mode: run "make down" first`);
   if (mode === "docker") {
     const compose = composeCommand()!;
-    const result = run(compose[0]!, [...compose.slice(1), "-f", COMPOSE_FILE, "up", "-d", "--wait"]);
+    // `--wait` (healthchecks) is Compose v2; with the older docker-compose, wait for the services here.
+    const v2 = compose[0] === "docker";
+    const result = run(compose[0]!, [...compose.slice(1), "up", "-d", ...(v2 ? ["--wait"] : [])]);
     if (!result.ok) throw new Error("docker compose up failed (see above)");
     writeState(state);
+    await waitFor("Kafka", () => kafkaAnswers(config, log), 120);
+    await waitFor("PostgreSQL", async () => (await postgresAnswers(config)) !== undefined, 120);
   } else {
     if (state.kafka && pidAlive(state.kafka.pid) && (await kafkaAnswers(config, log))) {
       log.info(`Kafka ${state.kafka.version} already running (pid ${state.kafka.pid})`);
@@ -498,7 +505,7 @@ async function down(log: Logger): Promise<State | undefined> {
   }
   if (state.mode === "docker") {
     const compose = composeCommand();
-    if (compose) run(compose[0]!, [...compose.slice(1), "-f", COMPOSE_FILE, "down"]);
+    if (compose) run(compose[0]!, [...compose.slice(1), "down"]);
   } else {
     if (state.kafka) await stopPid(state.kafka.pid, `Kafka ${state.kafka.version}`, log);
     if (state.postgres) stopPostgres(state.postgres, log);
@@ -541,7 +548,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
   if (effective === "docker") {
     const compose = composeCommand();
     if (!compose) throw new Error("docker compose is not available to remove the volumes");
-    run(compose[0]!, [...compose.slice(1), "-f", COMPOSE_FILE, "down", "-v"]);
+    run(compose[0]!, [...compose.slice(1), "down", "-v"]);
     writeState(undefined);
   } else {
     // The database goes while PostgreSQL still runs; Kafka's folder once the broker has stopped.

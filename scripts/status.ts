@@ -31,7 +31,8 @@ async function kafkaLine(config: Config, log: Logger): Promise<string> {
     const offsets = await admin.fetchTopicOffsets(config.kafkaTopic);
     const messages = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
     const lag = await consumerLag(admin, config.kafkaGroupId, config.kafkaTopic);
-    return `topic ${config.kafkaTopic}: ${messages} messages in ${offsets.length} partitions; group ${config.kafkaGroupId} lag ${lag}`;
+    const parts = `${offsets.length} partition${offsets.length === 1 ? "" : "s"}`;
+    return `topic ${config.kafkaTopic}: ${messages} messages in ${parts}; group ${config.kafkaGroupId} lag ${lag}`;
   } catch (error) {
     return `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${(error as Error).message})`;
   } finally {

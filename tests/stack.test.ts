@@ -1,0 +1,125 @@
+// docker-compose.yml and local mode must run the same stack: Kafka version and settings, PostgreSQL major
+// version, ports and credentials. Most users run compose; these tests run where Docker cannot.
+
+import { describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import postgres from "postgres";
+import { DEFAULT_DATABASE_URL, readConfig } from "../scripts/lib/config.ts";
+import { withDatabase } from "../scripts/lib/db.ts";
+import { localServerProperties, NETWORK_PROPERTIES, propertyName, readCompose } from "../scripts/local_stack.ts";
+import { ROOT } from "./helpers.ts";
+
+const composeText = readFileSync(join(ROOT, "docker-compose.yml"), "utf8");
+const facts = readCompose(composeText);
+const doc = Bun.YAML.parse(composeText) as {
+  services: Record<string, { ports?: string[]; healthcheck?: { test?: unknown }; volumes?: string[] }>;
+  volumes: Record<string, unknown>;
+};
+
+function composeCommand(): string[] | undefined {
+  if (spawnSync("docker", ["compose", "version"], { stdio: "ignore" }).status === 0) return ["docker", "compose"];
+  if (Bun.which("docker-compose")) return ["docker-compose"];
+  return undefined;
+}
+
+describe("docker-compose.yml", () => {
+  const compose = composeCommand();
+
+  // .ci/run installs Debian's docker-compose, so CI always runs this; a machine with neither tool skips it.
+  test.skipIf(compose === undefined)("is valid for docker compose", () => {
+    const result = spawnSync(compose![0]!, [...compose!.slice(1), "-f", join(ROOT, "docker-compose.yml"), "config", "-q"], {
+      encoding: "utf8",
+    });
+    expect(result.stderr).toBe("");
+    expect(result.status).toBe(0);
+  });
+
+  test("pins one Kafka version (apache/kafka) and one PostgreSQL version", () => {
+    expect(facts.kafkaImage).toMatch(/^apache\/kafka:\d+\.\d+\.\d+$/);
+    expect(facts.postgresImage).toMatch(/^postgres:\d+\.\d+/);
+  });
+
+  test("has the settings a single KRaft broker needs", () => {
+    expect(facts.kafkaEnv).toMatchObject({
+      KAFKA_PROCESS_ROLES: "broker,controller",
+      KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR: "1",
+      KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR: "1",
+      KAFKA_TRANSACTION_STATE_LOG_MIN_ISR: "1",
+      KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS: "0",
+    });
+    // Two listeners: one for containers, one advertised to the host.
+    expect(facts.kafkaEnv.KAFKA_ADVERTISED_LISTENERS).toBe("PLAINTEXT://kafka:19092,PLAINTEXT_HOST://127.0.0.1:9092");
+  });
+
+  test("publishes ports on 127.0.0.1 only, with a healthcheck and a named volume for every service", () => {
+    for (const [name, service] of Object.entries(doc.services)) {
+      for (const port of service.ports ?? []) expect(port).toStartWith("127.0.0.1:");
+      expect(service.healthcheck?.test, `${name} healthcheck`).toBeDefined();
+      const volume = (service.volumes ?? [])[0]?.split(":")[0];
+      expect(Object.keys(doc.volumes), `${name} volume`).toContain(volume!);
+    }
+  });
+
+  test("matches the defaults the scripts use (brokers, database URL)", () => {
+    const url = new URL(DEFAULT_DATABASE_URL);
+    expect({
+      user: facts.postgresEnv.POSTGRES_USER,
+      password: facts.postgresEnv.POSTGRES_PASSWORD,
+      db: facts.postgresEnv.POSTGRES_DB,
+      port: facts.ports.postgres,
+    }).toEqual({ user: url.username, password: url.password, db: url.pathname.slice(1), port: [`127.0.0.1:${url.port}:5432`] });
+    expect(readConfig({}).kafkaBrokers).toEqual(["127.0.0.1:9092"]);
+    expect(facts.ports.kafka).toEqual(["127.0.0.1:9092:9092"]);
+  });
+});
+
+describe("local mode", () => {
+  const props = localServerProperties(facts, { host: "127.0.0.1", port: 9092, controllerPort: 9093, logDir: "/tmp/x" });
+
+  test("translates KAFKA_* variables to broker properties as the apache/kafka image does", () => {
+    expect(propertyName("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR")).toBe("offsets.topic.replication.factor");
+    expect(propertyName("KAFKA_LISTENER_NAME_X___Y")).toBe("listener.name.x-y");
+    expect(propertyName("KAFKA_SOME__UNDERSCORE")).toBe("some_underscore");
+  });
+
+  test("runs the broker with compose's settings, changing only where it listens", () => {
+    const fromCompose = Object.fromEntries(
+      Object.entries(facts.kafkaEnv)
+        .filter(([k]) => k.startsWith("KAFKA_"))
+        .map(([k, v]) => [propertyName(k), v]),
+    );
+    const network = new Set<string>(NETWORK_PROPERTIES);
+    const rest = (o: Record<string, string>) => Object.fromEntries(Object.entries(o).filter(([k]) => !network.has(k)));
+    expect(rest(props)).toEqual(rest(fromCompose));
+    expect(Object.keys(rest(props)).length).toBeGreaterThan(5);
+    expect(props).toMatchObject({
+      "offsets.topic.replication.factor": "1",
+      "group.initial.rebalance.delay.ms": "0",
+      listeners: "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+      "advertised.listeners": "PLAINTEXT://127.0.0.1:9092",
+      "controller.quorum.voters": "1@127.0.0.1:9093",
+    });
+  });
+
+  const state = join(ROOT, ".local", "stack.json");
+  const local = existsSync(state) && (JSON.parse(readFileSync(state, "utf8")) as { mode: string }).mode === "local";
+
+  test.skipIf(!local)("the running broker is the compose image's Kafka version, from Maven Central", () => {
+    const { kafka } = JSON.parse(readFileSync(state, "utf8")) as { kafka?: { version: string; home: string } };
+    expect(kafka?.version).toBe(facts.kafkaVersion);
+    expect(existsSync(join(kafka!.home, facts.kafkaVersion, "libs", `kafka_2.13-${facts.kafkaVersion}.jar`))).toBe(true);
+  });
+
+  test("the running PostgreSQL has the compose image's major version", async () => {
+    const server = readConfig().databaseUrl ?? DEFAULT_DATABASE_URL;
+    const sql = postgres(withDatabase(server, "postgres"), { max: 1 });
+    try {
+      const [row] = await sql<{ v: string }[]>`select current_setting('server_version_num') as v`;
+      expect(Math.floor(Number(row!.v) / 10000)).toBe(facts.postgresMajor);
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+  });
+});
