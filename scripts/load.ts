@@ -357,17 +357,18 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
 
   if (!result) return { status: "already-loaded", records: parsed.rows.length, inserted: 0, duplicates: 0, rejected: 0 };
   if (rejected.length > 0) {
-    // The file for people: the reason, where the row came from, then the row as received.
+    // The file for people: the reason and where the row came from (named with a leading "_", as in batch
+    // files, so a source column of the same name stays apart), then the row as received.
     const fieldColumns = [...new Set(rejected.flatMap((r) => Object.keys(r.fields ?? {})))];
-    const columns = ["reason", "source_file", "source_line", "batch_file", "kafka_offset", ...fieldColumns, "raw_text"];
+    const columns = ["_reason", "_source_file", "_source_line", "_batch_file", "_kafka_offset", ...fieldColumns, "_raw_text"];
     const rows = rejected.map((r) => ({
       ...r.fields,
-      reason: r.reason,
-      source_file: r.source_file,
-      source_line: r.source_line,
-      batch_file: r.batch_file,
-      kafka_offset: r.kafka_offset,
-      raw_text: r.raw_text,
+      _reason: r.reason,
+      _source_file: r.source_file,
+      _source_line: r.source_line,
+      _batch_file: r.batch_file,
+      _kafka_offset: r.kafka_offset,
+      _raw_text: r.raw_text,
     }));
     await mkdir(join(dir, "rejected"), { recursive: true });
     await writeFileDurably(join(dir, "rejected"), name, writeCsv(rows, columns));

@@ -185,7 +185,7 @@ function dockerRuns(): boolean {
   return has("docker") && run("docker", ["info"], { quiet: true, timeout: 10_000 }).ok && composeCommand() !== undefined;
 }
 
-function pidAlive(pid: number): boolean {
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -199,7 +199,7 @@ function brokerAddress(config: Config): { host: string; port: number } {
   return { host: host!, port: Number(port) };
 }
 
-async function kafkaAnswers(config: Config, log: Logger): Promise<boolean> {
+export async function kafkaAnswers(config: Config, log: Logger): Promise<boolean> {
   const admin = createKafka(config, createLogger(log.name, "silent"), { probe: true }).admin();
   try {
     await admin.connect();
@@ -311,16 +311,33 @@ function ensureKafkaJars(home: string, version: string, log: Logger): string {
   return libs;
 }
 
-async function startKafka(config: Config, facts: ComposeFacts, log: Logger): Promise<State["kafka"]> {
-  const { host, port } = brokerAddress(config);
-  if (!["127.0.0.1", "localhost"].includes(host)) {
-    throw new Error(`local mode runs Kafka on this machine, but KAFKA_BROKERS points at ${host}:${port}`);
-  }
-  const home = resolve(STATE_DIR, "kafka");
-  const libs = ensureKafkaJars(join(home, facts.kafkaVersion), facts.kafkaVersion, log);
-  const dataDir = join(home, "data");
-  const properties = localServerProperties(facts, { host: "127.0.0.1", port, controllerPort: port + 1, logDir: dataDir });
-  const propsFile = join(home, "server.properties");
+export interface BrokerOptions {
+  /** folder for server.properties, the logs and (in data/) the broker's storage */
+  readonly dir: string;
+  /** folder of the broker's jars (kafkaJars) */
+  readonly libs: string;
+  readonly port: number;
+  readonly controllerPort: number;
+  readonly facts: ComposeFacts;
+  /** JVM heap, e.g. "1g" */
+  readonly heap?: string;
+}
+
+/** The jars of Kafka `version`, fetched from Maven Central the first time. */
+export function kafkaJars(version: string, log: Logger): string {
+  return ensureKafkaJars(resolve(STATE_DIR, "kafka", version), version, log);
+}
+
+/**
+ * Starts one KRaft broker+controller process on 127.0.0.1 with compose's settings, formatting its storage the
+ * first time; returns the pid at once (see waitForBroker). The process outlives this script.
+ */
+export function launchBroker(options: BrokerOptions, log: Logger): number {
+  const { dir, libs, port, controllerPort, facts } = options;
+  mkdirSync(dir, { recursive: true });
+  const dataDir = join(dir, "data");
+  const properties = localServerProperties(facts, { host: "127.0.0.1", port, controllerPort, logDir: dataDir });
+  const propsFile = join(dir, "server.properties");
   writeFileSync(
     propsFile,
     `# Written by scripts/local_stack.ts from ${COMPOSE_FILE}; edit that file, not this one.\n` +
@@ -329,11 +346,12 @@ async function startKafka(config: Config, facts: ComposeFacts, log: Logger): Pro
         .join("\n") +
       "\n",
   );
-  writeFileSync(join(home, "log4j2.properties"), LOG4J2(join(home, "server.log")));
+  writeFileSync(join(dir, "log4j2.properties"), LOG4J2(join(dir, "server.log")));
+  const heap = options.heap ?? "1g";
   const java = (main: string, args: string[]) => [
     "-Xms256m",
-    "-Xmx1g",
-    `-Dlog4j2.configurationFile=${join(home, "log4j2.properties")}`,
+    `-Xmx${heap}`,
+    `-Dlog4j2.configurationFile=${join(dir, "log4j2.properties")}`,
     "-cp",
     `${libs}/*`,
     main,
@@ -345,21 +363,33 @@ async function startKafka(config: Config, facts: ComposeFacts, log: Logger): Pro
     if (!format.ok) throw new Error(`formatting Kafka's storage failed:\n${format.out}`);
     log.info(`formatted KRaft storage in ${dataDir}`);
   }
-  const console = openSync(join(home, "console.log"), "a");
-  const child = spawn("java", java("kafka.Kafka", [propsFile]), {
-    detached: true,
-    stdio: ["ignore", console, console],
-  });
+  const console = openSync(join(dir, "console.log"), "a");
+  const child = spawn("java", java("kafka.Kafka", [propsFile]), { detached: true, stdio: ["ignore", console, console] });
   child.unref();
-  const pid = child.pid!;
-  log.info(`starting Kafka ${facts.kafkaVersion} (pid ${pid}) on 127.0.0.1:${port}, logs in ${home}/server.log`);
-  await waitFor("Kafka", () => kafkaAnswers(config, log), 90, () =>
-    pidAlive(pid) ? undefined : `${tail(join(home, "console.log"))}\n${tail(join(home, "server.log"))}`,
+  return child.pid!;
+}
+
+/** Waits until the broker at config's address answers; fails early with its log if process `pid` died. */
+export async function waitForBroker(config: Config, pid: number, dir: string, log: Logger, seconds = 90): Promise<void> {
+  await waitFor("Kafka", () => kafkaAnswers(config, log), seconds, () =>
+    pidAlive(pid) ? undefined : `${tail(join(dir, "console.log"))}\n${tail(join(dir, "server.log"))}`,
   );
+}
+
+async function startKafka(config: Config, facts: ComposeFacts, log: Logger): Promise<State["kafka"]> {
+  const { host, port } = brokerAddress(config);
+  if (!["127.0.0.1", "localhost"].includes(host)) {
+    throw new Error(`local mode runs Kafka on this machine, but KAFKA_BROKERS points at ${host}:${port}`);
+  }
+  const home = resolve(STATE_DIR, "kafka");
+  const libs = kafkaJars(facts.kafkaVersion, log);
+  const pid = launchBroker({ dir: home, libs, port, controllerPort: port + 1, facts }, log);
+  log.info(`starting Kafka ${facts.kafkaVersion} (pid ${pid}) on 127.0.0.1:${port}, logs in ${home}/server.log`);
+  await waitForBroker(config, pid, home, log);
   return { pid, version: facts.kafkaVersion, home };
 }
 
-async function stopPid(pid: number, what: string, log: Logger): Promise<void> {
+export async function stopPid(pid: number, what: string, log: Logger): Promise<void> {
   if (!pidAlive(pid)) return;
   process.kill(pid, "SIGTERM");
   const deadline = performance.now() + 30_000;
@@ -398,30 +428,46 @@ async function startPostgres(config: Config, log: Logger): Promise<State["postgr
     }
   }
   // Any other install with server binaries: a cluster of our own under .local/postgres.
+  const dbUser = config.databaseUrl ? decodeURIComponent(new URL(config.databaseUrl).username || "postgres") : "postgres";
+  log.info(`starting a local PostgreSQL in ${resolve(STATE_DIR, "postgres")} on port ${port}`);
+  return launchPostgres({ data: resolve(STATE_DIR, "postgres"), port, superuser: dbUser }, where);
+}
+
+export type PostgresCluster = Extract<NonNullable<State["postgres"]>, { how: "pg_ctl" }>;
+
+/**
+ * A PostgreSQL cluster of our own in `data` (initdb the first time, trust auth, listening on 127.0.0.1:port),
+ * started with pg_ctl. As root the server runs as the postgres user, because it refuses to run as root.
+ */
+export function launchPostgres(options: { data: string; port: number; superuser?: string }, where = "PostgreSQL"): PostgresCluster {
   const bin = [Bun.which("pg_ctl") ? "" : undefined, ...listPostgresBins()].find((b) => b !== undefined);
   if (bin === undefined) {
     throw new Error(
-      `PostgreSQL at ${where} does not answer and no PostgreSQL server is installed ` +
+      `${where} does not answer and no PostgreSQL server is installed ` +
         "(apt-get install postgresql, or use Docker, or set DATABASE_URL)",
     );
   }
+  const { data, port } = options;
   const tool = (name: string) => (bin ? join(bin, name) : name);
-  const data = resolve(STATE_DIR, "postgres");
-  const user = process.getuid?.() === 0 ? "postgres" : undefined; // the server refuses to run as root
+  const user = process.getuid?.() === 0 ? "postgres" : undefined;
   const as = (args: string[]) => (user ? ["runuser", ["-u", user, "--", ...args]] : [args[0]!, args.slice(1)]) as [string, string[]];
   if (!existsSync(join(data, "PG_VERSION"))) {
     mkdirSync(data, { recursive: true });
     if (user) run("chown", ["-R", user, data]);
-    const dbUser = config.databaseUrl ? decodeURIComponent(new URL(config.databaseUrl).username || "postgres") : "postgres";
-    const init = run(...as([tool("initdb"), "-D", data, "-U", dbUser, "-A", "trust", "-E", "UTF8"]), { quiet: true });
+    const init = run(...as([tool("initdb"), "-D", data, "-U", options.superuser ?? "postgres", "-A", "trust", "-E", "UTF8"]), { quiet: true });
     if (!init.ok) throw new Error(`initdb failed:\n${init.out}`);
   }
-  log.info(`starting a local PostgreSQL in ${data} on port ${port}`);
-  const start = run(
-    ...as([tool("pg_ctl"), "-D", data, "-l", join(data, "server.log"), "-w", "-o", `-p ${port} -k /tmp -c listen_addresses=127.0.0.1`, "start"]),
-  );
-  if (!start.ok) throw new Error(`pg_ctl start failed, see ${join(data, "server.log")}`);
-  return { how: "pg_ctl", bin, data, user };
+  const cluster: PostgresCluster = { how: "pg_ctl", bin, data, user };
+  startCluster(cluster, port);
+  return cluster;
+}
+
+/** (Re)starts a cluster made by launchPostgres. */
+export function startCluster(cluster: PostgresCluster, port: number): void {
+  const pgCtl = cluster.bin ? join(cluster.bin, "pg_ctl") : "pg_ctl";
+  const args = [pgCtl, "-D", cluster.data, "-l", join(cluster.data, "server.log"), "-w", "-o", `-p ${port} -k /tmp -c listen_addresses=127.0.0.1`, "start"];
+  const start = cluster.user ? run("runuser", ["-u", cluster.user, "--", ...args], { quiet: true }) : run(args[0]!, args.slice(1), { quiet: true });
+  if (!start.ok) throw new Error(`pg_ctl start failed (${start.out.trim()}), see ${join(cluster.data, "server.log")}`);
 }
 
 function listPostgresBins(): string[] {
@@ -435,7 +481,7 @@ function listPostgresBins(): string[] {
     .filter((b) => existsSync(join(b, "pg_ctl")));
 }
 
-function stopPostgres(state: NonNullable<State["postgres"]>, log: Logger): void {
+export function stopPostgres(state: NonNullable<State["postgres"]>, log: Logger): void {
   if (state.how === "pg_ctlcluster") {
     run("pg_ctlcluster", ["--skip-systemctl-redirect", state.version, state.cluster, "stop"]);
     log.info(`stopped PostgreSQL ${state.version}/${state.cluster}`);

@@ -338,7 +338,7 @@ describe("pipeline with broken rows", () => {
     const rejectedDir = join(env.BATCHES_DIR!, "rejected");
     const files = readdirSync(rejectedDir);
     const reasons = files.flatMap((f) => parseCsv(readFileSync(join(rejectedDir, f), "utf8"), f).rows);
-    expect(reasons.map((r) => Number(r.values.source_line)).sort((a, b) => a - b)).toEqual(Object.keys(rejectedLines).map(Number));
+    expect(reasons.map((r) => Number(r.values._source_line)).sort((a, b) => a - b)).toEqual(Object.keys(rejectedLines).map(Number));
   });
 });
 

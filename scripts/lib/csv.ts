@@ -84,6 +84,38 @@ export async function detectEncoding(path: string): Promise<EncodingReport> {
   return { encoding: valid ? "utf-8" : "windows-1252", bom, lines };
 }
 
+/** Line (1-based) of the first byte sequence that is not UTF-8 (the WHATWG decoder's rules), if any. */
+export async function invalidUtf8Line(path: string): Promise<number | undefined> {
+  let line = 1;
+  let need = 0; // continuation bytes still expected
+  let lower = 0x80;
+  let upper = 0xbf;
+  for await (const chunk of Bun.file(path).stream()) {
+    for (const b of chunk) {
+      if (need > 0) {
+        if (b < lower || b > upper) return line;
+        lower = 0x80;
+        upper = 0xbf;
+        need--;
+        continue;
+      }
+      if (b === 10) line++;
+      if (b < 0x80) continue;
+      if (b >= 0xc2 && b <= 0xdf) need = 1;
+      else if (b >= 0xe0 && b <= 0xef) {
+        need = 2;
+        if (b === 0xe0) lower = 0xa0;
+        if (b === 0xed) upper = 0x9f;
+      } else if (b >= 0xf0 && b <= 0xf4) {
+        need = 3;
+        if (b === 0xf0) lower = 0x90;
+        if (b === 0xf4) upper = 0x8f;
+      } else return line;
+    }
+  }
+  return need > 0 ? line : undefined;
+}
+
 /** Streams decoded lines; a UTF-8 BOM is dropped by the decoder. Over-long lines keep a prefix only. */
 export async function* readLines(path: string, encoding: Encoding): AsyncGenerator<Line> {
   const decoder = new TextDecoderStream(encoding, { fatal: encoding === "utf-8" });
@@ -115,7 +147,9 @@ export async function* readLines(path: string, encoding: Encoding): AsyncGenerat
       } else partial += rest;
     }
   } catch (error) {
-    throw new Error(`${path}: line ${number}: not valid ${encoding} (${(error as Error).message})`);
+    // The decoder fails on a whole chunk; find the line of the bad bytes themselves for the message.
+    const line = encoding === "utf-8" ? ((await invalidUtf8Line(path)) ?? number) : number;
+    throw new Error(`${path}: line ${line}: not valid ${encoding} (${(error as Error).message})`);
   }
   if (overLength > 0) yield { number, text: partial, overLength };
   else if (partial !== "") yield { number, text: partial };
@@ -314,9 +348,9 @@ export interface ParsedCsv {
  * file and the line.
  */
 export function parseCsv(text: string, name: string): ParsedCsv {
-  let records: { record: string[]; info: { lines: number } }[];
+  let records: { record: string[]; raw: string; info: { lines: number } }[];
   try {
-    records = parse(text, { info: true }) as unknown as typeof records;
+    records = parse(text, { info: true, raw: true }) as unknown as typeof records;
   } catch (error) {
     throw new Error(`${name}: ${(error as Error).message}`);
   }
@@ -326,10 +360,12 @@ export function parseCsv(text: string, name: string): ParsedCsv {
   if (new Set(columns).size !== columns.length) throw new Error(`${name}: the header repeats a column name`);
   return {
     columns,
-    rows: body.map(({ record, info }) => {
+    rows: body.map(({ record, raw, info }) => {
       const values: Record<string, string> = {};
       columns.forEach((column, i) => (values[column] = record[i] ?? ""));
-      return { line: info.lines, values };
+      // info.lines is the line the record ends on; count back over its newlines to where it starts.
+      const inside = raw.replace(/\r?\n$/, "").match(/\n/g)?.length ?? 0;
+      return { line: info.lines - inside, values };
     }),
   };
 }

@@ -55,7 +55,7 @@ export function createLogger(name: string, level: Level | "silent" = envLevel())
 /** "12.3s", "4m05s", "1h02m". */
 export function formatDuration(ms: number): string {
   const seconds = ms / 1000;
-  if (seconds < 60) return `${seconds.toFixed(1)}s`;
+  if (seconds < 59.95) return `${seconds.toFixed(1)}s`; // 59.96 would round to "60.0s"
   const m = Math.floor(seconds / 60);
   const s = Math.floor(seconds % 60);
   if (m < 60) return `${m}m${String(s).padStart(2, "0")}s`;

@@ -47,6 +47,11 @@ export const FIELDS = {
 } as const satisfies Record<string, FieldSpec>;
 
 export type FieldKey = keyof typeof FIELDS;
+
+/** Own keys only: "constructor" is in every object, but is not a field. */
+function isFieldKey(key: string): key is FieldKey {
+  return Object.hasOwn(FIELDS, key);
+}
 /** The row's identity within its file; not a column of its own (see OrderRow.source_row_id). */
 export const ROW_ID_KEY = "rowid";
 
@@ -74,11 +79,11 @@ export function mapHeader(columns: readonly string[]): HeaderMap {
     const key = normalizeHeader(column);
     const other = seen.get(key);
     if (other !== undefined && key !== "") {
-      throw new Error(`columns "${other}" and "${column}" both mean ${key in FIELDS ? FIELDS[key as FieldKey].label : key}`);
+      throw new Error(`columns "${other}" and "${column}" both mean ${isFieldKey(key) ? FIELDS[key].label : key}`);
     }
     seen.set(key, column);
     if (key === ROW_ID_KEY) rowId = column;
-    else if (key in FIELDS) fields.set(column, key as FieldKey);
+    else if (isFieldKey(key)) fields.set(column, key);
     else extra.push(column);
   }
   return { fields, rowId, extra };
@@ -109,10 +114,11 @@ export function parseDecimal(value: string): string | undefined {
   return /^[+-]?(\d+(\.\d*)?|\.\d+)$/.test(value) ? value : undefined;
 }
 
-export function parseInteger(value: string): number | undefined {
+/** A whole number within PostgreSQL's integer range (or up to `max`, for bigint columns). */
+export function parseInteger(value: string, max = 2_147_483_647): number | undefined {
   if (!/^[+-]?\d+$/.test(value)) return undefined;
   const n = Number(value);
-  return Math.abs(n) <= 2_147_483_647 ? n : undefined;
+  return n <= max && n >= -max - 1 ? n : undefined;
 }
 
 const US = new Set(["united states", "united states of america", "usa", "us"]);
@@ -208,7 +214,7 @@ export function cleanRow(source: Readonly<Record<string, string>>, header: Heade
   let rowId: number | undefined;
   if (header.rowId !== undefined) {
     const raw = (source[header.rowId] ?? "").trim();
-    rowId = parseInteger(raw);
+    rowId = parseInteger(raw, Number.MAX_SAFE_INTEGER);
     if (rowId === undefined || rowId < 1) {
       problems.push(`${header.rowId}: ${raw === "" ? "empty" : `${quote(raw)} is not a positive whole number`}`);
     }

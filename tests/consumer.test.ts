@@ -1,0 +1,169 @@
+// Unit tests for the pure parts of scripts/consumer_batch_to_csv.ts: a message becomes a batch row.
+
+import { describe, expect, test } from "bun:test";
+import type { IHeaders, KafkaMessage } from "kafkajs";
+import { META_COLUMNS } from "../scripts/lib/batch.ts";
+import { batchColumns, type BatchRow, messageToRow } from "../scripts/consumer_batch_to_csv.ts";
+
+function message(value: Buffer | null, headers: IHeaders = { source_file: Buffer.from("a.csv") }): KafkaMessage {
+  return {
+    key: Buffer.from("a.csv:1"),
+    value,
+    timestamp: "1700000000000",
+    offset: "5",
+    headers,
+    attributes: 0,
+    size: 0,
+  } as unknown as KafkaMessage;
+}
+
+const META = {
+  _source_file: "a.csv",
+  _source_line: "2",
+  _source_lines: null,
+  _topic: "sales_topic",
+  _partition: "1",
+  _offset: "5",
+  _timestamp: "2023-11-14T22:13:20.000Z",
+  _error: null,
+  _raw: null,
+};
+
+const HEADERS: IHeaders = { source_file: Buffer.from("a.csv"), source_line: Buffer.from("2") };
+
+describe("messageToRow", () => {
+  test("turns a JSON object into its fields followed by the meta columns", () => {
+    const value = Buffer.from(JSON.stringify({ "Row ID": "1", "Order ID": "CA-1", Sales: "261.96" }));
+    const row = messageToRow(message(value, HEADERS), "sales_topic", 1);
+    expect(row).toEqual({ "Row ID": "1", "Order ID": "CA-1", Sales: "261.96", ...META });
+    expect(Object.keys(row)).toEqual(["Row ID", "Order ID", "Sales", ...META_COLUMNS]);
+  });
+
+  test("keeps non-ASCII text", () => {
+    const value = Buffer.from(JSON.stringify({ Name: "Eldon “Base” é" }));
+    expect(messageToRow(message(value, HEADERS), "sales_topic", 1).Name).toBe("Eldon “Base” é");
+  });
+
+  test("reads source_lines for a record that spans several lines", () => {
+    const headers = { ...HEADERS, source_lines: Buffer.from("3") };
+    const row = messageToRow(message(Buffer.from("{}"), headers), "sales_topic", 1);
+    expect(row._source_lines).toBe("3");
+  });
+
+  test("reads header values given as arrays or strings", () => {
+    const headers: IHeaders = { source_file: [Buffer.from("b.csv"), Buffer.from("c.csv")], source_line: "8" };
+    const row = messageToRow(message(Buffer.from("{}"), headers), "t", 0);
+    expect([row._source_file, row._source_line]).toEqual(["b.csv", "8"]);
+  });
+
+  test("has null source columns for a message without headers", () => {
+    const msg = { ...message(Buffer.from('{"a":"1"}')), headers: undefined } as KafkaMessage;
+    expect(messageToRow(msg, "t", 0)).toEqual({
+      a: "1",
+      ...META,
+      _source_file: null,
+      _source_line: null,
+      _topic: "t",
+      _partition: "0",
+    });
+  });
+
+  test("keeps the raw text and the reason of a record the producer could not split", () => {
+    const headers = { ...HEADERS, parse_error: Buffer.from("expected 21 fields but got 3") };
+    expect(messageToRow(message(Buffer.from("1,2,3"), headers), "sales_topic", 1)).toEqual({
+      ...META,
+      _error: "expected 21 fields but got 3",
+      _raw: "1,2,3",
+    });
+  });
+
+  test("keeps raw text that happens to be JSON as raw when parse_error is set", () => {
+    const headers = { ...HEADERS, parse_error: Buffer.from("bad quoting") };
+    expect(messageToRow(message(Buffer.from('{"a":"1"}'), headers), "sales_topic", 1)).toEqual({
+      ...META,
+      _error: "bad quoting",
+      _raw: '{"a":"1"}',
+    });
+  });
+
+  test("rejects a value that is not JSON", () => {
+    expect(messageToRow(message(Buffer.from("Row ID,Sales"), HEADERS), "sales_topic", 1)).toEqual({
+      ...META,
+      _error: "message value is not a JSON object",
+      _raw: "Row ID,Sales",
+    });
+  });
+
+  test("rejects JSON that is not an object", () => {
+    for (const text of ["[1,2]", "null", "42", '"text"']) {
+      expect(messageToRow(message(Buffer.from(text), HEADERS), "sales_topic", 1)).toEqual({
+        ...META,
+        _error: "message value is not a JSON object",
+        _raw: text,
+      });
+    }
+  });
+
+  test("rejects a message without a value", () => {
+    expect(messageToRow(message(null, HEADERS), "sales_topic", 1)).toEqual({
+      ...META,
+      _error: "message has no value",
+      _raw: null,
+    });
+  });
+
+  test("turns numbers, booleans and nested values into text, and keeps null", () => {
+    const json = { Quantity: 3, Sales: 2.5, Gift: false, Tags: ["a"], Extra: { b: 1 }, Note: null };
+    const value = Buffer.from(JSON.stringify(json));
+    expect(messageToRow(message(value, HEADERS), "sales_topic", 1)).toEqual({
+      Quantity: "3",
+      Sales: "2.5",
+      Gift: "false",
+      Tags: '["a"]',
+      Extra: '{"b":1}',
+      Note: null,
+      ...META,
+    });
+  });
+
+  test("keeps a source field named like a meta column under source + its name", () => {
+    const value = Buffer.from(JSON.stringify({ _offset: "from the file", _error: "also data", Sales: "1" }));
+    expect(messageToRow(message(value, HEADERS), "sales_topic", 1)).toEqual({
+      source_offset: "from the file",
+      source_error: "also data",
+      Sales: "1",
+      ...META,
+    });
+  });
+});
+
+describe("batchColumns", () => {
+  test("lists source columns in order of first appearance, then the meta columns", () => {
+    const rows: BatchRow[] = [
+      { b: "1", a: "2", ...META },
+      { a: "3", c: "4", ...META },
+      { ...META, _error: "x", _raw: "y" },
+      { d: "5", b: "6", ...META },
+    ];
+    expect(batchColumns(rows)).toEqual(["b", "a", "c", "d", ...META_COLUMNS]);
+  });
+
+  test("puts the meta columns last even when a row lists them first", () => {
+    const rows: BatchRow[] = [{ _offset: "1", _topic: "t", z: "1" }];
+    expect(batchColumns(rows)).toEqual(["z", ...META_COLUMNS]);
+  });
+
+  test("lists only the meta columns for no rows or rejected rows only", () => {
+    expect(batchColumns([])).toEqual([...META_COLUMNS]);
+    expect(batchColumns([{ ...META, _error: "x", _raw: "y" }])).toEqual([...META_COLUMNS]);
+  });
+
+  test("gives every row of a batch the same columns as the messages it came from", () => {
+    const rows = [
+      messageToRow(message(Buffer.from('{"Row ID":"1","Sales":"2"}'), HEADERS), "t", 0),
+      messageToRow(message(Buffer.from("broken"), HEADERS), "t", 0),
+      messageToRow(message(Buffer.from('{"Row ID":"2","Profit":"3"}'), HEADERS), "t", 0),
+    ];
+    expect(batchColumns(rows)).toEqual(["Row ID", "Sales", "Profit", ...META_COLUMNS]);
+  });
+});

@@ -1,0 +1,387 @@
+// Unit tests for the pure parts of scripts/load.ts: transform (clean, reject, dedupe) and latest-row selection.
+
+import { describe, expect, test } from "bun:test";
+import { META_COLUMNS } from "../scripts/lib/batch.ts";
+import { BadBatchFileError, isLater, latestBy, ORDER_COLUMNS, type OrderRow, transform } from "../scripts/load.ts";
+
+const SOURCE_COLUMNS = [
+  "Row ID",
+  "Order ID",
+  "Order Date",
+  "Ship Date",
+  "Customer ID",
+  "Customer Name",
+  "Country",
+  "Postal Code",
+  "Product ID",
+  "Sales",
+  "Quantity",
+];
+const COLUMNS = [...SOURCE_COLUMNS, ...META_COLUMNS];
+const BATCH = "sales_topic_p0_000000000005-000000000009_0123456789ab.csv";
+
+function source(overrides: Record<string, string> = {}): Record<string, string> {
+  return {
+    "Row ID": "1",
+    "Order ID": "CA-2016-152156",
+    "Order Date": "11/8/2016",
+    "Ship Date": "11/11/2016",
+    "Customer ID": "CG-12520",
+    "Customer Name": "Claire Gute",
+    Country: "United States",
+    "Postal Code": "5408",
+    "Product ID": "FUR-BO-10001798",
+    Sales: "261.96",
+    Quantity: "2",
+    ...overrides,
+  };
+}
+
+function meta(overrides: Record<string, string> = {}): Record<string, string> {
+  return {
+    _source_file: "Sample-Superstore.csv",
+    _source_line: "2",
+    _source_lines: "",
+    _topic: "sales_topic",
+    _partition: "0",
+    _offset: "5",
+    _timestamp: "2023-11-14T22:13:20.000Z",
+    _error: "",
+    _raw: "",
+    ...overrides,
+  };
+}
+
+/** A batch file as parseCsv returns it: rows on lines 2, 3, ... */
+function batch(rows: Record<string, string>[], columns: readonly string[] = COLUMNS) {
+  return { columns, rows: rows.map((values, i) => ({ line: i + 2, values })) };
+}
+
+const CLEAN_ORDER = {
+  order_id: "CA-2016-152156",
+  order_date: "2016-11-08",
+  ship_date: "2016-11-11",
+  ship_mode: null,
+  order_priority: null,
+  customer_id: "CG-12520",
+  customer_name: "Claire Gute",
+  segment: null,
+  country: "United States",
+  city: null,
+  state: null,
+  postal_code: "05408",
+  region: null,
+  market: null,
+  product_id: "FUR-BO-10001798",
+  category: null,
+  sub_category: null,
+  product_name: null,
+  sales: "261.96",
+  quantity: 2,
+  discount: null,
+  profit: null,
+  shipping_cost: null,
+};
+
+describe("transform", () => {
+  test("turns a good row into an order candidate keyed by its source identity", () => {
+    const result = transform(batch([{ ...source(), ...meta() }]), BATCH);
+    expect(result).toEqual({
+      candidates: [
+        {
+          key: "Sample-Superstore.csv\u00001",
+          fields: source(),
+          row: {
+            ...CLEAN_ORDER,
+            extra: null,
+            source_file: "Sample-Superstore.csv",
+            source_row_id: 1,
+            source_line: 2,
+            kafka_topic: "sales_topic",
+            kafka_partition: 0,
+            kafka_offset: "5",
+            batch_file: BATCH,
+          },
+        },
+      ],
+      rejected: [],
+      duplicates: 0,
+    });
+  });
+
+  test("gives every candidate a value for every orders column", () => {
+    const [candidate] = transform(batch([{ ...source(), ...meta() }]), BATCH).candidates;
+    expect(Object.keys(candidate?.row ?? {}).sort()).toEqual([...ORDER_COLUMNS].sort());
+  });
+
+  test("takes the source line from _source_line, not from the batch file line", () => {
+    const parsed = batch([
+      { ...source({ "Row ID": "41" }), ...meta({ _source_line: "42", _offset: "7" }) },
+      { ...source({ "Row ID": "43" }), ...meta({ _source_line: "44", _offset: "8" }) },
+    ]);
+    const rows = transform(parsed, BATCH).candidates.map((c) => [c.row.source_row_id, c.row.source_line, c.row.kafka_offset]);
+    expect(rows).toEqual([
+      [41, 42, "7"],
+      [43, 44, "8"],
+    ]);
+  });
+
+  test("keeps extra source columns, trimmed, for orders.extra", () => {
+    const parsed = batch([{ ...source(), Coupon: " SAVE10 ", ...meta() }], [...SOURCE_COLUMNS, "Coupon", ...META_COLUMNS]);
+    expect(transform(parsed, BATCH).candidates[0]?.row.extra).toEqual({ Coupon: "SAVE10" });
+  });
+
+  test("keeps a source column the consumer renamed away from a meta name as an extra", () => {
+    const parsed = batch([{ ...source(), source_offset: "x", ...meta() }], [...SOURCE_COLUMNS, "source_offset", ...META_COLUMNS]);
+    expect(transform(parsed, BATCH).candidates[0]?.row.extra).toEqual({ source_offset: "x" });
+  });
+
+  test("keeps the fields as received, without meta columns, on each candidate", () => {
+    const values = source({ "Customer Name": "  Claire Gute " });
+    const [candidate] = transform(batch([{ ...values, ...meta() }]), BATCH).candidates;
+    expect(candidate?.fields).toEqual(values);
+  });
+
+  test("rejects a record that could not be split, with the parse error in the reason", () => {
+    const empty = Object.fromEntries(SOURCE_COLUMNS.map((c) => [c, ""]));
+    const parsed = batch([
+      { ...empty, ...meta({ _source_line: "7", _error: "expected 21 fields but got 3", _raw: "1,2,3" }) },
+    ]);
+    expect(transform(parsed, BATCH)).toEqual({
+      candidates: [],
+      rejected: [
+        {
+          source_file: "Sample-Superstore.csv",
+          source_line: 7,
+          source_lines: 1,
+          reason: "line could not be split into fields: expected 21 fields but got 3",
+          fields: null,
+          raw_text: "1,2,3",
+          kafka_topic: "sales_topic",
+          kafka_partition: 0,
+          kafka_offset: "5",
+          batch_file: BATCH,
+        },
+      ],
+      duplicates: 0,
+    });
+  });
+
+  test("rejects a row with bad values, naming the field, and keeps its fields", () => {
+    const values = source({ Sales: "1,234.5", "Order Date": "2/30/2016" });
+    const parsed = batch([{ ...values, ...meta({ _source_line: "9", _source_lines: "2" }) }]);
+    expect(transform(parsed, BATCH)).toEqual({
+      candidates: [],
+      rejected: [
+        {
+          source_file: "Sample-Superstore.csv",
+          source_line: 9,
+          source_lines: 2,
+          reason:
+            'Order Date: "2/30/2016" is not a date (YYYY-MM-DD, M/D/YYYY or D-M-YYYY); ' +
+            'Sales: "1,234.5" is not a decimal number such as 261.96 or -0.5',
+          fields: values,
+          raw_text: null,
+          kafka_topic: "sales_topic",
+          kafka_partition: 0,
+          kafka_offset: "5",
+          batch_file: BATCH,
+        },
+      ],
+      duplicates: 0,
+    });
+  });
+
+  test("counts the same Row ID from the same source line as a duplicate", () => {
+    const row = { ...source(), ...meta() };
+    const result = transform(batch([row, { ...row, _offset: "6" }]), BATCH);
+    expect(result.candidates.map((c) => c.row.kafka_offset)).toEqual(["5"]);
+    expect(result.rejected).toEqual([]);
+    expect(result.duplicates).toBe(1);
+  });
+
+  test("rejects the same Row ID on another line, naming both lines", () => {
+    const first = { ...source(), ...meta({ _source_line: "2" }) };
+    const second = { ...source({ "Order ID": "CA-2016-999999" }), ...meta({ _source_line: "30", _offset: "6" }) };
+    const result = transform(batch([first, second]), BATCH);
+    expect(result.candidates.map((c) => c.row.source_line)).toEqual([2]);
+    expect(result.duplicates).toBe(0);
+    expect(result.rejected).toEqual([
+      {
+        source_file: "Sample-Superstore.csv",
+        source_line: 30,
+        source_lines: 1,
+        reason: "Row ID 1 repeats line 2 of Sample-Superstore.csv",
+        fields: source({ "Order ID": "CA-2016-999999" }),
+        raw_text: null,
+        kafka_topic: "sales_topic",
+        kafka_partition: 0,
+        kafka_offset: "6",
+        batch_file: BATCH,
+      },
+    ]);
+  });
+
+  test("keeps the same Row ID from two source files apart", () => {
+    const a = { ...source(), ...meta({ _source_file: "a.csv" }) };
+    const b = { ...source(), ...meta({ _source_file: "b.csv", _offset: "6" }) };
+    const result = transform(batch([a, b]), BATCH);
+    expect(result.candidates.map((c) => c.key)).toEqual(["a.csv\u00001", "b.csv\u00001"]);
+    expect(result.duplicates).toBe(0);
+  });
+
+  test("names the batch file as the source of rows without meta columns", () => {
+    const parsed = batch([source({ "Row ID": "10" }), source({ "Row ID": "11", Quantity: "x" })], SOURCE_COLUMNS);
+    const result = transform(parsed, "hand-written.csv");
+    expect(result.candidates.map((c) => c.row)).toEqual([
+      {
+        ...CLEAN_ORDER,
+        extra: null,
+        source_file: "hand-written.csv",
+        source_row_id: 10,
+        source_line: 2,
+        kafka_topic: null,
+        kafka_partition: null,
+        kafka_offset: null,
+        batch_file: "hand-written.csv",
+      },
+    ]);
+    expect(result.rejected).toMatchObject([
+      {
+        source_file: "hand-written.csv",
+        source_line: 3,
+        reason: 'Quantity: "x" is not a whole number',
+        batch_file: "hand-written.csv",
+      },
+    ]);
+  });
+
+  test("uses the source line as the Row ID of a file without one", () => {
+    const columns = SOURCE_COLUMNS.filter((c) => c !== "Row ID");
+    const values = source();
+    delete values["Row ID"];
+    const result = transform(batch([values, values], columns), "plain.csv");
+    expect(result.candidates.map((c) => [c.key, c.row.source_row_id, c.row.source_line])).toEqual([
+      ["plain.csv\u00002", 2, 2],
+      ["plain.csv\u00003", 3, 3],
+    ]);
+  });
+
+  test("names the topic and partition, and uses the offset as line, when the source file is unknown", () => {
+    const parsed = batch([{ ...source(), ...meta({ _source_file: "", _source_line: "", _partition: "2", _offset: "77" }) }]);
+    const [candidate] = transform(parsed, BATCH).candidates;
+    expect([candidate?.row.source_file, candidate?.row.source_line, candidate?.row.kafka_partition]).toEqual([
+      "kafka:sales_topic/2",
+      77,
+      2,
+    ]);
+  });
+
+  test("throws BadBatchFileError when two source columns mean the same field", () => {
+    const parsed = batch([], ["Order Date", "order_date", ...META_COLUMNS]);
+    expect(() => transform(parsed, BATCH)).toThrow(BadBatchFileError);
+    expect(() => transform(parsed, BATCH)).toThrow('columns "Order Date" and "order_date" both mean Order Date');
+  });
+});
+
+function order(overrides: Partial<OrderRow>): OrderRow {
+  const row = Object.fromEntries(ORDER_COLUMNS.map((c) => [c, null])) as OrderRow;
+  return {
+    ...row,
+    order_date: "2016-01-01",
+    source_row_id: 1,
+    source_file: "a.csv",
+    customer_id: "C1",
+    product_id: "P1",
+    ...overrides,
+  };
+}
+
+/** Deterministic Fisher-Yates shuffle (a small LCG), so a failure can be reproduced. */
+function shuffled<T>(items: readonly T[], seed: number): T[] {
+  const out = [...items];
+  let state = seed;
+  for (let i = out.length - 1; i > 0; i--) {
+    state = (state * 1_103_515_245 + 12_345) % 2_147_483_648;
+    const j = state % (i + 1);
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+describe("isLater", () => {
+  test("orders by order date first", () => {
+    const early = order({ order_date: "2016-01-01", source_row_id: 900 });
+    const late = order({ order_date: "2017-01-01", source_row_id: 1 });
+    expect([isLater(late, early), isLater(early, late)]).toEqual([true, false]);
+  });
+
+  test("breaks a date tie by Row ID as a number", () => {
+    const nine = order({ source_row_id: 9 });
+    const ten = order({ source_row_id: 10 });
+    expect([isLater(ten, nine), isLater(nine, ten)]).toEqual([true, false]);
+  });
+
+  test("breaks a date and Row ID tie by source file in byte order", () => {
+    const upper = order({ source_file: "B.csv" });
+    const lower = order({ source_file: "a.csv" });
+    expect([isLater(lower, upper), isLater(upper, lower)]).toEqual([true, false]);
+    // UTF-8 byte order (PostgreSQL "C"), not UTF-16 order: U+FF21 sorts before U+1F600 in bytes, after it in JS.
+    const fullwidth = order({ source_file: "\uFF21.csv" });
+    const emoji = order({ source_file: "\u{1F600}.csv" });
+    expect([isLater(emoji, fullwidth), isLater(fullwidth, emoji)]).toEqual([true, false]);
+  });
+
+  test("is false both ways for the same identity", () => {
+    const a = order({});
+    expect([isLater(a, order({})), isLater(order({}), a)]).toEqual([false, false]);
+  });
+});
+
+describe("latestBy", () => {
+  const rows = [
+    order({ customer_id: "C1", order_date: "2016-03-01", source_row_id: 5, customer_name: "old name" }),
+    order({ customer_id: "C1", order_date: "2017-06-30", source_row_id: 2, customer_name: "newest name" }),
+    order({ customer_id: "C1", order_date: "2017-06-30", source_row_id: 1, customer_name: "same day, lower Row ID" }),
+    order({ customer_id: "C2", order_date: "2015-01-01", source_row_id: 7, source_file: "a.csv", customer_name: "a" }),
+    order({ customer_id: "C2", order_date: "2015-01-01", source_row_id: 7, source_file: "b.csv", customer_name: "b" }),
+    order({ customer_id: "C3", order_date: "2014-12-31", source_row_id: 3, customer_name: "only" }),
+  ];
+  const names = (result: OrderRow[]) => result.map((r) => [r.customer_id, r.customer_name]).sort();
+
+  test("keeps one row per id: the latest by date, then Row ID, then source file", () => {
+    expect(names(latestBy(rows, "customer_id"))).toEqual([
+      ["C1", "newest name"],
+      ["C2", "b"],
+      ["C3", "only"],
+    ]);
+  });
+
+  test("returns the rows themselves", () => {
+    expect(latestBy(rows, "customer_id")).toContain(rows[1]!);
+  });
+
+  test("gives the same answer whatever the input order", () => {
+    const expected = names(latestBy(rows, "customer_id"));
+    expect(names(latestBy([...rows].reverse(), "customer_id"))).toEqual(expected);
+    for (const seed of [1, 2, 3, 42, 1234, 99_999]) {
+      expect(names(latestBy(shuffled(rows, seed), "customer_id"))).toEqual(expected);
+    }
+  });
+
+  test("groups by product id when asked", () => {
+    const products = [
+      order({ product_id: "P1", order_date: "2016-01-01", product_name: "old" }),
+      order({ product_id: "P1", order_date: "2016-01-02", product_name: "new" }),
+      order({ product_id: "P2", order_date: "2015-01-01", product_name: "other" }),
+    ];
+    expect(latestBy(products, "product_id").map((r) => [r.product_id, r.product_name])).toEqual([
+      ["P1", "new"],
+      ["P2", "other"],
+    ]);
+  });
+
+  test("returns nothing for no rows", () => {
+    expect(latestBy([], "customer_id")).toEqual([]);
+  });
+});

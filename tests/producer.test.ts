@@ -1,0 +1,128 @@
+// Unit tests for the pure parts of scripts/producer.ts: encodings, JSON keys, messages and the send schedule.
+
+import { describe, expect, test } from "bun:test";
+import type { CsvRecord } from "../scripts/lib/csv.ts";
+import { UsageError } from "../scripts/lib/cli.ts";
+import { dueAt, jsonKeys, parseEncoding, toMessage } from "../scripts/producer.ts";
+
+const KEYS = ["Row ID", "Order ID", "Product Name"];
+
+describe("parseEncoding", () => {
+  test("defaults to auto", () => {
+    expect(parseEncoding(undefined)).toBe("auto");
+    expect(parseEncoding("AUTO")).toBe("auto");
+  });
+
+  test("reads the usual spellings of UTF-8", () => {
+    expect(["utf-8", "UTF8", "utf_8", "Utf 8"].map(parseEncoding)).toEqual(["utf-8", "utf-8", "utf-8", "utf-8"]);
+  });
+
+  test("reads the usual spellings of Windows-1252", () => {
+    expect(["windows-1252", "Windows_1252", "CP1252", "win-1252"].map(parseEncoding)).toEqual([
+      "windows-1252",
+      "windows-1252",
+      "windows-1252",
+      "windows-1252",
+    ]);
+  });
+
+  test("refuses other encodings with a UsageError naming --encoding", () => {
+    expect(() => parseEncoding("latin1")).toThrow(UsageError);
+    expect(() => parseEncoding("latin1")).toThrow('--encoding must be auto, utf-8 or windows-1252, got "latin1"');
+  });
+});
+
+describe("jsonKeys", () => {
+  test("keeps header names as they are", () => {
+    expect(jsonKeys(["Row ID", " Sales ", "Sub-Category"], "data/s.csv")).toEqual(["Row ID", " Sales ", "Sub-Category"]);
+  });
+
+  test("names unnamed columns by their position", () => {
+    expect(jsonKeys(["Row ID", "", "Sales", "  "], "data/s.csv")).toEqual(["Row ID", "column_2", "Sales", "column_4"]);
+  });
+
+  test("throws on a repeated name, naming the file and line 1", () => {
+    expect(() => jsonKeys(["Sales", "Profit", "Sales"], "data/s.csv")).toThrow(
+      'data/s.csv: line 1: the header names column "Sales" twice',
+    );
+  });
+
+  test("throws when a generated name repeats a real one", () => {
+    expect(() => jsonKeys(["column_2", ""], "data/s.csv")).toThrow('data/s.csv: line 1: the header names column "column_2" twice');
+  });
+});
+
+describe("toMessage", () => {
+  test("keys a row by file and Row ID, with the row as JSON and where it came from", () => {
+    const record: CsvRecord = { kind: "row", line: 5, lines: 1, fields: ["4", "US-2015-108966", " Bretford “CR4500” "] };
+    expect(toMessage(record, KEYS, "Sample-Superstore.csv", 0)).toEqual({
+      key: "Sample-Superstore.csv:4",
+      value: JSON.stringify({ "Row ID": "4", "Order ID": "US-2015-108966", "Product Name": " Bretford “CR4500” " }),
+      headers: { source_file: "Sample-Superstore.csv", source_line: "5" },
+    });
+  });
+
+  test("keeps the values exactly as read, for the loader to clean", () => {
+    const record: CsvRecord = { kind: "row", line: 2, lines: 1, fields: [" 7 ", "", "x,y"] };
+    const message = toMessage(record, KEYS, "s.csv", 0);
+    expect(JSON.parse(String(message.value))).toEqual({ "Row ID": " 7 ", "Order ID": "", "Product Name": "x,y" });
+    expect(message.key).toBe("s.csv:7");
+  });
+
+  test("keys a row by its line when the file has no Row ID column", () => {
+    const record: CsvRecord = { kind: "row", line: 12, lines: 1, fields: ["a", "b", "c"] };
+    expect(toMessage(record, KEYS, "s.csv", -1).key).toBe("s.csv:line:12");
+  });
+
+  test("keys a row by its line when its Row ID is empty", () => {
+    const record: CsvRecord = { kind: "row", line: 12, lines: 1, fields: ["  ", "b", "c"] };
+    expect(toMessage(record, KEYS, "s.csv", 0).key).toBe("s.csv:line:12");
+  });
+
+  test("says how many lines a multi-line record spans", () => {
+    const record: CsvRecord = { kind: "row", line: 7, lines: 3, fields: ["9", "o", "two\nthree"] };
+    expect(toMessage(record, KEYS, "s.csv", 0).headers).toEqual({
+      source_file: "s.csv",
+      source_line: "7",
+      source_lines: "3",
+    });
+  });
+
+  test("sends a broken record with its raw text and a parse_error header", () => {
+    const record: CsvRecord = {
+      kind: "broken",
+      line: 9,
+      lines: 1,
+      raw: '4,"x"y,6',
+      reason: "Invalid Closing Quote",
+    };
+    expect(toMessage(record, KEYS, "s.csv", 0)).toEqual({
+      key: "s.csv:line:9",
+      value: '4,"x"y,6',
+      headers: { source_file: "s.csv", source_line: "9", parse_error: "Invalid Closing Quote" },
+    });
+  });
+});
+
+describe("dueAt", () => {
+  test("schedules message i at start + i / rate seconds", () => {
+    expect(dueAt(1000, 0, 2)).toBe(1000);
+    expect(dueAt(1000, 1, 2)).toBe(1500);
+    expect(dueAt(1000, 10, 2)).toBe(6000);
+    expect(dueAt(0, 3, 0.5)).toBe(6000);
+  });
+
+  test("does not drift over a long run", () => {
+    const start = 123_456.789;
+    for (const rate of [1, 3, 7, 980]) {
+      for (let i = 0; i <= 100_000; i += 997) {
+        expect(dueAt(start, i, rate)).toBe(start + (i * 1000) / rate);
+      }
+      expect(dueAt(0, 3000 * rate, rate)).toBe(3_000_000);
+    }
+  });
+
+  test("sends everything at once at rate Infinity", () => {
+    expect([0, 1, 1_000_000].map((i) => dueAt(42, i, Infinity))).toEqual([42, 42, 42]);
+  });
+});
