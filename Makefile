@@ -38,8 +38,12 @@ demo: up migrate data ## Everything on a fresh machine: install, start, migrate,
 	@$(BUN) scripts/status.ts --since $(DEMO_START)
 
 .PHONY: test
-test: up ## Run every test against the real Kafka and PostgreSQL (starts them)
+test: up ## Run every test against the real Kafka and PostgreSQL (starts them), fault tests included
 	$(BUN) test --timeout $(TEST_TIMEOUT) $(TESTS)
+
+.PHONY: test-faults
+test-faults: up ## Only the fault-injection tests (they start and kill a broker and a PostgreSQL of their own)
+	$(BUN) test --timeout $(TEST_TIMEOUT) tests/faults.test.ts
 
 ##@ Stack
 

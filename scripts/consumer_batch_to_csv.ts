@@ -13,6 +13,8 @@
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, BATCHES_DIR, BATCH_SIZE,
 // BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group, --batch-size, --dir, --quiet, --until-idle,
 // --from-beginning, --help.
+// Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
+// with SIGKILL at that point of its first batch file, as a power cut would (tests/faults.test.ts).
 
 import { mkdir } from "node:fs/promises";
 import type { EachBatchPayload, IHeaders, KafkaMessage } from "kafkajs";
@@ -20,7 +22,7 @@ import { batchFileName, META_COLUMNS, writeFileDurably, type MetaColumn } from "
 import { fail, parseCli } from "./lib/cli.ts";
 import { parsePositiveInt, parsePositiveNumber, readConfig } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
-import { createKafka, describeBrokers, ensureTopic } from "./lib/kafka.ts";
+import { createKafka, describeBrokers, ensureTopic, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate } from "./lib/log.ts";
 import { createShutdown } from "./lib/shutdown.ts";
 
@@ -121,6 +123,13 @@ export function batchColumns(rows: readonly BatchRow[]): string[] {
   return [...columns, ...META_COLUMNS];
 }
 
+export const CRASH_POINTS = ["before-write", "before-rename", "before-commit"] as const;
+
+/** The test hook: die like a power cut at `point` when SALES_CRASH_AT names it. */
+function crashPoint(point: (typeof CRASH_POINTS)[number]): void {
+  if (process.env.SALES_CRASH_AT === point) process.kill(process.pid, "SIGKILL");
+}
+
 interface PartitionBuffer {
   rows: BatchRow[];
   first: bigint;
@@ -169,7 +178,15 @@ async function main(): Promise<void> {
     await admin.disconnect();
   }
 
-  const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 1000, allowAutoTopicCreation: false });
+  const consumer = kafka.consumer({
+    groupId,
+    maxWaitTimeInMs: 1000,
+    allowAutoTopicCreation: false,
+    // A consumer that died (kill -9, power cut) holds its partitions until its session times out; 10 s
+    // instead of kafkajs' 30 s lets the restarted one take over sooner. Writing a batch takes milliseconds.
+    sessionTimeout: 10_000,
+    heartbeatInterval: 3_000,
+  });
   const shutdown = createShutdown(log);
   const buffers = new Map<number, PartitionBuffer>();
   const locked = createLock();
@@ -180,6 +197,7 @@ async function main(): Promise<void> {
   let unreadable = 0;
   let joined = false;
   let lastActivity = performance.now();
+  let lastFetch = 0;
   let failure: Error | undefined;
 
   const writeBatch = async (partition: number) => {
@@ -188,7 +206,9 @@ async function main(): Promise<void> {
     buffers.delete(partition);
     const content = writeCsv(buffer.rows, batchColumns(buffer.rows));
     const name = batchFileName(topic, partition, buffer.first, buffer.last, content);
-    await writeFileDurably(dir, name, content);
+    crashPoint("before-write");
+    await writeFileDurably(dir, name, content, () => crashPoint("before-rename"));
+    crashPoint("before-commit");
     files++;
     written += buffer.rows.length;
     log.debug(`wrote ${dir}/${name} (${buffer.rows.length} records)`);
@@ -213,13 +233,45 @@ async function main(): Promise<void> {
     // the new offset manager), so buffered, uncommitted records will arrive again: drop them here.
     buffers.clear();
     joined = true;
+    outageSince = undefined;
+    restartDelay = 0;
     lastActivity = performance.now();
     const partitions = payload.memberAssignment[topic] ?? [];
     log.info(`joined group ${groupId}: ${topic} partitions [${partitions.join(", ")}]`);
   });
+  // "Idle" means fetches succeed and bring nothing, not that the broker is unreachable.
+  consumer.on(consumer.events.FETCH, () => (lastFetch = performance.now()));
+  // A crash kafkajs does not restart by itself (the broker away longer than its retries) is retried here
+  // until the broker is back, for up to KAFKA_OUTAGE_MS; then, or for any other error, the run fails.
+  let outageSince: number | undefined;
+  let restartDelay = 0;
+  const restart = () => {
+    restartDelay = Math.min(Math.max(restartDelay * 2, 500), 5000);
+    setTimeout(async () => {
+      if (shutdown.requested) return;
+      try {
+        await consumer.connect();
+        await consumer.run(runOptions);
+      } catch (error) {
+        if (!isKafkaUnavailable(error) || performance.now() - outageSince! > KAFKA_OUTAGE_MS) {
+          failure = new Error(`consumer stopped: Kafka has not come back (${(error as Error).message})`);
+          shutdown.request("Kafka is unavailable");
+        } else restart();
+      }
+    }, restartDelay);
+  };
   consumer.on(consumer.events.CRASH, ({ payload }) => {
-    if (!payload.restart) {
-      failure = new Error(`consumer stopped: ${payload.error.message}`);
+    buffers.clear(); // not committed: these records arrive again once the consumer is back
+    if (shutdown.requested) return;
+    const message = payload.error.message;
+    if (payload.restart) {
+      log.warn(`Kafka error (${message}); the consumer restarts`);
+    } else if (isKafkaUnavailable(payload.error)) {
+      outageSince ??= performance.now();
+      log.warn(`Kafka unavailable (${message}); reconnecting`);
+      restart();
+    } else {
+      failure = new Error(`consumer stopped: ${message}`);
       shutdown.request("the consumer crashed");
     }
   });
@@ -253,9 +305,13 @@ async function main(): Promise<void> {
         if (buffer.rows.length >= batchSize) await writeBatch(partition);
         if (received % 200 === 0) await heartbeat();
       }
+      const left = buffers.get(partition);
+      if (left) log.debug(`partition ${partition}: ${left.rows.length} records buffered (offsets ${left.first}-${left.last})`);
       progress.update(received);
     });
   };
+
+  const runOptions = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
 
   const timer = setInterval(() => {
     const now = performance.now();
@@ -267,7 +323,8 @@ async function main(): Promise<void> {
         });
       }
     }
-    if (idleMs !== undefined && joined && buffers.size === 0 && now - lastActivity >= idleMs) {
+    const fetching = now - lastFetch < 3000;
+    if (idleMs !== undefined && joined && fetching && buffers.size === 0 && now - lastActivity >= idleMs) {
       shutdown.request(`nothing new for ${idleMs / 1000}s (--until-idle)`);
     }
   }, 200);
@@ -284,7 +341,7 @@ async function main(): Promise<void> {
   try {
     await consumer.connect();
     await consumer.subscribe({ topics: [topic], fromBeginning: true });
-    await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch });
+    await consumer.run(runOptions);
     log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file)`);
     await shutdown.whenRequested;
   } catch (error) {

@@ -25,7 +25,7 @@ import { readConfig } from "./lib/config.ts";
 import { parseCsv, writeCsv } from "./lib/csv.ts";
 import { connect, describeDatabase, type Sql } from "./lib/db.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
-import { cleanRow, FIELDS, mapHeader, type CleanValue, type HeaderMap } from "./lib/record.ts";
+import { cleanRow, FIELDS, mapHeader, NUL, type CleanValue, type HeaderMap } from "./lib/record.ts";
 import { createShutdown, sleep } from "./lib/shutdown.ts";
 
 /** Source columns the schema does not know, kept in orders.extra (jsonb). */
@@ -137,6 +137,17 @@ export function latestBy(rows: readonly OrderRow[], id: "customer_id" | "product
   return [...latest.values()];
 }
 
+/** U+0000 cannot be stored in text or jsonb; a rejected row shows it as the six characters \u0000. */
+function storable(text: string): string {
+  return text.replaceAll(NUL, "\\u0000");
+}
+
+function storableFields(fields: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(fields)) out[storable(k)] = storable(v);
+  return out;
+}
+
 function int(value: string | undefined): number | null {
   return value !== undefined && /^\d+$/.test(value) ? Number(value) : null;
 }
@@ -176,14 +187,20 @@ export function transform(
       batch_file: batchFile,
     };
     if (values._error) {
-      rejected.push({ ...base, reason: `line could not be split into fields: ${values._error}`, fields: null, raw_text: values._raw ?? null });
+      const raw = values._raw ?? null;
+      rejected.push({
+        ...base,
+        reason: `line could not be split into fields: ${values._error}`,
+        fields: null,
+        raw_text: raw === null ? null : storable(raw),
+      });
       continue;
     }
     const fields: Record<string, string> = {};
     for (const column of sourceColumns) fields[column] = values[column] ?? "";
     const clean = cleanRow(fields, header);
     if (!clean.ok) {
-      rejected.push({ ...base, reason: clean.reason, fields, raw_text: null });
+      rejected.push({ ...base, reason: clean.reason, fields: storableFields(fields), raw_text: null });
       continue;
     }
     const row = {
@@ -402,6 +419,27 @@ async function checkSchema(sql: Sql, where: string): Promise<void> {
   if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
 }
 
+const CONNECTION_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "CONNECT_TIMEOUT",
+]);
+
+/**
+ * Is this "the server is not there right now" (worth waiting for) rather than a problem with the data?
+ * Socket errors, postgres.js connection errors, SQLSTATE class 08 and 57P01-57P03 (shutdown, starting up).
+ */
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && (CONNECTION_CODES.has(code) || code.startsWith("08") || /^57P0[1-3]$/.test(code));
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -414,13 +452,33 @@ async function main(): Promise<void> {
   const shutdown = createShutdown(log);
   shutdown.onStop("close database connections", () => sql.end({ timeout: 5 }));
 
+  // With --watch, a database that goes away is waited for (backoff up to 10 s), then work resumes where it
+  // stopped: the file whose transaction failed is loaded again, which its ledger makes safe.
+  let delay = 0;
+  const retrying = async <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> => {
+    for (;;) {
+      try {
+        const value = await attempt();
+        if (delay > 0) log.info(`PostgreSQL at ${where} answers again; ${what}`);
+        delay = 0;
+        return value;
+      } catch (error) {
+        if (!isConnectionError(error)) throw error;
+        if (!flags.watch) throw new Error(`cannot reach PostgreSQL at ${where}: ${(error as Error).message} (is it up? make up)`);
+        delay = Math.min(Math.max(delay * 2, 500), 10_000);
+        log.warn(`waiting for PostgreSQL at ${where} (${(error as Error).message}); ${what} again in ${delay / 1000}s`);
+        await sleep(delay, shutdown.signal);
+        if (shutdown.requested) return undefined;
+      }
+    }
+  };
+
   const totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0 };
   const started = performance.now();
   try {
-    await checkSchema(sql, where).catch((error: Error) => {
-      throw new Error(`cannot use PostgreSQL at ${where}: ${error.message}`);
-    });
-    const done = new Set((await sql<{ file_name: string }[]>`select file_name from loaded_files`).map((r) => r.file_name));
+    await retrying("checking the tables", () => checkSchema(sql, where));
+    const names = await retrying("reading the ledger", () => sql<{ file_name: string }[]>`select file_name from loaded_files`);
+    const done = new Set((names ?? []).map((r) => r.file_name));
     log.info(`loading ${dir}/*.csv into ${where}${flags.watch ? " (watching for new files, Ctrl-C to stop)" : ""}`);
     while (!shutdown.requested) {
       const pending = await pendingFiles(dir, done);
@@ -428,7 +486,8 @@ async function main(): Promise<void> {
       for (const [i, name] of pending.entries()) {
         if (shutdown.requested) break;
         try {
-          const result = await loadFile(sql, dir, name);
+          const result = await retrying(`loading ${name}`, () => loadFile(sql, dir, name));
+          if (result === undefined) break; // stopped while waiting for the database
           if (result.status === "already-loaded") totals.skipped++;
           else {
             totals.files++;

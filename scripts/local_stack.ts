@@ -462,11 +462,11 @@ export function launchPostgres(options: { data: string; port: number; superuser?
   return cluster;
 }
 
-/** (Re)starts a cluster made by launchPostgres. */
+/** (Re)starts a cluster made by launchPostgres; does nothing when it runs already. */
 export function startCluster(cluster: PostgresCluster, port: number): void {
-  const pgCtl = cluster.bin ? join(cluster.bin, "pg_ctl") : "pg_ctl";
-  const args = [pgCtl, "-D", cluster.data, "-l", join(cluster.data, "server.log"), "-w", "-o", `-p ${port} -k /tmp -c listen_addresses=127.0.0.1`, "start"];
-  const start = cluster.user ? run("runuser", ["-u", cluster.user, "--", ...args], { quiet: true }) : run(args[0]!, args.slice(1), { quiet: true });
+  if (pgCtl(cluster, ["status"]).ok) return;
+  const options = `-p ${port} -k /tmp -c listen_addresses=127.0.0.1`;
+  const start = pgCtl(cluster, ["-l", join(cluster.data, "server.log"), "-w", "-o", options, "start"]);
   if (!start.ok) throw new Error(`pg_ctl start failed (${start.out.trim()}), see ${join(cluster.data, "server.log")}`);
 }
 
@@ -486,12 +486,18 @@ export function stopPostgres(state: NonNullable<State["postgres"]>, log: Logger)
     run("pg_ctlcluster", ["--skip-systemctl-redirect", state.version, state.cluster, "stop"]);
     log.info(`stopped PostgreSQL ${state.version}/${state.cluster}`);
   } else {
-    const pgCtl = state.bin ? join(state.bin, "pg_ctl") : "pg_ctl";
-    const args = [pgCtl, "-D", state.data, "-m", "fast", "stop"];
-    if (state.user) run("runuser", ["-u", state.user, "--", ...args]);
-    else run(args[0]!, args.slice(1));
-    log.info(`stopped the local PostgreSQL in ${state.data}`);
+    const result = pgCtl(state, ["-m", "fast", "stop"]);
+    if (!result.ok) log.warn(`pg_ctl stop: ${result.out.trim()}`);
+    else log.info(`stopped the local PostgreSQL in ${state.data}`);
   }
+}
+
+/** Runs pg_ctl for a cluster made by launchPostgres (as its owner when we are root). */
+function pgCtl(cluster: PostgresCluster, args: string[]) {
+  const command = [cluster.bin ? join(cluster.bin, "pg_ctl") : "pg_ctl", "-D", cluster.data, ...args];
+  return cluster.user
+    ? run("runuser", ["-u", cluster.user, "--", ...command], { quiet: true })
+    : run(command[0]!, command.slice(1), { quiet: true });
 }
 
 // --- commands --------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import { basename } from "node:path";
 import { CompressionTypes, Partitioners, type Message } from "kafkajs";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, parseRate, readConfig } from "./lib/config.ts";
-import { detectEncoding, readCsv, type CsvRecord, type Encoding } from "./lib/csv.ts";
-import { createKafka, describeBrokers, ensureTopic } from "./lib/kafka.ts";
+import { detectEncoding, KEPT_CHARS, readCsv, type CsvRecord, type Encoding } from "./lib/csv.ts";
+import { createKafka, describeBrokers, ensureTopic, whileKafkaUnavailable } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate } from "./lib/log.ts";
 import { findRowIdColumn } from "./lib/record.ts";
 import { createShutdown, sleep } from "./lib/shutdown.ts";
@@ -60,8 +60,12 @@ const command = {
   ].join("\n"),
 } as const;
 
-/** The most messages in one send at high rates: large enough to be fast, small enough to stay under 1 MB. */
+/** The most messages in one send at high rates. */
 export const MAX_SEND_BATCH = 500;
+/** The most bytes of values in one send: a request stays well under the broker's 1 MB message.max.bytes. */
+export const MAX_SEND_BYTES = 512 * 1024;
+/** A single value larger than this cannot be sent (broker limit 1 MB with overhead); it travels as a reject. */
+export const MAX_MESSAGE_BYTES = 900 * 1024;
 
 export function parseEncoding(value: string | undefined): Encoding | "auto" {
   const v = (value ?? "auto").toLowerCase().replace(/[_\s]/g, "-");
@@ -92,10 +96,17 @@ export function toMessage(record: CsvRecord, keys: readonly string[], fileName: 
   }
   const row: SourceRow = {};
   keys.forEach((key, i) => (row[key] = record.fields[i] ?? ""));
+  const value = JSON.stringify(row);
+  const bytes = Buffer.byteLength(value);
+  if (bytes > MAX_MESSAGE_BYTES) {
+    // Too big for one Kafka message: send it on as a rejected record, with as much raw text as fits.
+    headers.parse_error = `record is ${bytes} bytes as JSON, more than the ${MAX_MESSAGE_BYTES} one message can carry`;
+    return { key: `${fileName}:line:${record.line}`, value: value.slice(0, KEPT_CHARS), headers: { ...headers } };
+  }
   const rowId = rowIdColumn >= 0 ? record.fields[rowIdColumn]?.trim() : "";
   return {
     key: rowId ? `${fileName}:${rowId}` : `${fileName}:line:${record.line}`,
-    value: JSON.stringify(row),
+    value,
     headers: { ...headers },
   };
 }
@@ -153,6 +164,7 @@ async function main(): Promise<void> {
 
   const shutdown = createShutdown(log);
   let buffer: Message[] = [];
+  let bufferBytes = 0;
   let sent = 0;
   let broken = 0;
   let records = 0;
@@ -160,8 +172,15 @@ async function main(): Promise<void> {
     if (buffer.length === 0) return;
     const messages = buffer;
     buffer = [];
-    // acks -1: the broker answers once every in-sync replica has the messages.
-    await producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None });
+    bufferBytes = 0;
+    // acks -1: the broker answers once every in-sync replica has the messages. While the broker is away
+    // (a restart), the same messages are sent again when it is back: at worst twice, never lost.
+    await whileKafkaUnavailable(
+      `sending ${messages.length} messages`,
+      () => producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None }),
+      log,
+      shutdown.signal,
+    );
     sent += messages.length;
   };
   shutdown.onStop("flush messages in flight", flush);
@@ -193,7 +212,15 @@ async function main(): Promise<void> {
         await sleep(due - performance.now(), shutdown.signal);
         if (shutdown.requested) break;
       }
-      buffer.push(toMessage(record, keys, fileName, rowIdColumn));
+      const message = toMessage(record, keys, fileName, rowIdColumn);
+      if (message.headers?.parse_error && record.kind === "row") {
+        broken++;
+        log.warn(`${file}: line ${record.line}: ${String(message.headers.parse_error)}; sent as a rejected record`);
+      }
+      const bytes = Buffer.byteLength(message.value as string);
+      if (bufferBytes + bytes > MAX_SEND_BYTES) await flush();
+      buffer.push(message);
+      bufferBytes += bytes;
       records++;
       // Send now unless the next message is already due too (high rates fill a batch first).
       if (buffer.length >= MAX_SEND_BATCH || dueAt(started, records, rate) > performance.now()) {

@@ -1,7 +1,7 @@
 // Shared by the integration tests: unique names, a migrated database per test, temp folders, running the
 // pipeline scripts as the user would (a child process with its own environment), and waiting on conditions.
 
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres, { type Sql } from "postgres";
@@ -10,6 +10,16 @@ import { readConfig } from "../scripts/lib/config.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { ensureDatabase, migrate } from "../scripts/migrate.ts";
 import { withDatabase } from "../scripts/lib/db.ts";
+import {
+  kafkaJars,
+  launchBroker,
+  launchPostgres,
+  readCompose,
+  startCluster,
+  stopPid,
+  stopPostgres,
+  waitForBroker,
+} from "../scripts/local_stack.ts";
 
 export const ROOT = join(import.meta.dir, "..");
 const base = readConfig();
@@ -34,27 +44,9 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A fresh database with every migration applied; drop() removes it. */
-export async function createTestDatabase(prefix = "sales_test"): Promise<TestDatabase> {
-  const name = uniqueName(prefix);
-  const url = withDatabase(SERVER_URL, name);
-  await ensureDatabase({ databaseUrl: url }, quiet);
-  const sql = postgres(url, { max: 2, onnotice: () => undefined });
-  await migrate(sql, join(ROOT, "sql"), quiet);
-  return {
-    name,
-    url,
-    sql,
-    async drop() {
-      await sql.end({ timeout: 5 });
-      const admin = postgres(withDatabase(SERVER_URL, "postgres"), { max: 1, onnotice: () => undefined });
-      try {
-        await admin`drop database if exists ${admin(name)} with (force)`;
-      } finally {
-        await admin.end({ timeout: 5 });
-      }
-    },
-  };
+/** A fresh database with every migration applied on the pipeline's server; drop() removes it. */
+export function createTestDatabase(prefix = "sales_test"): Promise<TestDatabase> {
+  return createDatabaseOn(SERVER_URL, prefix);
 }
 
 export interface RunResult {
@@ -163,5 +155,134 @@ export function pipelineEnv(opts: { topic: string; group: string; dir: string; d
     KAFKA_GROUP_ID: opts.group,
     BATCHES_DIR: opts.dir,
     DATABASE_URL: opts.databaseUrl,
+  };
+}
+
+// --- Private services for the fault tests: their own broker and PostgreSQL, so killing them harms nothing else.
+
+/** Ports nothing listens on right now. */
+export function freePorts(count: number): number[] {
+  const servers = Array.from({ length: count }, () =>
+    Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }),
+  );
+  const ports = servers.map((s) => s.port);
+  for (const s of servers) s.stop(true);
+  return ports;
+}
+
+export interface PrivateKafka {
+  readonly brokers: string;
+  readonly pid: number;
+  /** SIGKILL, as a crash or a pulled plug would */
+  kill(): void;
+  /** start again on the same ports and data, and wait until it answers */
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** One KRaft broker of the compose version, with compose's settings, on free ports, data in `dir`. */
+export async function startPrivateKafka(dir: string): Promise<PrivateKafka> {
+  const facts = readCompose(readFileSync(join(ROOT, "docker-compose.yml"), "utf8"));
+  const libs = kafkaJars(facts.kafkaVersion, quiet);
+  const [port, controllerPort] = freePorts(2) as [number, number];
+  const options = { dir, libs, port, controllerPort, facts, heap: "512m" };
+  const config = readConfig({ KAFKA_BROKERS: `127.0.0.1:${port}` });
+  let pid = launchBroker(options, quiet);
+  await waitForBroker(config, pid, dir, quiet, 60);
+  return {
+    brokers: `127.0.0.1:${port}`,
+    get pid() {
+      return pid;
+    },
+    kill: () => process.kill(pid, "SIGKILL"),
+    async restart() {
+      pid = launchBroker(options, quiet);
+      await waitForBroker(config, pid, dir, quiet, 60);
+    },
+    stop: () => stopPid(pid, "test broker", quiet),
+  };
+}
+
+export interface PrivatePostgres {
+  /** URL of the server's `postgres` database; use withDatabase for others */
+  readonly url: string;
+  /** pg_ctl stop -m fast: open sessions end, as in a restart */
+  stop(): void;
+  start(): void;
+}
+
+/** A PostgreSQL cluster of its own (initdb) in `dir`, on a free port. */
+export function startPrivatePostgres(dir: string): PrivatePostgres {
+  // As root the server runs as "postgres", which must be able to reach the folder.
+  chmodSync(dir, 0o755);
+  const [port] = freePorts(1) as [number];
+  const cluster = launchPostgres({ data: join(dir, "pgdata"), port });
+  return {
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    stop: () => stopPostgres(cluster, quiet),
+    start: () => startCluster(cluster, port),
+  };
+}
+
+/** A migrated database on the given server. */
+export async function createDatabaseOn(serverUrl: string, prefix = "faults"): Promise<TestDatabase> {
+  const name = uniqueName(prefix);
+  const url = withDatabase(serverUrl, name);
+  await ensureDatabase({ databaseUrl: url }, quiet);
+  const sql = postgres(url, { max: 2, onnotice: () => undefined });
+  await migrate(sql, join(ROOT, "sql"), quiet);
+  return {
+    name,
+    url,
+    sql,
+    async drop() {
+      await sql.end({ timeout: 5 });
+      const admin = postgres(withDatabase(serverUrl, "postgres"), { max: 1, onnotice: () => undefined });
+      try {
+        await admin`drop database if exists ${admin(name)} with (force)`;
+      } finally {
+        await admin.end({ timeout: 5 });
+      }
+    },
+  };
+}
+
+export interface Running {
+  readonly child: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  /** stderr so far */
+  output(): string;
+  /** waits until stderr matches */
+  waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<void>;
+  /** waits for the exit; returns code and all output */
+  finish(timeoutMs?: number): Promise<RunResult>;
+}
+
+/** Starts `bun scripts/<script>` in the background, collecting its stderr as it comes. */
+export function startScript(script: string, args: string[], env: Record<string, string>): Running {
+  const child = Bun.spawn([process.execPath, join("scripts", script), ...args], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: "warn", ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let err = "";
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stderr) err += decoder.decode(chunk, { stream: true });
+  })();
+  const stdout = new Response(child.stdout).text();
+  return {
+    child,
+    output: () => err,
+    waitForOutput: (pattern, timeoutMs = 30_000) =>
+      waitFor(`${script} to print ${pattern}\n${err}`, () => pattern.test(err), timeoutMs, 50).then(() => undefined),
+    async finish(timeoutMs = 120_000) {
+      const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+      const code = await child.exited;
+      clearTimeout(timer);
+      await reading;
+      return { code, stdout: await stdout, stderr: err };
+    },
   };
 }

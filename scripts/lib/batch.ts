@@ -58,7 +58,12 @@ export function parseBatchFileName(name: string): BatchName | undefined {
  * Writes `content` so that `dir/name` either does not exist or is complete: temporary file, fsync, rename,
  * fsync of the folder (so the rename itself survives a power cut).
  */
-export async function writeFileDurably(dir: string, name: string, content: string | Uint8Array): Promise<string> {
+export async function writeFileDurably(
+  dir: string,
+  name: string,
+  content: string | Uint8Array,
+  beforeRename?: () => void,
+): Promise<string> {
   const path = join(dir, name);
   const tmp = join(dir, `.${name}.tmp`);
   const file = await open(tmp, "w");
@@ -68,6 +73,7 @@ export async function writeFileDurably(dir: string, name: string, content: strin
   } finally {
     await file.close();
   }
+  beforeRename?.();
   await rename(tmp, path);
   const folder = await open(dir, "r");
   try {

@@ -4,6 +4,7 @@
 import { Kafka, logLevel, type Admin, type LogEntry, type logCreator } from "kafkajs";
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
+import { sleep } from "./shutdown.ts";
 
 // kafkajs 2.2.4's request queue calls setTimeout with a negative delay when it is not throttled. The runtime
 // runs such a timer after 1 ms, which is what kafkajs means, but prints a TimeoutNegativeWarning that only
@@ -20,6 +21,10 @@ function kafkaLogs(log: Logger): logCreator {
       // kafkajs logs every error response at ERROR, also the retriable ones it then retries ("coordinator
       // is loading" while a broker starts). A failure that survives the retries reaches us as an exception.
       if (namespace === "Connection" && message.startsWith("Response ")) log.debug(text);
+      // While the broker is away, kafkajs logs every failed connection attempt and its own crash/restart;
+      // the scripts say once per retry what they are waiting for (whileKafkaUnavailable, the consumer's
+      // CRASH handler), so these go to debug.
+      else if (/Connection error|Failed to connect to seed broker|^Crash: |^Restarting the consumer/.test(message)) log.debug(text);
       else if (level === logLevel.ERROR || level === logLevel.NOTHING) log.error(text);
       else if (level === logLevel.WARN) log.warn(text);
       else if (level === logLevel.INFO) log.info(text);
@@ -69,6 +74,52 @@ export async function consumerLag(admin: Admin, groupId: string, topic: string):
     lag += Number(high) - (at < 0 ? Number(low) : at);
   }
   return lag;
+}
+
+/** kafkajs errors that mean "the broker is not reachable right now", as opposed to a wrong request. */
+const UNAVAILABLE = new Set([
+  "KafkaJSConnectionError",
+  "KafkaJSConnectionClosedError",
+  "KafkaJSRequestTimeoutError",
+  "KafkaJSGroupCoordinatorNotFound",
+  "KafkaJSBrokerNotFound",
+  "KafkaJSNumberOfRetriesExceeded",
+]);
+
+export function isKafkaUnavailable(error: unknown): boolean {
+  for (let e = error as { name?: string; retriable?: boolean; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
+    if ((e.name && UNAVAILABLE.has(e.name)) || e.retriable === true) return true;
+  }
+  return false;
+}
+
+/** How long a script waits for an unreachable broker before it gives up with an error. */
+export const KAFKA_OUTAGE_MS = 120_000;
+
+/**
+ * Runs `attempt`; while it fails because the broker is unreachable, says so and tries again with backoff
+ * (0.5 s doubling to 5 s), for up to KAFKA_OUTAGE_MS. Other errors, or an abort of `signal`, end it.
+ */
+export async function whileKafkaUnavailable<T>(what: string, attempt: () => Promise<T>, log: Logger, signal?: AbortSignal): Promise<T> {
+  let since: number | undefined;
+  let delay = 0;
+  for (;;) {
+    try {
+      const value = await attempt();
+      if (since !== undefined) log.info(`Kafka answers again after ${((performance.now() - since) / 1000).toFixed(1)}s`);
+      return value;
+    } catch (error) {
+      if (!isKafkaUnavailable(error) || signal?.aborted) throw error;
+      since ??= performance.now();
+      const message = (error as Error).message;
+      if (performance.now() - since > KAFKA_OUTAGE_MS) {
+        throw new Error(`Kafka has not answered for ${KAFKA_OUTAGE_MS / 1000}s (${message})`);
+      }
+      delay = Math.min(Math.max(delay * 2, 500), 5000);
+      log.warn(`Kafka unavailable (${message}); ${what} again in ${delay / 1000}s`);
+      await sleep(delay, signal);
+    }
+  }
 }
 
 /** "127.0.0.1:9092" style list for messages. */

@@ -133,6 +133,10 @@ export function parsePostalCode(value: string, country: string | null): string |
   return /^\d{5}(-\d{4})?$/.test(value) ? value : undefined;
 }
 
+/** PostgreSQL text and jsonb cannot hold U+0000. */
+export const NUL = "\u0000";
+const NUL_PROBLEM = "contains a NUL character (byte 0), which PostgreSQL cannot store";
+
 const EXPECTED: Record<Kind, string> = {
   text: "text",
   date: "a date (YYYY-MM-DD, M/D/YYYY or D-M-YYYY)",
@@ -182,6 +186,10 @@ export function cleanRow(source: Readonly<Record<string, string>>, header: Heade
       if (spec.required) problems.push(column === undefined ? `${name}: no such column` : `${name}: empty`);
       continue;
     }
+    if (raw.includes(NUL)) {
+      problems.push(`${name}: ${NUL_PROBLEM}`);
+      continue;
+    }
     let value: CleanValue | undefined;
     switch (spec.kind) {
       case "text":
@@ -223,7 +231,8 @@ export function cleanRow(source: Readonly<Record<string, string>>, header: Heade
   let extra: Record<string, string> | null = null;
   for (const column of header.extra) {
     const raw = source[column] ?? "";
-    if (raw.trim() !== "") (extra ??= {})[column] = raw.trim();
+    if (raw.includes(NUL) || column.includes(NUL)) problems.push(`${JSON.stringify(column)}: ${NUL_PROBLEM}`);
+    else if (raw.trim() !== "") (extra ??= {})[column] = raw.trim();
   }
 
   if (problems.length > 0) return { ok: false, reason: problems.join("; ") };
