@@ -2,7 +2,7 @@
 
 import { describe, expect, test } from "bun:test";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
-import { BadBatchFileError, isLater, latestBy, ORDER_COLUMNS, type OrderRow, transform } from "../scripts/load.ts";
+import { BadBatchFileError, isConnectionError, isLater, latestBy, ORDER_COLUMNS, type OrderRow, transform } from "../scripts/load.ts";
 
 const SOURCE_COLUMNS = [
   "Row ID",
@@ -383,5 +383,36 @@ describe("latestBy", () => {
 
   test("returns nothing for no rows", () => {
     expect(latestBy([], "customer_id")).toEqual([]);
+  });
+});
+
+describe("isConnectionError", () => {
+  test("is true when the server is away: refused sockets, closed connections, shutdown codes", () => {
+    for (const code of ["ECONNREFUSED", "CONNECTION_CLOSED", "CONNECT_TIMEOUT", "57P01", "57P03", "08006"]) {
+      expect(isConnectionError(Object.assign(new Error(code), { code }))).toBe(true);
+    }
+  });
+
+  test("is false for problems with the data or the query", () => {
+    for (const code of ["23505", "22P02", "42P01", undefined]) {
+      expect(isConnectionError(Object.assign(new Error("x"), { code }))).toBe(false);
+    }
+    expect(isConnectionError(null)).toBe(false);
+  });
+});
+
+describe("transform with NUL characters", () => {
+  test("rejects the row and keeps the fields storable, showing NUL as \\u0000", () => {
+    const result = transform(batch([{ ...source({ "Customer Name": "a\u0000b" }), ...meta() }]), BATCH);
+    expect(result.candidates).toEqual([]);
+    expect(result.rejected.map((r) => [r.reason, r.fields?.["Customer Name"]])).toEqual([
+      ["Customer Name: contains a NUL character (byte 0), which PostgreSQL cannot store", "a\\u0000b"],
+    ]);
+  });
+
+  test("keeps an unsplittable line's raw text storable too", () => {
+    const row = meta({ _error: "expected 21 fields but got 2", _raw: "x\u0000,y" });
+    const result = transform(batch([row]), BATCH);
+    expect(result.rejected.map((r) => r.raw_text)).toEqual(["x\\u0000,y"]);
   });
 });

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import type { CsvRecord } from "../scripts/lib/csv.ts";
 import { UsageError } from "../scripts/lib/cli.ts";
-import { dueAt, jsonKeys, parseEncoding, toMessage } from "../scripts/producer.ts";
+import { dueAt, jsonKeys, MAX_MESSAGE_BYTES, parseEncoding, toMessage } from "../scripts/producer.ts";
 
 const KEYS = ["Row ID", "Order ID", "Product Name"];
 
@@ -101,6 +101,18 @@ describe("toMessage", () => {
       value: '4,"x"y,6',
       headers: { source_file: "s.csv", source_line: "9", parse_error: "Invalid Closing Quote" },
     });
+  });
+});
+
+describe("toMessage for records too big for Kafka", () => {
+  test("sends a row larger than one message can carry as a rejected record with a prefix of its JSON", () => {
+    const huge = "é".repeat(MAX_MESSAGE_BYTES / 2 + 10); // two bytes each in UTF-8
+    const record: CsvRecord = { kind: "row", line: 9, lines: 1, fields: ["1", "CA-1", huge] };
+    const message = toMessage(record, KEYS, "s.csv", 0);
+    expect(message.key).toBe("s.csv:line:9");
+    expect(String(message.headers?.parse_error)).toMatch(/^record is \d+ bytes as JSON, more than the 921600 one message can carry$/);
+    expect(String(message.value)).toStartWith('{"Row ID":"1"');
+    expect(Buffer.byteLength(String(message.value))).toBeLessThan(MAX_MESSAGE_BYTES);
   });
 });
 
