@@ -23,7 +23,7 @@ import { META_COLUMNS, parseBatchFileName, sha256, writeFileDurably } from "./li
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
 import { parseCsv, writeCsv } from "./lib/csv.ts";
-import { connect, describeDatabase, type Sql } from "./lib/db.ts";
+import { connect, describeDatabase, type Sql, type TransactionSql } from "./lib/db.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { cleanRow, FIELDS, mapHeader, NUL, type CleanValue, type HeaderMap } from "./lib/record.ts";
 import { createShutdown, sleep } from "./lib/shutdown.ts";
@@ -247,6 +247,34 @@ function latestValues(row: OrderRow, columns: readonly string[]): Record<string,
   return out;
 }
 
+/**
+ * Upserts one row per id into a dimension table (users, products) with the values of that id's latest order
+ * in `rows`, unless the table already holds a later one. "Later" is (order date, Row ID, source file) in
+ * PostgreSQL's "C" order, the same rule as isLater, so the result does not depend on the order of files.
+ */
+async function upsertLatest(
+  tx: TransactionSql,
+  table: "users" | "products",
+  id: "customer_id" | "product_id",
+  columns: readonly string[],
+  rows: readonly OrderRow[],
+): Promise<void> {
+  const all = [...columns, ...LATEST_COLUMNS];
+  const set = all
+    .filter((c) => c !== id)
+    .map((c) => tx`${tx(c)} = excluded.${tx(c)}`)
+    .reduce((list, item) => tx`${list}, ${item}`);
+  const latest = latestBy(rows, id).map((r) => latestValues(r, columns));
+  for (const part of chunks(latest, all.length)) {
+    await tx`
+      insert into ${tx(table)} ${tx(part, all)}
+      on conflict (${tx(id)}) do update set ${set}, updated_at = now()
+      where (${tx(table)}.latest_order_date, ${tx(table)}.latest_source_row_id, ${tx(table)}.latest_source_file collate "C")
+          < (excluded.latest_order_date, excluded.latest_source_row_id, excluded.latest_source_file collate "C")
+    `;
+  }
+}
+
 /** Loads one batch file in one transaction. Returns what happened; throws only for database trouble. */
 export async function loadFile(sql: Sql, dir: string, name: string): Promise<FileResult> {
   const path = join(dir, name);
@@ -306,43 +334,8 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
     }
 
     if (fresh.length > 0) {
-      const users = latestBy(fresh, "customer_id").map((r) => latestValues(r, USER_COLUMNS));
-      for (const part of chunks(users, USER_COLUMNS.length + 3)) {
-        await tx`
-          insert into users ${tx(part, [...USER_COLUMNS, ...LATEST_COLUMNS])}
-          on conflict (customer_id) do update set
-            customer_name = excluded.customer_name,
-            segment = excluded.segment,
-            country = excluded.country,
-            city = excluded.city,
-            state = excluded.state,
-            postal_code = excluded.postal_code,
-            region = excluded.region,
-            market = excluded.market,
-            latest_order_date = excluded.latest_order_date,
-            latest_source_row_id = excluded.latest_source_row_id,
-            latest_source_file = excluded.latest_source_file,
-            updated_at = now()
-          where (users.latest_order_date, users.latest_source_row_id, users.latest_source_file collate "C")
-              < (excluded.latest_order_date, excluded.latest_source_row_id, excluded.latest_source_file collate "C")
-        `;
-      }
-      const products = latestBy(fresh, "product_id").map((r) => latestValues(r, PRODUCT_COLUMNS));
-      for (const part of chunks(products, PRODUCT_COLUMNS.length + 3)) {
-        await tx`
-          insert into products ${tx(part, [...PRODUCT_COLUMNS, ...LATEST_COLUMNS])}
-          on conflict (product_id) do update set
-            category = excluded.category,
-            sub_category = excluded.sub_category,
-            product_name = excluded.product_name,
-            latest_order_date = excluded.latest_order_date,
-            latest_source_row_id = excluded.latest_source_row_id,
-            latest_source_file = excluded.latest_source_file,
-            updated_at = now()
-          where (products.latest_order_date, products.latest_source_row_id, products.latest_source_file collate "C")
-              < (excluded.latest_order_date, excluded.latest_source_row_id, excluded.latest_source_file collate "C")
-        `;
-      }
+      await upsertLatest(tx, "users", "customer_id", USER_COLUMNS, fresh);
+      await upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, fresh);
       for (const part of chunks(fresh, ORDER_COLUMNS.length)) {
         await tx`insert into orders ${tx(part, [...ORDER_COLUMNS])}`;
       }

@@ -2,11 +2,11 @@
 // to our logger, an application_name that shows in pg_stat_activity, and helpers to address another
 // database on the same server (the migrator creates the target database from `postgres`).
 
-import postgres, { type Sql } from "postgres";
+import postgres, { type Sql, type TransactionSql } from "postgres";
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 
-export type { Sql };
+export type { Sql, TransactionSql };
 
 export function connect(
   config: Pick<Config, "databaseUrl">,
