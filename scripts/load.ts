@@ -18,6 +18,8 @@
 // Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL. Flags: --dir, --watch, --help.
 
 import { mkdir, readdir, rename } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
 import { META_COLUMNS, parseBatchFileName, sha256, writeFileDurably } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
@@ -231,6 +233,24 @@ export function transform(
   return { candidates: [...candidates.values()], rejected, duplicates };
 }
 
+const COPY_ESCAPES: Record<string, string> = { "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+
+/** One value in COPY's text format: \N for NULL, backslash escapes for backslash, tab, newline, CR. */
+export function copyValue(value: unknown): string {
+  if (value === null || value === undefined) return "\\N";
+  const text = typeof value === "object" ? JSON.stringify(value) : String(value);
+  return text.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c]!);
+}
+
+/** Order rows as COPY text lines, a few hundred per chunk. */
+function* copyLines(rows: readonly OrderRow[]): Generator<string> {
+  for (let i = 0; i < rows.length; i += 500) {
+    let chunk = "";
+    for (const row of rows.slice(i, i + 500)) chunk += `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
+    yield chunk;
+  }
+}
+
 function chunks<T>(rows: readonly T[], columns: number): T[][] {
   const size = Math.max(1, Math.floor(MAX_PARAMETERS / columns));
   const out: T[][] = [];
@@ -277,6 +297,21 @@ async function upsertLatest(
 
 /** Loads one batch file in one transaction. Returns what happened; throws only for database trouble. */
 export async function loadFile(sql: Sql, dir: string, name: string): Promise<FileResult> {
+  return commitFile(sql, dir, await prepareFile(dir, name));
+}
+
+/** A batch file read, checked and transformed: everything but the database. */
+export interface PreparedFile {
+  readonly name: string;
+  readonly hash: string;
+  readonly records: number;
+  readonly candidates: Candidate[];
+  readonly rejected: RejectedRow[];
+  readonly duplicates: number;
+}
+
+/** Extract + transform of one file. Throws BadBatchFileError for a file that is not a readable batch. */
+export async function prepareFile(dir: string, name: string): Promise<PreparedFile> {
   const path = join(dir, name);
   const bytes = await Bun.file(path).bytes();
   const hash = sha256(bytes);
@@ -290,8 +325,13 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
   } catch (error) {
     throw new BadBatchFileError((error as Error).message);
   }
-  const { candidates, rejected, duplicates: inFileDuplicates } = transform(parsed, name);
+  return { name, hash, records: parsed.rows.length, ...transform(parsed, name) };
+}
 
+/** Load of one prepared file, in one transaction with its ledger row. */
+export async function commitFile(sql: Sql, dir: string, prepared: PreparedFile): Promise<FileResult> {
+  const { name, hash, candidates, duplicates: inFileDuplicates } = prepared;
+  const rejected = [...prepared.rejected]; // a retried transaction starts from the same list
   const result = await sql.begin(async (tx) => {
     // Loaders take turns, one file at a time, so "is this row new?" below cannot race with another loader.
     await tx`select pg_advisory_xact_lock(hashtext('sales-load'))`;
@@ -336,9 +376,8 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
     if (fresh.length > 0) {
       await upsertLatest(tx, "users", "customer_id", USER_COLUMNS, fresh);
       await upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, fresh);
-      for (const part of chunks(fresh, ORDER_COLUMNS.length)) {
-        await tx`insert into orders ${tx(part, [...ORDER_COLUMNS])}`;
-      }
+      // COPY: the rows are known to be new (checked above, under the lock), and COPY is the fast way in.
+      await pipeline(Readable.from(copyLines(fresh)), await tx`copy orders (${tx(ORDER_COLUMNS as readonly string[] as string[])}) from stdin`.writable());
     }
 
     let rejectedNew = 0;
@@ -356,7 +395,7 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
       insert into loaded_files ${tx({
         sha256: hash,
         file_name: name,
-        records: parsed.rows.length,
+        records: prepared.records,
         inserted: fresh.length,
         duplicates,
         rejected: rejectedNew,
@@ -365,7 +404,7 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
     return { inserted: fresh.length, duplicates, rejected: rejectedNew };
   });
 
-  if (!result) return { status: "already-loaded", records: parsed.rows.length, inserted: 0, duplicates: 0, rejected: 0 };
+  if (!result) return { status: "already-loaded", records: prepared.records, inserted: 0, duplicates: 0, rejected: 0 };
   if (rejected.length > 0) {
     // The file for people: the reason and where the row came from (named with a leading "_", as in batch
     // files, so a source column of the same name stays apart), then the row as received.
@@ -383,7 +422,7 @@ export async function loadFile(sql: Sql, dir: string, name: string): Promise<Fil
     await mkdir(join(dir, "rejected"), { recursive: true });
     await writeFileDurably(join(dir, "rejected"), name, writeCsv(rows, columns));
   }
-  return { status: "loaded", records: parsed.rows.length, ...result };
+  return { status: "loaded", records: prepared.records, ...result };
 }
 
 /** Moves a bad file to DIR/failed/ with a .reason.txt beside it. */
@@ -476,10 +515,21 @@ async function main(): Promise<void> {
     while (!shutdown.requested) {
       const pending = await pendingFiles(dir, done);
       const progress = createProgress(log, "files", pending.length, 100);
+      // Read and transform the next file while this one's transaction runs: JavaScript and PostgreSQL work
+      // at the same time (each on its own core).
+      const prepare = (name: string) =>
+        prepareFile(dir, name).then(
+          (file) => ({ file }),
+          (error: unknown) => ({ error }),
+        );
+      let next = pending[0] === undefined ? undefined : prepare(pending[0]);
       for (const [i, name] of pending.entries()) {
-        if (shutdown.requested) break;
+        if (shutdown.requested || !next) break;
+        const prepared = await next;
+        next = pending[i + 1] === undefined ? undefined : prepare(pending[i + 1]!);
         try {
-          const result = await retrying(`loading ${name}`, () => loadFile(sql, dir, name));
+          if ("error" in prepared) throw prepared.error;
+          const result = await retrying(`loading ${name}`, () => commitFile(sql, dir, prepared.file));
           if (result === undefined) break; // stopped while waiting for the database
           if (result.status === "already-loaded") totals.skipped++;
           else {
@@ -493,13 +543,18 @@ async function main(): Promise<void> {
           }
           done.add(name);
         } catch (error) {
-          if (!(error instanceof BadBatchFileError)) throw error;
-          totals.failed++;
-          log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
-          await setAside(dir, name, error.message);
+          if ((error as { code?: string }).code === "ENOENT") {
+            // Another loader set it aside a moment ago: nothing to load here.
+            log.debug(`${name}: gone before it was read`);
+          } else if (error instanceof BadBatchFileError) {
+            totals.failed++;
+            log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
+            await setAside(dir, name, error.message);
+          } else throw error;
         }
         progress.update(i + 1);
       }
+      await next; // a prefetch left behind by a stop: let it settle before the process ends
       progress.done();
       if (!flags.watch) break;
       await sleep(500, shutdown.signal);

@@ -348,9 +348,9 @@ export interface ParsedCsv {
  * file and the line.
  */
 export function parseCsv(text: string, name: string): ParsedCsv {
-  let records: { record: string[]; raw: string; info: { lines: number } }[];
+  let records: { record: string[]; info: { lines: number } }[];
   try {
-    records = parse(text, { info: true, raw: true }) as unknown as typeof records;
+    records = parse(text, { info: true }) as unknown as typeof records;
   } catch (error) {
     throw new Error(`${name}: ${(error as Error).message}`);
   }
@@ -360,11 +360,16 @@ export function parseCsv(text: string, name: string): ParsedCsv {
   if (new Set(columns).size !== columns.length) throw new Error(`${name}: the header repeats a column name`);
   return {
     columns,
-    rows: body.map(({ record, raw, info }) => {
+    rows: body.map(({ record, info }) => {
       const values: Record<string, string> = {};
-      columns.forEach((column, i) => (values[column] = record[i] ?? ""));
-      // info.lines is the line the record ends on; count back over its newlines to where it starts.
-      const inside = raw.replace(/\r?\n$/, "").match(/\n/g)?.length ?? 0;
+      // info.lines is the line the record ends on. Newlines inside a record only occur in quoted fields,
+      // which keep them: count them back to the line it starts on.
+      let inside = 0;
+      for (let i = 0; i < columns.length; i++) {
+        const value = record[i] ?? "";
+        values[columns[i]!] = value;
+        for (let at = value.indexOf("\n"); at !== -1; at = value.indexOf("\n", at + 1)) inside++;
+      }
       return { line: info.lines - inside, values };
     }),
   };

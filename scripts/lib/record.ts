@@ -48,6 +48,8 @@ export const FIELDS = {
 
 export type FieldKey = keyof typeof FIELDS;
 
+const FIELD_KEYS = Object.keys(FIELDS) as FieldKey[];
+
 /** Own keys only: "constructor" is in every object, but is not a field. */
 function isFieldKey(key: string): key is FieldKey {
   return Object.hasOwn(FIELDS, key);
@@ -63,6 +65,8 @@ export function normalizeHeader(name: string): string {
 export interface HeaderMap {
   /** source column -> field key */
   readonly fields: ReadonlyMap<string, FieldKey>;
+  /** field key -> source column: the same map turned round, built once per file rather than per row */
+  readonly columnOf: ReadonlyMap<FieldKey, string>;
   /** source column holding the Row ID, if the file has one */
   readonly rowId: string | undefined;
   /** source columns that mean nothing known; kept in orders.extra */
@@ -86,7 +90,8 @@ export function mapHeader(columns: readonly string[]): HeaderMap {
     else if (isFieldKey(key)) fields.set(column, key);
     else extra.push(column);
   }
-  return { fields, rowId, extra };
+  const columnOf = new Map([...fields].map(([column, key]) => [key, column] as const));
+  return { fields, columnOf, rowId, extra };
 }
 
 const DAYS = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
@@ -165,18 +170,13 @@ function quote(value: string): string {
 export function cleanRow(source: Readonly<Record<string, string>>, header: HeaderMap): CleanResult {
   const values: Record<string, CleanValue> = {};
   const problems: string[] = [];
-  const present = new Set<FieldKey>();
-  const sourceName = new Map<FieldKey, string>();
-  for (const [column, key] of header.fields) {
-    present.add(key);
-    sourceName.set(key, column);
-  }
+  const sourceName = header.columnOf;
 
   // Country first: postal codes are read according to it.
   const countryColumn = sourceName.get("country");
   const country = countryColumn === undefined ? null : (source[countryColumn] ?? "").trim() || null;
 
-  for (const key of Object.keys(FIELDS) as FieldKey[]) {
+  for (const key of FIELD_KEYS) {
     const spec: FieldSpec = FIELDS[key];
     const column = sourceName.get(key);
     const raw = column === undefined ? "" : (source[column] ?? "").trim();
