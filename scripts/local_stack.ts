@@ -470,6 +470,11 @@ export function startCluster(cluster: PostgresCluster, port: number): void {
   if (!start.ok) throw new Error(`pg_ctl start failed (${start.out.trim()}), see ${join(cluster.data, "server.log")}`);
 }
 
+/** Can launchPostgres run here (initdb and pg_ctl installed)? */
+export function postgresServerInstalled(): boolean {
+  return Bun.which("pg_ctl") !== null || listPostgresBins().length > 0;
+}
+
 function listPostgresBins(): string[] {
   const root = "/usr/lib/postgresql";
   if (!existsSync(root)) return [];
