@@ -133,6 +133,12 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
     expect(await lag(s)).toBe(0);
   }
 
+  /** The whole file into the topic, and the topic into batch files. */
+  async function produceAndBatch(s: Scenario): Promise<void> {
+    await runOk("producer.ts", ["--file", s.file, "--rate", "max"], s.env);
+    await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3"], s.env);
+  }
+
   async function consumeAndLoad(s: Scenario): Promise<void> {
     await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3"], s.env);
     await runOk("load.ts", [], s.env);
@@ -236,8 +242,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
     const watched = join(s.dir, "watched");
     mkdirSync(watched);
     try {
-      await runOk("producer.ts", ["--file", s.file, "--rate", "max"], s.env);
-      await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3"], s.env);
+      await produceAndBatch(s);
       const [first, ...rest] = batchFiles(s);
       expect(rest).toHaveLength(2);
 
@@ -265,8 +270,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
   test("three loaders on the same folder at once: no duplicates, no deadlock", async () => {
     const s = await scenario(2000);
     try {
-      await runOk("producer.ts", ["--file", s.file, "--rate", "max"], s.env);
-      await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3"], s.env);
+      await produceAndBatch(s);
       const results = await Promise.all([1, 2, 3].map(() => runScript("load.ts", [], s.env, 60_000)));
       expect(results.map((r) => r.code)).toEqual([0, 0, 0]);
       const [ledger] = await s.db.sql`select count(*)::int as files, sum(inserted)::int as inserted from loaded_files`;
@@ -280,8 +284,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
   test("a truncated batch file and a corrupted one are set aside with a reason; the others load; a replay recovers", async () => {
     const s = await scenario(300);
     try {
-      await runOk("producer.ts", ["--file", s.file, "--rate", "max"], s.env);
-      await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3"], s.env);
+      await produceAndBatch(s);
       const [, second] = batchFiles(s);
       const dir = s.env.BATCHES_DIR!;
       truncateSync(join(dir, second!), Math.floor(readFileSync(join(dir, second!)).length / 2));
@@ -308,8 +311,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
   test("a batch file copied under another name is loaded once", async () => {
     const s = await scenario(300);
     try {
-      await runOk("producer.ts", ["--file", s.file, "--rate", "max"], s.env);
-      await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3"], s.env);
+      await produceAndBatch(s);
       const [first] = batchFiles(s);
       copyFileSync(join(s.env.BATCHES_DIR!, first!), join(s.env.BATCHES_DIR!, "copy of batch.csv"));
       const load = await runOk("load.ts", [], { ...s.env, LOG_LEVEL: "info" });
