@@ -11,11 +11,11 @@
 
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import postgres from "postgres";
 import { fail, parseCli } from "./lib/cli.ts";
-import { DEFAULT_DATABASE_URL, parsePositiveInt, readConfig } from "./lib/config.ts";
-import { withDatabase } from "./lib/db.ts";
+import { parsePositiveInt, readConfig } from "./lib/config.ts";
+import { connect, databaseUrl, maintenance, withDatabase } from "./lib/db.ts";
 import { createLogger, formatDuration, formatRate } from "./lib/log.ts";
+import { sleep } from "./lib/retry.ts";
 
 const command = {
   script: "scripts/bench.ts",
@@ -54,8 +54,8 @@ async function main(): Promise<void> {
   if (!existsSync(file)) await run("make_data.ts", ["--out", file, "--copies", String(copies)], {});
   const rows = copies * 9994;
 
-  const server = config.databaseUrl ?? DEFAULT_DATABASE_URL;
-  const admin = postgres(withDatabase(server, "postgres"), { max: 1, onnotice: () => undefined });
+  const bench = withDatabase(config.database, "sales_bench");
+  const admin = maintenance(config.database, createLogger("bench", "silent"));
   const results: string[] = [];
   const report = (stage: string, ms: number) => {
     const line = `${stage.padEnd(34)} ${formatDuration(ms).padStart(7)}  ${formatRate(rows, ms).padStart(9)}`;
@@ -71,7 +71,7 @@ async function main(): Promise<void> {
       KAFKA_GROUP_ID: id,
       BATCHES_DIR: join(root, id),
       BATCH_SIZE: String(batchSize),
-      DATABASE_URL: withDatabase(server, "sales_bench"),
+      DATABASE_URL: databaseUrl(bench),
     };
     await run("migrate.ts", [], env);
     if (mode === "alone") {
@@ -90,13 +90,13 @@ async function main(): Promise<void> {
         run("consumer_batch_to_csv.ts", ["--until-idle", "2"], env),
       ]);
       // The consumer exits 2 s after the last message; the loader is done when every row is in.
-      const sql = postgres(env.DATABASE_URL, { max: 1 });
+      const sql = connect(bench, createLogger("bench", "silent"), { max: 1 });
       for (;;) {
         const [row] = await sql`select count(*)::int as n from orders`;
         if (row!.n >= rows) break;
         if (loader.exitCode !== null) throw new Error(`the loader exited ${loader.exitCode} with ${row!.n} of ${rows} rows in`);
         if (performance.now() - started > 900_000) throw new Error(`only ${row!.n} of ${rows} rows after 15 minutes`);
-        await Bun.sleep(100);
+        await sleep(100);
       }
       report("all three at once, file to table", performance.now() - started);
       loader.kill("SIGTERM");

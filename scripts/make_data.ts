@@ -11,7 +11,7 @@ import { dirname } from "node:path";
 import { mkdirSync } from "node:fs";
 import { stringify } from "csv-stringify/sync";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { parsePositiveInt } from "./lib/config.ts";
+import { parsePositiveInt, readConfig } from "./lib/config.ts";
 import { readCsv } from "./lib/csv.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
 import { findRowIdColumn, normalizeHeader } from "./lib/record.ts";
@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   const log = createLogger("data");
   const started = performance.now();
   const source = flags.source ?? DEFAULT_SOURCE;
-  const out = flags.out ?? (process.env.DATA_FILE?.trim() || "data/Sample-Superstore.csv");
+  const out = flags.out ?? readConfig().dataFile;
   const limit = flags.rows === undefined ? Infinity : parsePositiveInt(flags.rows, "--rows");
   const copies = flags.copies === undefined ? 1 : parsePositiveInt(flags.copies, "--copies", 1000);
   if (!(await Bun.file(source).exists())) {

@@ -10,8 +10,8 @@ import { createHash } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { readConfig, type Config } from "./lib/config.ts";
-import { connect, databaseName, describeDatabase, withDatabase, type Sql } from "./lib/db.ts";
+import { readConfig, type DatabaseTarget } from "./lib/config.ts";
+import { connect, describeDatabase, isConnectionError, maintenance, type Sql } from "./lib/db.ts";
 import { createLogger, formatDuration, type Logger } from "./lib/log.ts";
 
 export interface Migration {
@@ -45,17 +45,25 @@ export async function listMigrations(dir: string): Promise<Migration[]> {
   return migrations;
 }
 
-/** Creates the database the config points at when the server does not have it yet. */
-export async function ensureDatabase(config: Pick<Config, "databaseUrl">, log: Logger): Promise<boolean> {
-  const name = databaseName(config.databaseUrl);
-  const admin = config.databaseUrl
-    ? connect({ databaseUrl: withDatabase(config.databaseUrl, "postgres") }, log, { max: 1 })
-    : connect(config, log, { max: 1, database: "postgres" });
+/**
+ * Creates the database `target` names when the server does not have it yet, and checks that it stores text
+ * as UTF-8 (the pipeline's text is Unicode; a LATIN1 database would refuse or change characters).
+ */
+export async function ensureDatabase(target: DatabaseTarget, log: Logger): Promise<boolean> {
+  const name = target.database;
+  const admin = maintenance(target, log);
   try {
-    const [found] = await admin`select 1 as found from pg_database where datname = ${name}`;
-    if (found) return false;
+    const [found] = await admin<{ encoding: string }[]>`
+      select pg_encoding_to_char(encoding) as encoding from pg_database where datname = ${name}
+    `;
+    if (found) {
+      if (found.encoding !== "UTF8") {
+        throw new Error(`database ${name} stores text as ${found.encoding}; the pipeline needs UTF8 (create it with ENCODING 'UTF8')`);
+      }
+      return false;
+    }
     try {
-      await admin`create database ${admin(name)}`;
+      await admin`create database ${admin(name)} encoding 'UTF8' template template0`;
     } catch (error) {
       // Two migrators starting together: the other one created it. Anything else is a real failure.
       if ((error as { code?: string }).code !== "42P04") throw error;
@@ -119,12 +127,16 @@ async function main(): Promise<void> {
   const log = createLogger("migrate", config.logLevel);
   const started = performance.now();
   const dir = flags.dir ?? "sql";
-  await ensureDatabase(config, log);
-  const sql = connect(config, log, { max: 1 });
+  await ensureDatabase(config.database, log).catch((error: Error) => {
+    throw isConnectionError(error)
+      ? new Error(`cannot reach PostgreSQL at ${describeDatabase(config.database)}: ${error.message} (is it up? make up)`)
+      : error;
+  });
+  const sql = connect(config.database, log, { max: 1 });
   try {
     const applied = await migrate(sql, dir, log);
     log.info(
-      `${describeDatabase(config.databaseUrl)}: ${applied.length} applied, ` +
+      `${describeDatabase(config.database)}: ${applied.length} applied, ` +
         `${(await listMigrations(dir)).length - applied.length} already there (${formatDuration(performance.now() - started)})`,
     );
   } finally {

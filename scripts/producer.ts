@@ -3,27 +3,34 @@
 //
 //   data/Sample-Superstore.csv  ->  Kafka topic sales_topic          make produce (full speed), make stream (1/s)
 //
-// - Encoding is detected (UTF-8 with or without BOM, else Windows-1252) or forced with --encoding.
+// - Input is a file, or standard input with --file - (copied to a temporary file first: the encoding is known
+//   only at the end). Encoding is detected (UTF-8 with or without BOM, UTF-16 with BOM, else Windows-1252) or
+//   forced with --encoding. Input that cannot be read correctly, a header that is not a Superstore export or
+//   names one field twice, and input without rows are refused before anything is sent, naming file, line and
+//   column, with a non-zero exit.
 // - The pace is scheduled against the clock: message i goes out at start + i/rate, so a slow send does not
 //   push every later message back (no drift). --rate max sends as fast as the broker takes it, in batches.
-// - Each message: key "<file>:<Row ID>" (the row's identity), value the row as JSON with the header's names,
-//   headers source_file / source_line saying where it came from.
+// - Each message: key "<source>:<Row ID>" (the row's identity), value the row as JSON with the header's names,
+//   headers source_file / source_line saying where it came from. The source is the file's path relative to
+//   the data folder (or its absolute path outside it, or --source), so two files never share an identity.
 // - A record the CSV parser cannot split is not dropped and does not stop the run: it is sent with its raw
 //   text and a parse_error header, and the loader records it as rejected with its line number.
 // - acks from all in-sync replicas and the idempotent producer: an acknowledged message is not lost or doubled.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
-// Flags: --file, --topic, --rate, --limit, --encoding, --help.
+// Flags: --file, --topic, --rate, --limit, --encoding, --source, --help.
 
-import { basename } from "node:path";
-import { CompressionTypes, Partitioners, type Message } from "kafkajs";
+import { dirname, isAbsolute, relative, resolve } from "node:path";
+import { CompressionTypes, Partitioners, type Message, type Producer } from "kafkajs";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { parsePositiveInt, parseRate, readConfig } from "./lib/config.ts";
-import { detectEncoding, KEPT_CHARS, readCsv, type CsvRecord, type Encoding } from "./lib/csv.ts";
+import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
+import { readCsv, type CsvRecord } from "./lib/csv.ts";
+import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
 import { createKafka, describeBrokers, ensureTopic, whileKafkaUnavailable } from "./lib/kafka.ts";
-import { createLogger, createProgress, formatDuration, formatRate } from "./lib/log.ts";
-import { findRowIdColumn } from "./lib/record.ts";
-import { createShutdown, sleep } from "./lib/shutdown.ts";
+import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
+import { findRowIdColumn, headerProblem } from "./lib/record.ts";
+import { sleep } from "./lib/retry.ts";
+import { createShutdown } from "./lib/shutdown.ts";
 
 /** One source row as sent: header name -> value exactly as read (the loader trims and parses). */
 export type SourceRow = Record<string, string>;
@@ -45,11 +52,12 @@ const command = {
     "Ctrl-C stops after the messages in flight are acknowledged.",
   ].join("\n"),
   flags: {
-    file: { type: "string", short: "f", arg: "FILE", help: "CSV to send (default $DATA_FILE)" },
+    file: { type: "string", short: "f", arg: "FILE", help: 'CSV to send, "-" for standard input (default $DATA_FILE)' },
     topic: { type: "string", short: "t", arg: "TOPIC", help: "topic (default $KAFKA_TOPIC); created if missing" },
     rate: { type: "string", short: "r", arg: "N|max", help: "messages per second (default $PRODUCER_RATE = 1)" },
     limit: { type: "string", short: "n", arg: "N", help: "stop after N records" },
-    encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8 or windows-1252" },
+    encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8, windows-1252, utf-16le or utf-16be" },
+    source: { type: "string", arg: "NAME", help: "name of the source in lineage (default: path relative to the data folder; stdin: \"stdin\")" },
   },
   env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
   notes: [
@@ -57,6 +65,7 @@ const command = {
     "  bun scripts/producer.ts                      # the seed's pace, 1 row per second",
     "  bun scripts/producer.ts --rate max           # as fast as the broker takes it",
     "  bun scripts/producer.ts --rate 50 --limit 500",
+    "  curl -s https://example.org/sales.csv | bun scripts/producer.ts --file - --source sales-2017.csv",
   ].join("\n"),
 } as const;
 
@@ -72,7 +81,20 @@ export function parseEncoding(value: string | undefined): Encoding | "auto" {
   if (v === "auto") return "auto";
   if (v === "utf-8" || v === "utf8") return "utf-8";
   if (["windows-1252", "cp1252", "win-1252"].includes(v)) return "windows-1252";
-  throw new UsageError(`--encoding must be auto, utf-8 or windows-1252, got "${value}"`);
+  if (v === "utf-16le" || v === "utf-16be") return v;
+  throw new UsageError(`--encoding must be auto, utf-8, windows-1252, utf-16le or utf-16be, got "${value}"`);
+}
+
+/**
+ * The source's name in lineage (message keys, orders.source_file): the path relative to the data folder, so
+ * data/2017/a.csv and data/2018/a.csv stay apart and re-sending a file keeps its identity; a file outside the
+ * data folder is named by its absolute path; standard input is "stdin".
+ */
+export function sourceName(file: string, dataDir: string): string {
+  if (file === "-") return "stdin";
+  const path = resolve(file);
+  const inside = relative(resolve(dataDir), path);
+  return inside !== "" && !inside.startsWith("..") && !isAbsolute(inside) ? inside : path;
 }
 
 /** Header names as JSON keys: unnamed columns get "column_N"; a repeated name would lose a value, so it stops the run. */
@@ -86,13 +108,13 @@ export function jsonKeys(header: readonly string[], file: string): string[] {
   return keys;
 }
 
-/** The message for one record of `file` (its base name identifies it in keys and headers). */
-export function toMessage(record: CsvRecord, keys: readonly string[], fileName: string, rowIdColumn: number): Message {
-  const headers: SourceHeaders = { source_file: fileName, source_line: String(record.line) };
+/** The message for one record of the source named `source` (its identity in keys and headers). */
+export function toMessage(record: CsvRecord, keys: readonly string[], source: string, rowIdColumn: number): Message {
+  const headers: SourceHeaders = { source_file: source, source_line: String(record.line) };
   if (record.lines > 1) headers.source_lines = String(record.lines);
   if (record.kind === "broken") {
     headers.parse_error = record.reason;
-    return { key: `${fileName}:line:${record.line}`, value: record.raw, headers: { ...headers } };
+    return { key: `${source}:line:${record.line}`, value: record.raw, headers: { ...headers } };
   }
   const row: SourceRow = {};
   keys.forEach((key, i) => (row[key] = record.fields[i] ?? ""));
@@ -101,11 +123,11 @@ export function toMessage(record: CsvRecord, keys: readonly string[], fileName: 
   if (bytes > MAX_MESSAGE_BYTES) {
     // Too big for one Kafka message: send it on as a rejected record, with as much raw text as fits.
     headers.parse_error = `record is ${bytes} bytes as JSON, more than the ${MAX_MESSAGE_BYTES} one message can carry`;
-    return { key: `${fileName}:line:${record.line}`, value: value.slice(0, KEPT_CHARS), headers: { ...headers } };
+    return { key: `${source}:line:${record.line}`, value: value.slice(0, KEPT_CHARS), headers: { ...headers } };
   }
   const rowId = rowIdColumn >= 0 ? record.fields[rowIdColumn]?.trim() : "";
   return {
-    key: rowId ? `${fileName}:${rowId}` : `${fileName}:line:${record.line}`,
+    key: rowId ? `${source}:${rowId}` : `${source}:line:${record.line}`,
     value,
     headers: { ...headers },
   };
@@ -116,70 +138,24 @@ export function dueAt(start: number, index: number, rate: number): number {
   return rate === Infinity ? start : start + (index * 1000) / rate;
 }
 
-async function main(): Promise<void> {
-  const flags = parseCli(command);
-  if (!flags) return;
-  const config = readConfig();
-  const log = createLogger("producer", config.logLevel);
-  const file = flags.file ?? config.dataFile;
-  const topic = flags.topic ?? config.kafkaTopic;
-  const rate = flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate");
-  const limit = flags.limit === undefined ? Infinity : parsePositiveInt(flags.limit, "--limit");
-  const forced = parseEncoding(flags.encoding);
-  if (!(await Bun.file(file).exists())) {
-    throw new UsageError(`${file} not found (run "make data" to create the sample file, or pass --file)`);
-  }
-
-  const detected = await detectEncoding(file);
-  const encoding = forced === "auto" ? detected.encoding : forced;
-  const fileName = basename(file);
-  log.info(
-    `${file}: ${encoding}${detected.bom ? " with BOM" : ""}${forced === "auto" ? " (detected)" : ""}, ` +
-      `about ${Math.max(detected.lines - 1, 0)} rows -> topic ${topic} at ${rate === Infinity ? "max" : `${rate}/s`}`,
-  );
-
-  const kafka = createKafka(config, log);
-  const admin = kafka.admin();
-  await admin.connect().catch((error: Error) => {
-    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
-  });
-  try {
-    if (await ensureTopic(admin, topic, config.kafkaPartitions)) {
-      log.info(`created topic ${topic} with ${config.kafkaPartitions} partitions`);
-    }
-  } finally {
-    await admin.disconnect();
-  }
-
-  const producer = kafka.producer({
-    createPartitioner: Partitioners.DefaultPartitioner,
-    // Idempotent: a retried send is written once. kafkajs requires one request in flight for it.
-    idempotent: true,
-    maxInFlightRequests: 1,
-    // Retry without limit (kafkajs warns that a limited idempotent producer may duplicate): when the broker
-    // restarts mid-stream the send waits for it, and Ctrl-C still stops the run.
-    retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 300, maxRetryTime: 5000 },
-  });
-  await producer.connect();
-
-  const shutdown = createShutdown(log);
+/**
+ * Batches messages and keeps one send in flight (the idempotent producer allows no more) while the next batch
+ * is built. acks -1: the broker answers once every in-sync replica has the messages. While the broker is away
+ * (a restart), the same messages are sent again when it is back: at worst twice, never lost.
+ */
+function createSender(producer: Producer, topic: string, log: Logger, signal: AbortSignal) {
   let buffer: Message[] = [];
   let bufferBytes = 0;
-  let sent = 0;
-  let broken = 0;
-  let records = 0;
-  // One send in flight (the idempotent producer allows no more), while the next batch is read and built.
   let inFlight: Promise<void> | undefined;
+  const state = { sent: 0 };
   const send = async (messages: Message[]) => {
-    // acks -1: the broker answers once every in-sync replica has the messages. While the broker is away
-    // (a restart), the same messages are sent again when it is back: at worst twice, never lost.
     await whileKafkaUnavailable(
       `sending ${messages.length} messages`,
       () => producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None }),
       log,
-      shutdown.signal,
+      signal,
     );
-    sent += messages.length;
+    state.sent += messages.length;
   };
   /** Waits for the send in flight, then starts one with what is buffered. */
   const flush = async () => {
@@ -191,69 +167,130 @@ async function main(): Promise<void> {
     inFlight = send(messages);
     inFlight.catch(() => undefined); // awaited by the next flush or by drain; not unhandled meanwhile
   };
-  /** Sends what is buffered and waits until everything is acknowledged. */
-  const drain = async () => {
-    await flush();
-    await inFlight;
-  };
-  shutdown.onStop("flush messages in flight", drain);
-  shutdown.onStop("disconnect producer", () => producer.disconnect());
-
-  const total = Math.min(Math.max(detected.lines - 1, 0), limit);
-  const progress = createProgress(log, "sent", total || undefined, 1000);
-  const started = performance.now();
-  let failed: unknown;
-  try {
-    let keys: string[] | undefined;
-    let rowIdColumn = -1;
-    for await (const record of readCsv(file, encoding)) {
-      if (keys === undefined) {
-        if (record.kind !== "row") throw new Error(`${file}: line ${record.line}: cannot read the header`);
-        keys = jsonKeys(record.fields, file);
-        rowIdColumn = findRowIdColumn(keys);
-        continue;
-      }
-      if (records >= limit || shutdown.requested) break;
-      if (record.kind === "broken") {
-        broken++;
-        log.warn(`${file}: line ${record.line}: ${record.reason}; sent as a rejected record`);
-      }
-      // Wait for this message's slot; send what is buffered first so it leaves on time.
-      const due = dueAt(started, records, rate);
-      if (due > performance.now()) {
-        await flush();
-        await sleep(due - performance.now(), shutdown.signal);
-        if (shutdown.requested) break;
-      }
-      const message = toMessage(record, keys, fileName, rowIdColumn);
-      if (message.headers?.parse_error && record.kind === "row") {
-        broken++;
-        log.warn(`${file}: line ${record.line}: ${String(message.headers.parse_error)}; sent as a rejected record`);
-      }
+  return {
+    state,
+    get buffered() {
+      return buffer.length;
+    },
+    async add(message: Message) {
       const bytes = Buffer.byteLength(message.value as string);
       if (bufferBytes + bytes > MAX_SEND_BYTES) await flush();
       buffer.push(message);
       bufferBytes += bytes;
-      records++;
+    },
+    flush,
+    /** Sends what is buffered and waits until everything is acknowledged. */
+    async drain() {
+      await flush();
+      await inFlight;
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const flags = parseCli(command);
+  if (!flags) return;
+  const config = readConfig();
+  const log = createLogger("producer", config.logLevel);
+  const file = flags.file ?? config.dataFile;
+  const topic = flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic");
+  const rate = flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate");
+  const limit = flags.limit === undefined ? Infinity : parsePositiveInt(flags.limit, "--limit");
+  const forced = parseEncoding(flags.encoding);
+  const source = flags.source ?? sourceName(file, dirname(config.dataFile));
+  const input = await openInput(file).catch((error: Error) => {
+    throw new UsageError(`${error.message}${file === config.dataFile ? ' (run "make data" to create the sample file, or pass --file)' : ""}`);
+  });
+  const shutdown = createShutdown(log);
+  shutdown.onStop("remove the copy of standard input", () => input.close());
+  try {
+    // A forced encoding is the user's word: no detection, no refusal.
+    const detected = forced === "auto" ? await detectEncoding(input.path, file) : { encoding: forced, bom: false, lines: await countLines(input.path) };
+    const encoding = detected.encoding;
+    const records = readCsv(input.path, encoding)[Symbol.asyncIterator]();
+    const keys = await readHeader(records, file);
+    const rowIdColumn = findRowIdColumn(keys);
+    log.info(
+      `${file}: ${encoding}${detected.bom ? " with BOM" : ""}${forced === "auto" ? " (detected)" : ""}, ` +
+        `about ${Math.max(detected.lines - 1, 0)} rows as "${source}" -> topic ${topic} at ${rate === Infinity ? "max" : `${rate}/s`}`,
+    );
+
+    const producer = await connectProducer(config, topic, log);
+    const sender = createSender(producer, topic, log, shutdown.signal);
+    shutdown.onStop("flush messages in flight", () => sender.drain());
+    shutdown.onStop("disconnect producer", () => producer.disconnect());
+    const progress = createProgress(log, "sent", Math.min(Math.max(detected.lines - 1, 0), limit) || undefined, 1000);
+    const started = performance.now();
+    let count = 0;
+    let broken = 0;
+    for (let next = await records.next(); !next.done && count < limit && !shutdown.requested; next = await records.next()) {
+      // Wait for this message's slot; send what is buffered first so it leaves on time.
+      const due = dueAt(started, count, rate);
+      if (due > performance.now()) {
+        await sender.flush();
+        await sleep(due - performance.now(), shutdown.signal);
+        if (shutdown.requested) break;
+      }
+      const message = toMessage(next.value, keys, source, rowIdColumn);
+      if (message.headers?.parse_error) {
+        broken++;
+        log.warn(`${file}: line ${next.value.line}: ${String(message.headers.parse_error)}; sent as a rejected record`);
+      }
+      await sender.add(message);
+      count++;
       // Send now unless the next message is already due too (high rates fill a batch first).
-      if (buffer.length >= MAX_SEND_BATCH || dueAt(started, records, rate) > performance.now()) {
-        await flush();
-        progress.update(sent);
+      if (sender.buffered >= MAX_SEND_BATCH || dueAt(started, count, rate) > performance.now()) {
+        await sender.flush();
+        progress.update(sender.state.sent);
       }
     }
-  } catch (error) {
-    failed = error;
-    log.error(`stopped after ${sent} of ${records} records were acknowledged`);
-  } finally {
     progress.done();
     await shutdown.run();
+    if (count === 0 && !shutdown.requested) throw new UnreadableInputError(`${file}: no rows after the header: nothing was sent`);
+    const ms = performance.now() - started;
+    log.info(
+      `done: sent=${sender.state.sent} rows=${sender.state.sent - broken} unsplittable=${broken} topic=${topic} ` +
+        `in ${formatDuration(ms)} (${formatRate(sender.state.sent, ms)})${shutdown.requested ? " (stopped early)" : ""}`,
+    );
+  } finally {
+    await shutdown.run();
   }
-  if (failed) throw failed;
-  const ms = performance.now() - started;
-  log.info(
-    `done: sent=${sent} rows=${sent - broken} unsplittable=${broken} topic=${topic} ` +
-      `in ${formatDuration(ms)} (${formatRate(sent, ms)})${shutdown.requested ? " (stopped early)" : ""}`,
-  );
+}
+
+/** The first record: the header, checked to be a Superstore export before anything is sent. */
+async function readHeader(records: AsyncIterator<CsvRecord>, file: string): Promise<string[]> {
+  const first = await records.next();
+  if (first.done) throw new UnreadableInputError(`${file}: the file is empty: nothing was sent`);
+  if (first.value.kind !== "row") throw new UnreadableInputError(`${file}: line ${first.value.line}: cannot read the header`);
+  const keys = jsonKeys(first.value.fields, file);
+  const problem = headerProblem(keys);
+  if (problem) throw new UnreadableInputError(`${file}: line 1: ${problem}; nothing was sent`);
+  return keys;
+}
+
+/** Creates the topic if needed and connects an idempotent producer. */
+async function connectProducer(config: ReturnType<typeof readConfig>, topic: string, log: Logger): Promise<Producer> {
+  const kafka = createKafka(config, log);
+  const admin = kafka.admin();
+  await admin.connect().catch((error: Error) => {
+    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
+  });
+  try {
+    if (await ensureTopic(admin, topic, config.kafkaPartitions)) log.info(`created topic ${topic} with ${config.kafkaPartitions} partitions`);
+  } finally {
+    await admin.disconnect();
+  }
+  const producer = kafka.producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    // Idempotent: a retried send is written once. kafkajs requires one request in flight for it.
+    idempotent: true,
+    maxInFlightRequests: 1,
+    // Retry without limit (kafkajs warns that a limited idempotent producer may duplicate): when the broker
+    // restarts mid-stream the send waits for it, and Ctrl-C still stops the run.
+    retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 300, maxRetryTime: 5000 },
+  });
+  await producer.connect();
+  return producer;
 }
 
 if (import.meta.main) main().catch(fail);

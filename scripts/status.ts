@@ -49,14 +49,14 @@ async function main(): Promise<void> {
   const lines: string[] = [`kafka:      ${await kafkaLine(config, log)}`];
 
   const files = (await readdir(config.batchesDir).catch(() => [] as string[])).filter((f) => f.endsWith(".csv"));
-  const sql = connect(config, createLogger(log.name, "silent"), { max: 1 });
+  const sql = connect(config.database, createLogger(log.name, "silent"), { max: 1 });
   try {
     const [tables] = await sql<{ users: string; products: string; orders: string; rejected: string; files: string; sales: string | null }[]>`
       select
         (select count(*) from users) as users,
         (select count(*) from products) as products,
         (select count(*) from orders) as orders,
-        (select count(*) from rejected_rows) as rejected,
+        (select count(*) from rejected_rows where status = 'open') as rejected,
         (select count(*) from loaded_files) as files,
         (select sum(sales) from orders) as sales
     `;
@@ -64,15 +64,15 @@ async function main(): Promise<void> {
     const pending = files.filter((f) => !loaded.has(f)).length;
     lines.push(
       `batches:    ${files.length} files in ${config.batchesDir}/, ${pending} not loaded yet`,
-      `postgresql: ${describeDatabase(config.databaseUrl)}`,
+      `postgresql: ${describeDatabase(config.database)}`,
       `  orders ${tables!.orders}, users ${tables!.users}, products ${tables!.products}, ` +
-        `rejected_rows ${tables!.rejected}, batch files loaded ${tables!.files}`,
+        `open rejections ${tables!.rejected}, batch files loaded ${tables!.files}`,
       `  total sales ${tables!.sales ?? 0}`,
     );
   } catch (error) {
     lines.push(
       `batches:    ${files.length} files in ${config.batchesDir}/`,
-      `postgresql: ${describeDatabase(config.databaseUrl)}: ${(error as Error).message} (make up; make migrate)`,
+      `postgresql: ${describeDatabase(config.database)}: ${(error as Error).message} (make up; make migrate)`,
     );
     process.exitCode = 1;
   } finally {

@@ -6,11 +6,18 @@ import {
   DEFAULT_DATABASE_URL,
   ENV_DOCS,
   parseBrokers,
+  parseDatabase,
+  parseGroupId,
   parsePositiveInt,
   parsePositiveNumber,
   parseRate,
+  parseTopic,
   readConfig,
 } from "../scripts/lib/config.ts";
+import { databaseUrl } from "../scripts/lib/db.ts";
+import { redact } from "../scripts/lib/log.ts";
+
+const COMPOSE_DATABASE = { host: "127.0.0.1", port: 5432, database: "sales", user: "postgres", password: "postgres", ssl: undefined };
 
 const DEFAULTS: Config = {
   kafkaBrokers: ["127.0.0.1:9092"],
@@ -18,13 +25,19 @@ const DEFAULTS: Config = {
   kafkaGroupId: "sales-batcher",
   kafkaClientId: "sales-pipeline",
   kafkaPartitions: 1,
-  databaseUrl: DEFAULT_DATABASE_URL,
+  database: COMPOSE_DATABASE,
   dataFile: "data/Sample-Superstore.csv",
   batchesDir: "batches",
   batchSize: 100,
   batchQuietSeconds: 5,
   producerRate: 1,
   logLevel: "info",
+  stackMode: "auto",
+  confirm: false,
+  dashboardPort: 8050,
+  biReaderPassword: undefined,
+  crashAt: undefined,
+  requireFaultTests: false,
 };
 
 describe("readConfig", () => {
@@ -48,6 +61,12 @@ describe("readConfig", () => {
       KAFKA_CLIENT_ID: "c1",
       KAFKA_PARTITIONS: "6",
       DATABASE_URL: "postgresql://u:p@db:5433/x",
+      STACK_MODE: "Local",
+      CONFIRM: "1",
+      DASHBOARD_PORT: "9000",
+      BI_READER_PASSWORD: "reader-secret",
+      SALES_CRASH_AT: "before-write",
+      REQUIRE_FAULT_TESTS: "1",
       DATA_FILE: "data/other.csv",
       BATCHES_DIR: "/tmp/b",
       BATCH_SIZE: " 250 ",
@@ -61,13 +80,19 @@ describe("readConfig", () => {
       kafkaGroupId: "g1",
       kafkaClientId: "c1",
       kafkaPartitions: 6,
-      databaseUrl: "postgresql://u:p@db:5433/x",
+      database: { host: "db", port: 5433, database: "x", user: "u", password: "p", ssl: undefined },
       dataFile: "data/other.csv",
       batchesDir: "/tmp/b",
       batchSize: 250,
       batchQuietSeconds: 0.5,
       producerRate: 50,
       logLevel: "debug",
+      stackMode: "local",
+      confirm: true,
+      dashboardPort: 9000,
+      biReaderPassword: "reader-secret",
+      crashAt: "before-write",
+      requireFaultTests: true,
     });
   });
 
@@ -89,13 +114,36 @@ describe("readConfig", () => {
     expect(readConfig({ PRODUCER_RATE: "0.5" }).producerRate).toBe(0.5);
   });
 
-  test("leaves the database URL to postgres.js when only PG* variables are set", () => {
-    expect(readConfig({ PGHOST: "db" }).databaseUrl).toBeUndefined();
-    expect(readConfig({ PGDATABASE: "sales", PGUSER: "me" }).databaseUrl).toBeUndefined();
+  test("reads the PG* variables psql reads when DATABASE_URL is not set", () => {
+    expect(readConfig({ PGHOST: "db" }).database).toEqual({ host: "db", port: 5432, database: "postgres", user: "postgres", password: undefined, ssl: undefined });
+    expect(readConfig({ PGDATABASE: "sales", PGUSER: "me", PGPORT: "6543", PGPASSWORD: "pw" }).database).toEqual({
+      host: "localhost",
+      port: 6543,
+      database: "sales",
+      user: "me",
+      password: "pw",
+      ssl: undefined,
+    });
   });
 
   test("prefers DATABASE_URL over PG* variables", () => {
-    expect(readConfig({ PGHOST: "db", DATABASE_URL: "postgres://x@y/z" }).databaseUrl).toBe("postgres://x@y/z");
+    expect(readConfig({ PGHOST: "db", DATABASE_URL: "postgres://x@y/z" }).database).toMatchObject({ host: "y", user: "x", database: "z" });
+  });
+
+  test("decodes percent-encoded user, password and database, and reads sslmode", () => {
+    expect(parseDatabase({ DATABASE_URL: "postgres://us%40r:p%40ss%2Fw@[::1]:6000/my%20db?sslmode=require" })).toEqual({
+      host: "::1",
+      port: 6000,
+      database: "my db",
+      user: "us@r",
+      password: "p@ss/w",
+      ssl: "require",
+    });
+  });
+
+  test("writes a target back as a URL that reads the same", () => {
+    const target = parseDatabase({ DATABASE_URL: "postgres://us%40r:p%40ss%2Fw@db.example:6000/my%20db?sslmode=require" });
+    expect(parseDatabase({ DATABASE_URL: databaseUrl(target) })).toEqual(target);
   });
 
   test.each([
@@ -114,12 +162,66 @@ describe("readConfig", () => {
     ["PRODUCER_RATE", "Infinity", 'PRODUCER_RATE must be a number greater than 0, got "Infinity"'],
     ["BATCH_QUIET_SECONDS", "0", 'BATCH_QUIET_SECONDS must be a number greater than 0, got "0"'],
     ["LOG_LEVEL", "loud", 'LOG_LEVEL must be error, warn, info or debug, got "loud"'],
-    ["KAFKA_TOPIC", "sales topic", `KAFKA_TOPIC may hold only letters, digits, '.', '_' and '-', got "sales topic"`],
-    ["KAFKA_TOPIC", "sales/topic", `KAFKA_TOPIC may hold only letters, digits, '.', '_' and '-', got "sales/topic"`],
-    ["KAFKA_TOPIC", "t".repeat(250), `KAFKA_TOPIC may hold only letters, digits, '.', '_' and '-', got "${"t".repeat(250)}"`],
-    ["DATABASE_URL", "mysql://x", 'DATABASE_URL must start with postgres:// or postgresql://, got "mysql://x"'],
+    ["KAFKA_TOPIC", "sales topic", `KAFKA_TOPIC may hold only letters, digits, '.', '_' and '-' (Kafka's rule), got "sales topic"`],
+    ["KAFKA_TOPIC", "sales/topic", `KAFKA_TOPIC may hold only letters, digits, '.', '_' and '-' (Kafka's rule), got "sales/topic"`],
+    ["KAFKA_TOPIC", "t".repeat(250), "KAFKA_TOPIC may be at most 249 characters long (Kafka's rule), got 250"],
+    ["KAFKA_TOPIC", "..", `KAFKA_TOPIC cannot be "." or ".." (Kafka's rule), got ".."`],
+    ["DATABASE_URL", "mysql://x", 'DATABASE_URL must start with postgres:// or postgresql://, got a value starting with "mysql:"'],
+    ["DATABASE_URL", "postgres://u:p@db host/sales", "DATABASE_URL is not a valid URL: expected postgres://user:password@host:5432/database"],
+    ["DATABASE_URL", "postgres://u:p@host:99999/db", "DATABASE_URL is not a valid URL"],
+    ["PGPORT", "54x", 'PGPORT must be a whole number from 1 to 65535, got "54x"'],
+    ["STACK_MODE", "kubernetes", 'STACK_MODE must be auto, docker or local, got "kubernetes"'],
+    ["DASHBOARD_PORT", "70000", 'DASHBOARD_PORT must be a whole number from 1 to 65535, got "70000"'],
   ])("refuses %s=%p, naming the variable", (name, value, message) => {
     expect(() => readConfig({ [name]: value })).toThrow(message);
+  });
+
+  test.each([
+    ["mysql://admin:Tr0ub4dor&3@db/sales"],
+    ["postgres://admin:Tr0ub4dor&3@db host/sales"],
+    ["postgres://admin:Tr0ub4dor&3@db:99999/sales"],
+    ["admin:Tr0ub4dor&3@db/sales"],
+  ])("never prints the password of a bad DATABASE_URL (%p)", (url) => {
+    let message = "";
+    try {
+      readConfig({ DATABASE_URL: url });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toContain("DATABASE_URL");
+    expect(message).not.toContain("Tr0ub4dor");
+  });
+});
+
+describe("redact", () => {
+  test("masks the password of any URL in a message", () => {
+    expect(redact("cannot reach postgres://u:s3cr3t@db:5432/sales (refused)")).toBe("cannot reach postgres://u:***@db:5432/sales (refused)");
+    expect(redact("amqp://guest:guest@host and http://a:b@c")).toBe("amqp://guest:***@host and http://a:***@c");
+  });
+
+  test("masks the passwords config read, wherever they appear", () => {
+    readConfig({ DATABASE_URL: "postgres://u:Zq9-long-pass@db/sales", BI_READER_PASSWORD: "reader-pass-77" });
+    expect(redact("login as u with Zq9-long-pass failed; bi_reader uses reader-pass-77")).toBe(
+      "login as u with *** failed; bi_reader uses ***",
+    );
+  });
+
+  test("leaves the published compose password alone, so the word postgres survives", () => {
+    readConfig({ DATABASE_URL: DEFAULT_DATABASE_URL });
+    expect(redact("postgres said no")).toBe("postgres said no");
+  });
+});
+
+describe("parseTopic and parseGroupId", () => {
+  test("accept every name Kafka accepts", () => {
+    for (const name of ["a", "...", ".hidden", "_x", "x-y.z_9", "t".repeat(249)]) expect(parseTopic(name, "--topic")).toBe(name);
+    for (const name of ["g", "with space", "ünïcode/group", "x".repeat(1000)]) expect(parseGroupId(name, "--group")).toBe(name);
+  });
+
+  test("refuse what Kafka refuses, naming the flag", () => {
+    expect(() => parseTopic(".", "--topic")).toThrow('--topic cannot be "." or ".."');
+    expect(() => parseTopic("a:b", "--topic")).toThrow("--topic may hold only");
+    expect(() => parseGroupId("", "--group")).toThrow("--group cannot be empty");
   });
 });
 
@@ -182,6 +284,10 @@ describe("ENV_DOCS", () => {
         "KAFKA_TOPIC",
         "LOG_LEVEL",
         "PRODUCER_RATE",
+        "STACK_MODE",
+        "CONFIRM",
+        "DASHBOARD_PORT",
+        "BI_READER_PASSWORD",
       ].sort(),
     );
   });

@@ -1,9 +1,9 @@
-// Unit tests for the pure parts of scripts/consumer_batch_to_csv.ts: a message becomes a batch row.
+// Unit tests for scripts/lib/batcher.ts: a message becomes a batch row, rows become batch files.
 
 import { describe, expect, test } from "bun:test";
 import type { IHeaders, KafkaMessage } from "kafkajs";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
-import { batchColumns, type BatchRow, messageToRow } from "../scripts/consumer_batch_to_csv.ts";
+import { Batcher, batchColumns, type BatchRow, messageToRow } from "../scripts/lib/batcher.ts";
 
 function message(value: Buffer | null, headers: IHeaders = { source_file: Buffer.from("a.csv") }): KafkaMessage {
   return {
@@ -165,5 +165,55 @@ describe("batchColumns", () => {
       messageToRow(message(Buffer.from('{"Row ID":"2","Profit":"3"}'), HEADERS), "t", 0),
     ];
     expect(batchColumns(rows)).toEqual(["Row ID", "Sales", "Profit", ...META_COLUMNS]);
+  });
+});
+
+describe("Batcher", () => {
+  const row = (n: number): BatchRow => ({ n: String(n) });
+  const offsets = (batch: { first: bigint; last: bigint; rows: readonly BatchRow[] } | undefined) =>
+    batch && { first: Number(batch.first), last: Number(batch.last), rows: batch.rows.map((r) => Number(r.n)) };
+
+  test("hands out a partition's rows as one batch when it is full", () => {
+    const batcher = new Batcher(3, 5000);
+    expect(batcher.add(0, 10n, row(10), 0)).toBeUndefined();
+    expect(batcher.add(0, 11n, row(11), 1)).toBeUndefined();
+    expect(offsets(batcher.add(0, 12n, row(12), 2))).toEqual({ first: 10, last: 12, rows: [10, 11, 12] });
+    expect(batcher.empty).toBe(true);
+  });
+
+  test("keeps partitions apart", () => {
+    const batcher = new Batcher(2, 5000);
+    batcher.add(0, 1n, row(1), 0);
+    batcher.add(1, 7n, row(7), 0);
+    expect(offsets(batcher.add(1, 8n, row(8), 0))).toEqual({ first: 7, last: 8, rows: [7, 8] });
+    expect(batcher.buffered(0)).toBe(1);
+  });
+
+  test("closes a partial batch once its partition has been quiet long enough", () => {
+    const batcher = new Batcher(100, 5000);
+    batcher.add(0, 1n, row(1), 1000);
+    batcher.add(1, 1n, row(1), 3000);
+    expect(batcher.due(5999)).toEqual([]);
+    expect(batcher.due(6000).map(offsets)).toEqual([{ first: 1, last: 1, rows: [1] }]);
+    expect(batcher.buffered(1)).toBe(1);
+  });
+
+  test("starts a partition over when an offset it has already seen arrives again (a re-fetch)", () => {
+    const batcher = new Batcher(100, 5000);
+    for (const n of [5, 6, 7]) batcher.add(0, BigInt(n), row(n), 0);
+    batcher.add(0, 6n, row(6), 0);
+    batcher.add(0, 7n, row(7), 0);
+    expect(batcher.drain().map(offsets)).toEqual([{ first: 6, last: 7, rows: [6, 7] }]);
+  });
+
+  test("drains every partition and forgets everything on clear", () => {
+    const batcher = new Batcher(100, 5000);
+    batcher.add(0, 1n, row(1), 0);
+    batcher.add(2, 4n, row(4), 0);
+    expect(batcher.drain()).toHaveLength(2);
+    batcher.add(0, 2n, row(2), 0);
+    batcher.clear();
+    expect(batcher.empty).toBe(true);
+    expect(batcher.drain()).toEqual([]);
   });
 });

@@ -4,16 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  type CsvRecord,
-  detectEncoding,
-  type Encoding,
-  KEPT_CHARS,
-  MAX_RECORD_CHARS,
-  parseCsv,
-  readCsv,
-  writeCsv,
-} from "../scripts/lib/csv.ts";
+import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, readCsv, writeCsv } from "../scripts/lib/csv.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "csv-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -196,6 +187,44 @@ describe("readCsv", () => {
     ]);
   });
 
+  test.each([
+    ["LF", "\n"],
+    ["CRLF", "\r\n"],
+    ["CR (old Mac)", "\r"],
+  ])("reads %s line ends the same way", async (_, end) => {
+    const text = ["a,b", "1,2", '"x",3', "4,5"].join(end) + end;
+    expect(await read(text)).toEqual([row(1, ["a", "b"]), row(2, ["1", "2"]), row(3, ["x", "3"]), row(4, ["4", "5"])]);
+  });
+
+  test("reads mixed line ends, a doubled CR before LF, and a CR at the very end", async () => {
+    expect(await read("a,b\r\n1,2\n3,4\r5,6\r\r\n7,8\r")).toEqual([
+      row(1, ["a", "b"]),
+      row(2, ["1", "2"]),
+      row(3, ["3", "4"]),
+      row(4, ["5", "6"]),
+      row(6, ["7", "8"]),
+    ]);
+  });
+
+  test("keeps a CRLF split across two reads as one line end", async () => {
+    // 65,536 bytes is the size of one read: put the CR last in the first read and the LF first in the next.
+    const first = `a,b\n1,${"x".repeat(65_536 - 7)}\r`;
+    const records = await read(`${first}\n2,3\n`);
+    expect(records.map((r) => [r.kind, r.line])).toEqual([
+      ["row", 1],
+      ["row", 2],
+      ["row", 3],
+    ]);
+  });
+
+  test("keeps a lone CR inside a quoted field, as written", async () => {
+    expect(await read('a,b\n1,"x\ry"\n2,3\n')).toEqual([row(1, ["a", "b"]), row(2, ["1", "x\ry"], 2), row(4, ["2", "3"])]);
+  });
+
+  test("reads a CR inside a quoted header field as part of its name", async () => {
+    expect((await read('a,"Pro\rfit"\r\n1,2\r\n'))[0]).toEqual(row(1, ["a", "Pro\rfit"], 2));
+  });
+
   test("keeps the CRLF inside a quoted field of a CRLF file", async () => {
     expect(await read('a,b\r\n1,"x\r\ny"\r\n2,3\r\n')).toEqual([
       row(1, ["a", "b"]),
@@ -313,35 +342,6 @@ describe("readCsv", () => {
   });
 });
 
-describe("detectEncoding", () => {
-  test("reports UTF-8 without a BOM and counts lines", async () => {
-    expect(await detectEncoding(file("a,b\n1,é\n2,“x”\n"))).toEqual({ encoding: "utf-8", bom: false, lines: 3 });
-  });
-
-  test("reports a UTF-8 BOM", async () => {
-    expect(await detectEncoding(file("\uFEFFa,b\r\n1,2\r\n"))).toEqual({ encoding: "utf-8", bom: true, lines: 2 });
-  });
-
-  test("falls back to Windows-1252 when the bytes are not UTF-8", async () => {
-    const bytes = new Uint8Array([...Buffer.from("a,b\r\n1,"), 0x93, 0x78, 0x94, ...Buffer.from("\r\n2,"), 0xe9]);
-    expect(await detectEncoding(file(bytes))).toEqual({ encoding: "windows-1252", bom: false, lines: 2 });
-  });
-
-  test("falls back to Windows-1252 when the file ends inside a UTF-8 sequence", async () => {
-    const bytes = new Uint8Array([...Buffer.from("a\n"), 0xe2, 0x80]);
-    expect((await detectEncoding(file(bytes))).encoding).toBe("windows-1252");
-  });
-
-  test("counts every newline of a file larger than one read", async () => {
-    const text = "a,b\n" + "1,2\n".repeat(200_000);
-    expect(await detectEncoding(file(text))).toEqual({ encoding: "utf-8", bom: false, lines: 200_001 });
-  });
-
-  test("reports an empty file as UTF-8 with no lines", async () => {
-    expect(await detectEncoding(file(""))).toEqual({ encoding: "utf-8", bom: false, lines: 0 });
-  });
-});
-
 describe("writeCsv and parseCsv", () => {
   test("round-trip quotes, commas, newlines and empty fields", () => {
     const rows = [
@@ -364,6 +364,25 @@ describe("writeCsv and parseCsv", () => {
 
   test("writes null and a missing value as an empty field", () => {
     expect(writeCsv([{ a: null }, {}], ["a", "b"])).toBe("a,b\n,\n,\n");
+  });
+
+  test("quotes every field and column name that holds a CR, LF, quote or comma, and reads them back", () => {
+    const rows = [{ "Pro\rfit": "1\r", b: "x\ny", c: "q\"", d: "a,b", e: "\r\n" }];
+    const columns = ["Pro\rfit", "b", "c", "d", "e"];
+    const text = writeCsv(rows, columns);
+    expect(text).toBe('"Pro\rfit",b,c,d,e\n"1\r","x\ny","q""","a,b","\r\n"\n');
+    const parsed = parseCsv(text, "batch.csv");
+    expect(parsed.columns).toEqual(columns);
+    expect(parsed.rows.map((r) => r.values)).toEqual(rows);
+  });
+
+  test("reads batch files with CRLF or CR line ends too", () => {
+    for (const end of ["\r\n", "\r"]) {
+      expect(parseCsv(`a,b${end}1,2${end}3,4${end}`, "b.csv").rows.map((r) => r.values)).toEqual([
+        { a: "1", b: "2" },
+        { a: "3", b: "4" },
+      ]);
+    }
   });
 
   test("writes numbers as their digits", () => {

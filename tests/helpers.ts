@@ -4,27 +4,22 @@
 import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import postgres, { type Sql } from "postgres";
 import { parse } from "csv-parse/sync";
-import { readConfig } from "../scripts/lib/config.ts";
+import { parseDatabase, readConfig, type DatabaseTarget } from "../scripts/lib/config.ts";
+import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
+import { consumerLag, createKafka } from "../scripts/lib/kafka.ts";
 import { createLogger } from "../scripts/lib/log.ts";
+import { pollUntil, type Truthy } from "../scripts/lib/retry.ts";
+import { readCompose } from "../scripts/lib/stack/compose.ts";
+import { kafkaJars, launchBroker, waitForBroker } from "../scripts/lib/stack/kafka.ts";
+import { launchPostgres, startCluster, stopPostgres } from "../scripts/lib/stack/postgres.ts";
+import { stopPid } from "../scripts/lib/stack/process.ts";
 import { ensureDatabase, migrate } from "../scripts/migrate.ts";
-import { withDatabase } from "../scripts/lib/db.ts";
-import {
-  kafkaJars,
-  launchBroker,
-  launchPostgres,
-  readCompose,
-  startCluster,
-  stopPid,
-  stopPostgres,
-  waitForBroker,
-} from "../scripts/local_stack.ts";
 
 export const ROOT = join(import.meta.dir, "..");
-const base = readConfig();
-export const BROKERS = base.kafkaBrokers.join(",");
-const SERVER_URL = base.databaseUrl ?? "postgres://postgres@127.0.0.1:5432/postgres";
+/** The pipeline's configuration as the environment gives it (the services `make up` started). */
+export const BASE = readConfig();
+export const BROKERS = BASE.kafkaBrokers.join(",");
 const quiet = createLogger("test", "silent");
 
 /** "orders_lz3k9a_x1" style: unique per call, valid as a topic, group and database name. */
@@ -39,14 +34,16 @@ export function tempDir(prefix = "sales-test-"): { path: string; remove(): void 
 
 export interface TestDatabase {
   readonly name: string;
+  /** for a child's DATABASE_URL */
   readonly url: string;
+  readonly target: DatabaseTarget;
   readonly sql: Sql;
   drop(): Promise<void>;
 }
 
 /** A fresh database with every migration applied on the pipeline's server; drop() removes it. */
 export function createTestDatabase(prefix = "sales_test"): Promise<TestDatabase> {
-  return createDatabaseOn(SERVER_URL, prefix);
+  return createDatabaseOn(BASE.database, prefix);
 }
 
 export interface RunResult {
@@ -55,19 +52,29 @@ export interface RunResult {
   readonly stderr: string;
 }
 
-/** Runs `bun scripts/<script> ...args` from the repository root with `env` added to the environment. */
+/**
+ * Runs `bun scripts/<script> ...args` from the repository root with `env` added to the environment; `input`,
+ * when given, is written to its standard input through a pipe.
+ */
 export async function runScript(
   script: string,
   args: string[],
   env: Record<string, string>,
   timeoutMs = 120_000,
+  input?: string | Uint8Array,
 ): Promise<RunResult> {
   const child = Bun.spawn([process.execPath, join("scripts", script), ...args], {
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
+    stdin: input === undefined ? "ignore" : "pipe",
     stdout: "pipe",
     stderr: "pipe",
   });
+  if (input !== undefined) {
+    const stdin = child.stdin as import("bun").FileSink;
+    stdin.write(input);
+    await stdin.end();
+  }
   const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
   const [stdout, stderr, code] = await Promise.all([
     new Response(child.stdout).text(),
@@ -79,8 +86,14 @@ export async function runScript(
 }
 
 /** Like runScript, but fails the test with the script's output when it exits non-zero. */
-export async function runOk(script: string, args: string[], env: Record<string, string>, timeoutMs?: number): Promise<RunResult> {
-  const result = await runScript(script, args, env, timeoutMs);
+export async function runOk(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+  timeoutMs?: number,
+  input?: string | Uint8Array,
+): Promise<RunResult> {
+  const result = await runScript(script, args, env, timeoutMs, input);
   if (result.code !== 0) {
     throw new Error(`${script} ${args.join(" ")} exited ${result.code}\n${result.stderr}${result.stdout}`);
   }
@@ -88,19 +101,8 @@ export async function runOk(script: string, args: string[], env: Record<string, 
 }
 
 /** Polls `check` until it returns a truthy value; fails with `what` after `timeoutMs`. */
-export async function waitFor<T>(what: string, check: () => Promise<T> | T, timeoutMs = 30_000, everyMs = 100): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  let last: unknown;
-  while (performance.now() < deadline) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    await Bun.sleep(everyMs);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ""}`);
+export function waitFor<T>(what: string | (() => string), check: () => Promise<T> | T, timeoutMs = 30_000, everyMs = 100): Promise<Truthy<T>> {
+  return pollUntil(check, { timeout: timeoutMs, every: everyMs, what });
 }
 
 /** Exact decimal sum of strings like "261.96" and "-383.031", as a normalized string ("2297200.8603"). */
@@ -188,7 +190,7 @@ export async function startPrivateKafka(dir: string): Promise<PrivateKafka> {
   const options = { dir, libs, port, controllerPort, facts, heap: "512m" };
   const config = readConfig({ KAFKA_BROKERS: `127.0.0.1:${port}` });
   let pid = launchBroker(options, quiet);
-  await waitForBroker(config, pid, dir, quiet, 60);
+  await waitForBroker(config, pid, dir, 60);
   return {
     brokers: `127.0.0.1:${port}`,
     get pid() {
@@ -197,15 +199,15 @@ export async function startPrivateKafka(dir: string): Promise<PrivateKafka> {
     kill: () => process.kill(pid, "SIGKILL"),
     async restart() {
       pid = launchBroker(options, quiet);
-      await waitForBroker(config, pid, dir, quiet, 60);
+      await waitForBroker(config, pid, dir, 60);
     },
     stop: () => stopPid(pid, "test broker", quiet),
   };
 }
 
 export interface PrivatePostgres {
-  /** URL of the server's `postgres` database; use withDatabase for others */
-  readonly url: string;
+  /** the server's `postgres` database; use withDatabase for others */
+  readonly target: DatabaseTarget;
   /** pg_ctl stop -m fast: open sessions end, as in a restart */
   stop(): void;
   start(): void;
@@ -218,26 +220,27 @@ export function startPrivatePostgres(dir: string): PrivatePostgres {
   const [port] = freePorts(1) as [number];
   const cluster = launchPostgres({ data: join(dir, "pgdata"), port });
   return {
-    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    target: parseDatabase({ DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres` }),
     stop: () => stopPostgres(cluster, quiet),
     start: () => startCluster(cluster, port),
   };
 }
 
 /** A migrated database on the given server. */
-export async function createDatabaseOn(serverUrl: string, prefix = "faults"): Promise<TestDatabase> {
+export async function createDatabaseOn(server: DatabaseTarget, prefix = "faults"): Promise<TestDatabase> {
   const name = uniqueName(prefix);
-  const url = withDatabase(serverUrl, name);
-  await ensureDatabase({ databaseUrl: url }, quiet);
-  const sql = postgres(url, { max: 2, onnotice: () => undefined });
+  const target = withDatabase(server, name);
+  await ensureDatabase(target, quiet);
+  const sql = connect(target, quiet, { max: 2 });
   await migrate(sql, join(ROOT, "sql"), quiet);
   return {
     name,
-    url,
+    url: databaseUrl(target),
+    target,
     sql,
     async drop() {
       await sql.end({ timeout: 5 });
-      const admin = postgres(withDatabase(serverUrl, "postgres"), { max: 1, onnotice: () => undefined });
+      const admin = maintenance(server, quiet);
       try {
         await admin`drop database if exists ${admin(name)} with (force)`;
       } finally {
@@ -276,7 +279,7 @@ export function startScript(script: string, args: string[], env: Record<string, 
     child,
     output: () => err,
     waitForOutput: (pattern, timeoutMs = 30_000) =>
-      waitFor(`${script} to print ${pattern}\n${err}`, () => pattern.test(err), timeoutMs, 50).then(() => undefined),
+      waitFor(() => `${script} to print ${pattern}\n${err}`, () => pattern.test(err), timeoutMs, 50).then(() => undefined),
     async finish(timeoutMs = 120_000) {
       const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
       const code = await child.exited;
@@ -285,4 +288,29 @@ export function startScript(script: string, args: string[], env: Record<string, 
       return { code, stdout: await stdout, stderr: err };
     },
   };
+}
+
+// --- Kafka facts for assertions.
+
+async function withAdmin<T>(brokers: string, fn: (admin: import("kafkajs").Admin) => Promise<T>): Promise<T> {
+  const admin = createKafka(readConfig({ KAFKA_BROKERS: brokers }), quiet).admin();
+  await admin.connect();
+  try {
+    return await fn(admin);
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+/** Messages ever written to `topic` (0 when it does not exist). */
+export function topicSize(brokers: string, topic: string): Promise<number> {
+  return withAdmin(brokers, async (admin) => {
+    const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
+    return offsets.reduce((n, p) => n + Number(p.high), 0);
+  });
+}
+
+/** Messages of `topic` the group has not committed. */
+export function groupLag(brokers: string, group: string, topic: string): Promise<number> {
+  return withAdmin(brokers, (admin) => consumerLag(admin, group, topic));
 }

@@ -1,8 +1,13 @@
-// Unit tests for the pure parts of scripts/load.ts: transform (clean, reject, dedupe) and latest-row selection.
+// Unit tests for the pure parts of the loader: transform (clean, reject, dedupe; scripts/lib/load/read.ts),
+// latest-row selection and COPY values (scripts/lib/load/transaction.ts), grouping files (scripts/load.ts) and
+// telling a lost connection from a problem with the data (scripts/lib/db.ts).
 
 import { describe, expect, test } from "bun:test";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
-import { BadBatchFileError, isConnectionError, isLater, latestBy, ORDER_COLUMNS, type OrderRow, transform } from "../scripts/load.ts";
+import { isConnectionError } from "../scripts/lib/db.ts";
+import { BadBatchFileError, ORDER_COLUMNS, type OrderRow, rowHash, transform } from "../scripts/lib/load/read.ts";
+import { copyValue, isLater, latestBy } from "../scripts/lib/load/transaction.ts";
+import { groupFiles } from "../scripts/load.ts";
 
 const SOURCE_COLUMNS = [
   "Row ID",
@@ -94,6 +99,8 @@ describe("transform", () => {
           row: {
             ...CLEAN_ORDER,
             extra: null,
+            warnings: null,
+            row_hash: rowHash(CLEAN_ORDER, null),
             source_file: "Sample-Superstore.csv",
             source_row_id: 1,
             source_line: 2,
@@ -154,6 +161,7 @@ describe("transform", () => {
           source_file: "Sample-Superstore.csv",
           source_line: 7,
           source_lines: 1,
+          source_row_id: null,
           reason: "line could not be split into fields: expected 21 fields but got 3",
           fields: null,
           raw_text: "1,2,3",
@@ -177,6 +185,7 @@ describe("transform", () => {
           source_file: "Sample-Superstore.csv",
           source_line: 9,
           source_lines: 2,
+          source_row_id: 1,
           reason:
             'Order Date: "2/30/2016" is not a date (YYYY-MM-DD, M/D/YYYY or D-M-YYYY); ' +
             'Sales: "1,234.5" is not a decimal number such as 261.96 or -0.5',
@@ -192,7 +201,7 @@ describe("transform", () => {
     });
   });
 
-  test("counts the same Row ID from the same source line as a duplicate", () => {
+  test("counts the same Row ID with the same values as a duplicate, wherever it stands", () => {
     const row = { ...source(), ...meta() };
     const result = transform(batch([row, { ...row, _offset: "6" }]), BATCH);
     expect(result.candidates.map((c) => c.row.kafka_offset)).toEqual(["5"]);
@@ -200,7 +209,20 @@ describe("transform", () => {
     expect(result.duplicates).toBe(1);
   });
 
-  test("rejects the same Row ID on another line, naming both lines", () => {
+  test("counts a row repeated on another line with the same values as a duplicate", () => {
+    const first = { ...source(), ...meta({ _source_line: "2" }) };
+    const again = { ...source(), ...meta({ _source_line: "30", _offset: "6" }) };
+    const result = transform(batch([first, again]), BATCH);
+    expect([result.candidates.length, result.rejected.length, result.duplicates]).toEqual([1, 0, 1]);
+  });
+
+  test("counts a broken line delivered twice in one file as one rejection and one duplicate", () => {
+    const broken = { ...source({ Sales: "x" }), ...meta() };
+    const result = transform(batch([broken, { ...broken, _offset: "6" }]), BATCH);
+    expect([result.candidates.length, result.rejected.length, result.duplicates]).toEqual([0, 1, 1]);
+  });
+
+  test("rejects the same Row ID with other values, naming both lines", () => {
     const first = { ...source(), ...meta({ _source_line: "2" }) };
     const second = { ...source({ "Order ID": "CA-2016-999999" }), ...meta({ _source_line: "30", _offset: "6" }) };
     const result = transform(batch([first, second]), BATCH);
@@ -211,7 +233,8 @@ describe("transform", () => {
         source_file: "Sample-Superstore.csv",
         source_line: 30,
         source_lines: 1,
-        reason: "Row ID 1 repeats line 2 of Sample-Superstore.csv",
+        source_row_id: 1,
+        reason: "Row ID 1 repeats line 2 of Sample-Superstore.csv with other values",
         fields: source({ "Order ID": "CA-2016-999999" }),
         raw_text: null,
         kafka_topic: "sales_topic",
@@ -237,6 +260,8 @@ describe("transform", () => {
       {
         ...CLEAN_ORDER,
         extra: null,
+        warnings: null,
+        row_hash: rowHash(CLEAN_ORDER, null),
         source_file: "hand-written.csv",
         source_row_id: 10,
         source_line: 2,
@@ -280,7 +305,59 @@ describe("transform", () => {
   test("throws BadBatchFileError when two source columns mean the same field", () => {
     const parsed = batch([], ["Order Date", "order_date", ...META_COLUMNS]);
     expect(() => transform(parsed, BATCH)).toThrow(BadBatchFileError);
-    expect(() => transform(parsed, BATCH)).toThrow('columns "Order Date" and "order_date" both mean Order Date');
+    expect(() => transform(parsed, BATCH)).toThrow('columns 1 ("Order Date") and 2 ("order_date") both mean Order Date');
+  });
+
+  test("gives two rows with other values other fingerprints, and the same values the same one", () => {
+    const [a, b, c] = transform(
+      batch([
+        { ...source({ "Row ID": "1" }), ...meta() },
+        { ...source({ "Row ID": "2", Sales: "261.97" }), ...meta() },
+        { ...source({ "Row ID": "3", "Order Date": " 11/8/2016 " }), ...meta() },
+      ]),
+      BATCH,
+    ).candidates;
+    expect(a!.row.row_hash).not.toBe(b!.row.row_hash);
+    expect(a!.row.row_hash).toBe(c!.row.row_hash); // the same clean values, spelled differently
+  });
+
+  test("loads an implausible but possible row with its warning", () => {
+    const [candidate] = transform(batch([{ ...source({ "Ship Date": "11/1/2016" }), ...meta() }]), BATCH).candidates;
+    expect(candidate?.row.warnings).toEqual(["Ship Date: 2016-11-01 is before the order date 2016-11-08"]);
+  });
+
+  test("degrades meta columns PostgreSQL could not store to the batch file's own line", () => {
+    const parsed = batch([{ ...source(), ...meta({ _source_line: "99999999999", _partition: "3000000000", _offset: "99999999999999999999" }) }]);
+    const [candidate] = transform(parsed, BATCH).candidates;
+    expect([candidate?.row.source_line, candidate?.row.kafka_partition, candidate?.row.kafka_offset]).toEqual([2, null, null]);
+  });
+});
+
+describe("copyValue", () => {
+  test("writes NULL, escapes, JSON and text arrays in COPY's text format", () => {
+    expect(copyValue(null)).toBe("\\N");
+    expect(copyValue("a\tb\nc\\d\re")).toBe("a\\tb\\nc\\\\d\\re");
+    // JSON escapes the tab as \t, and COPY then doubles that backslash.
+    expect(copyValue({ k: "v\t" })).toBe(String.raw`{"k":"v\\t"}`);
+    // An array literal quotes each element and escapes its quotes and backslashes; COPY doubles the backslashes.
+    expect(copyValue(['say "x"', "a\\b"])).toBe(String.raw`{"say \\"x\\"","a\\\\b"}`);
+  });
+});
+
+describe("groupFiles", () => {
+  const f = (size: number) => ({ size });
+
+  test("loads small files together up to the byte and file limits", () => {
+    expect(groupFiles([f(40), f(40), f(40), f(40)], 100, 10).map((g) => g.length)).toEqual([2, 2]);
+    expect(groupFiles([f(1), f(1), f(1)], 100, 2).map((g) => g.length)).toEqual([2, 1]);
+  });
+
+  test("gives a file bigger than the limit a group of its own", () => {
+    expect(groupFiles([f(10), f(500), f(10)], 100, 10).map((g) => g.map((x) => x.size))).toEqual([[10], [500], [10]]);
+  });
+
+  test("returns no groups for no files", () => {
+    expect(groupFiles([], 100, 10)).toEqual([]);
   });
 });
 

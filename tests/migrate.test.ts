@@ -4,21 +4,21 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { cpSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import postgres from "postgres";
-import { readConfig } from "../scripts/lib/config.ts";
-import { withDatabase } from "../scripts/lib/db.ts";
+import { connect, databaseUrl, maintenance, withDatabase } from "../scripts/lib/db.ts";
+import { createLogger } from "../scripts/lib/log.ts";
 import { listMigrations } from "../scripts/migrate.ts";
-import { ROOT, runOk, runScript, tempDir, uniqueName } from "./helpers.ts";
+import { BASE, ROOT, runOk, runScript, tempDir, uniqueName } from "./helpers.ts";
 
-const server = readConfig().databaseUrl ?? "postgres://postgres@127.0.0.1:5432/postgres";
+const quiet = createLogger("test", "silent");
 
 describe("migrate.ts", () => {
   const name = uniqueName("sales_migrate");
-  const url = withDatabase(server, name);
+  const target = withDatabase(BASE.database, name);
+  const url = databaseUrl(target);
   const tmp = tempDir();
 
   afterAll(async () => {
-    const admin = postgres(withDatabase(server, "postgres"), { max: 1, onnotice: () => undefined });
+    const admin = maintenance(BASE.database, quiet);
     await admin`drop database if exists ${admin(name)} with (force)`;
     await admin.end({ timeout: 5 });
     tmp.remove();
@@ -27,7 +27,7 @@ describe("migrate.ts", () => {
   test("creates the missing database and applies every file in order", async () => {
     const first = await runOk("migrate.ts", [], { DATABASE_URL: url, LOG_LEVEL: "info" });
     expect(first.stderr).toContain(`created database ${name}`);
-    const sql = postgres(url, { max: 1 });
+    const sql = connect(target, quiet, { max: 1 });
     try {
       const applied = await sql<{ id: number; name: string }[]>`select id, name from schema_migrations order by id`;
       const files = await listMigrations(join(ROOT, "sql"));

@@ -28,7 +28,7 @@ describe("parseEncoding", () => {
 
   test("refuses other encodings with a UsageError naming --encoding", () => {
     expect(() => parseEncoding("latin1")).toThrow(UsageError);
-    expect(() => parseEncoding("latin1")).toThrow('--encoding must be auto, utf-8 or windows-1252, got "latin1"');
+    expect(() => parseEncoding("latin1")).toThrow('--encoding must be auto, utf-8, windows-1252, utf-16le or utf-16be, got "latin1"');
   });
 });
 

@@ -10,6 +10,10 @@ import {
   parseDecimal,
   parseInteger,
   parsePostalCode,
+  characterCount,
+  compareDecimal,
+  headerProblem,
+  storable,
 } from "../scripts/lib/record.ts";
 
 /** The header of the Kaggle US Superstore file. */
@@ -180,16 +184,16 @@ describe("mapHeader", () => {
 
   test("throws when two columns mean the same field, naming both and the field", () => {
     expect(() => mapHeader(["Order Date", "Sales", "order_date"])).toThrow(
-      'columns "Order Date" and "order_date" both mean Order Date',
+      'columns 1 ("Order Date") and 3 ("order_date") both mean Order Date',
     );
   });
 
   test("throws when two columns are both the Row ID", () => {
-    expect(() => mapHeader(["Row ID", "row_id"])).toThrow('columns "Row ID" and "row_id" both mean rowid');
+    expect(() => mapHeader(["Row ID", "row_id"])).toThrow('columns 1 ("Row ID") and 2 ("row_id") both mean Row ID');
   });
 
   test("throws when two extra columns have the same name", () => {
-    expect(() => mapHeader(["Coupon", "coupon"])).toThrow('columns "Coupon" and "coupon" both mean coupon');
+    expect(() => mapHeader(["Coupon", "coupon"])).toThrow('columns 1 ("Coupon") and 2 ("coupon") both mean "coupon"');
   });
 
   test("accepts several unnamed columns", () => {
@@ -321,7 +325,7 @@ describe("cleanRow", () => {
   test("cleans a Kaggle row into orders columns", () => {
     expect(cleanRow(sourceRow(), mapHeader(SUPERSTORE))).toEqual({
       ok: true,
-      row: { values: CLEAN_VALUES, rowId: 1, extra: null },
+      row: { values: CLEAN_VALUES, rowId: 1, extra: null, warnings: null },
     });
   });
 
@@ -330,14 +334,14 @@ describe("cleanRow", () => {
       sourceRow({ "Order ID": "  CA-2016-152156 ", "Order Date": " 11/8/2016\t", Quantity: " 2 ", Country: " United States " }),
       mapHeader(SUPERSTORE),
     );
-    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: null } });
+    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: null, warnings: null } });
   });
 
   test("turns an empty optional field into null", () => {
     const result = cleanRow(sourceRow({ "Ship Date": "", Discount: "   ", "Postal Code": "" }), mapHeader(SUPERSTORE));
     expect(result).toEqual({
       ok: true,
-      row: { values: { ...CLEAN_VALUES, ship_date: null, discount: null, postal_code: null }, rowId: 1, extra: null },
+      row: { values: { ...CLEAN_VALUES, ship_date: null, discount: null, postal_code: null }, rowId: 1, extra: null, warnings: null },
     });
   });
 
@@ -404,7 +408,7 @@ describe("cleanRow", () => {
     const result = cleanRow(sourceRow({ "Product Name": name }), mapHeader(SUPERSTORE));
     expect(result).toEqual({
       ok: true,
-      row: { values: { ...CLEAN_VALUES, product_name: name }, rowId: 1, extra: null },
+      row: { values: { ...CLEAN_VALUES, product_name: name }, rowId: 1, extra: null, warnings: null },
     });
   });
 
@@ -412,24 +416,24 @@ describe("cleanRow", () => {
     const result = cleanRow(sourceRow({ Country: "Canada", "Postal Code": "K1A 0B1" }), mapHeader(SUPERSTORE));
     expect(result).toEqual({
       ok: true,
-      row: { values: { ...CLEAN_VALUES, country: "Canada", postal_code: "K1A 0B1" }, rowId: 1, extra: null },
+      row: { values: { ...CLEAN_VALUES, country: "Canada", postal_code: "K1A 0B1" }, rowId: 1, extra: null, warnings: null },
     });
   });
 
   test("keeps extra columns, trimmed, and leaves out empty ones", () => {
     const columns = [...SUPERSTORE, "Loyalty Tier", "Coupon"];
     const result = cleanRow({ ...sourceRow(), "Loyalty Tier": " Gold ", Coupon: "  " }, mapHeader(columns));
-    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: { "Loyalty Tier": "Gold" } } });
+    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: { "Loyalty Tier": "Gold" }, warnings: null } });
   });
 
   test("keeps the value of an extra column named Constructor", () => {
     const result = cleanRow({ ...sourceRow(), Constructor: "Acme" }, mapHeader([...SUPERSTORE, "Constructor"]));
-    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: { Constructor: "Acme" } } });
+    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: { Constructor: "Acme" }, warnings: null } });
   });
 
   test("reads the Row ID as a whole number", () => {
     const result = cleanRow(sourceRow({ "Row ID": " 9994 " }), mapHeader(SUPERSTORE));
-    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 9994, extra: null } });
+    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 9994, extra: null, warnings: null } });
   });
 
   test("rejects a Row ID that is empty, zero, negative or not a number", () => {
@@ -442,7 +446,7 @@ describe("cleanRow", () => {
   test("has no Row ID when the file has no such column", () => {
     const columns = SUPERSTORE.filter((c) => c !== "Row ID");
     const result = cleanRow(sourceRow(), mapHeader(columns));
-    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: undefined, extra: null } });
+    expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: undefined, extra: null, warnings: null } });
   });
 
   test("reads a Global Superstore row with its extra fields", () => {
@@ -509,5 +513,104 @@ describe("findRowIdColumn", () => {
 
   test("returns -1 when there is none", () => {
     expect(findRowIdColumn(["Order ID", "Sales"])).toBe(-1);
+  });
+});
+
+describe("what PostgreSQL would refuse, checked before COPY", () => {
+  test("counts length in characters as PostgreSQL does: an emoji is one, not two UTF-16 units", () => {
+    expect(characterCount("😀".repeat(20))).toBe(20);
+    const fits = cleanRow(sourceRow({ "Customer ID": "😀".repeat(20) }), mapHeader(SUPERSTORE));
+    expect(fits.ok).toBe(true);
+    expect(reasonOf(sourceRow({ "Customer ID": "😀".repeat(21) }))).toBe("Customer ID: 21 characters, more than the 20 allowed");
+  });
+
+  test("rejects numbers with more digits than numeric holds, after or before the point", () => {
+    expect(reasonOf(sourceRow({ Profit: `1.${"1".repeat(16_384)}` }))).toBe(
+      "Profit: 16384 digits after the point, more than the 16383 PostgreSQL takes",
+    );
+    expect(reasonOf(sourceRow({ Sales: "9".repeat(131_073) }))).toBe(
+      "Sales: 131073 digits before the point, more than the 131072 PostgreSQL takes",
+    );
+    expect(cleanRow(sourceRow({ Profit: `1.${"1".repeat(16_383)}` }), mapHeader(SUPERSTORE)).ok).toBe(true);
+  });
+
+  test("rejects a whole number outside PostgreSQL's integer range", () => {
+    expect(reasonOf(sourceRow({ Quantity: "2147483648" }))).toBe('Quantity: "2147483648" is not a whole number');
+  });
+
+  test("rejects text with a lone UTF-16 surrogate, which has no UTF-8 form, and stores it escaped", () => {
+    expect(reasonOf(sourceRow({ "Customer Name": "bad \uD800 name" }))).toBe(
+      "Customer Name: contains a broken character (a lone UTF-16 surrogate), which has no UTF-8 form",
+    );
+    expect(storable("bad \uD800 name \u0000")).toBe("bad \\ud800 name \\u0000");
+    expect(storable("fine 😀")).toBe("fine 😀");
+  });
+
+  test("rejects an extra column whose name or value cannot be stored", () => {
+    const header = mapHeader([...SUPERSTORE, "Note"]);
+    expect(cleanRow({ ...sourceRow(), Note: "x\u0000" }, header)).toEqual({
+      ok: false,
+      reason: '"Note": contains a NUL character (byte 0), which PostgreSQL cannot store',
+    });
+  });
+});
+
+describe("plausibility", () => {
+  test("rejects a quantity of zero or less", () => {
+    expect(reasonOf(sourceRow({ Quantity: "0" }))).toBe("Quantity: 0 is not a positive count of items");
+    expect(reasonOf(sourceRow({ Quantity: "-2" }))).toBe("Quantity: -2 is not a positive count of items");
+  });
+
+  test("rejects a discount outside 0..1, exactly (no floating point)", () => {
+    expect(reasonOf(sourceRow({ Discount: "20" }))).toBe("Discount: 20 is outside 0..1 (a fraction of the price: 0.2 for 20%)");
+    expect(reasonOf(sourceRow({ Discount: "1.0000000000000000001" }))).toContain("is outside 0..1");
+    expect(reasonOf(sourceRow({ Discount: "-0.1" }))).toContain("is outside 0..1");
+    expect(cleanRow(sourceRow({ Discount: "1.000" }), mapHeader(SUPERSTORE)).ok).toBe(true);
+  });
+
+  test("loads a ship date before the order date, non-positive sales and profit above sales, with warnings", () => {
+    const result = cleanRow(sourceRow({ "Ship Date": "11/1/2016", Sales: "-5", Profit: "3" }), mapHeader(SUPERSTORE));
+    expect(result.ok && result.row.warnings).toEqual([
+      "Ship Date: 2016-11-01 is before the order date 2016-11-08",
+      "Sales: -5 is not a positive amount",
+      "Profit: 3 is more than the sales of -5",
+    ]);
+  });
+
+  test("does not judge plausibility of a row that is rejected anyway", () => {
+    expect(reasonOf(sourceRow({ Sales: "x", Quantity: "0" }))).toBe('Sales: "x" is not a decimal number such as 261.96 or -0.5');
+  });
+});
+
+describe("compareDecimal", () => {
+  test("compares exact decimals of any length and sign", () => {
+    const cases: [string, string, number][] = [
+      ["1", "1.000", 0],
+      ["0.1", "0.10000000000000000001", -1],
+      ["-2", "1", -1],
+      ["-0", "0", 0],
+      ["10", "9.999", 1],
+      ["-10", "-9.5", -1],
+      [".5", "0.5", 0],
+      ["+3", "3", 0],
+    ];
+    for (const [a, b, expected] of cases) expect([a, b, compareDecimal(a, b)]).toEqual([a, b, expected]);
+  });
+});
+
+describe("headerProblem", () => {
+  test("accepts the Kaggle header and loose spellings of it", () => {
+    expect(headerProblem(SUPERSTORE)).toBeUndefined();
+    expect(headerProblem(SUPERSTORE.map((c) => c.toLowerCase().replace(/ /g, "_")))).toBeUndefined();
+  });
+
+  test("names two columns that spell one field two ways", () => {
+    expect(headerProblem([...SUPERSTORE, "Sub Category"])).toBe('columns 16 ("Sub-Category") and 22 ("Sub Category") both mean Sub-Category');
+  });
+
+  test("says a file without the required columns is not a Superstore export", () => {
+    expect(headerProblem(["id", "name", "price"])).toBe(
+      'not a Superstore export: no column for Order ID, Order Date, Customer ID, Product ID, Sales, Quantity (the header has "id", "name", "price")',
+    );
   });
 });

@@ -5,11 +5,12 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import postgres from "postgres";
 import { DEFAULT_DATABASE_URL, readConfig } from "../scripts/lib/config.ts";
-import { withDatabase } from "../scripts/lib/db.ts";
-import { localServerProperties, NETWORK_PROPERTIES, propertyName, readCompose } from "../scripts/local_stack.ts";
-import { ROOT } from "./helpers.ts";
+import { maintenance } from "../scripts/lib/db.ts";
+import { createLogger } from "../scripts/lib/log.ts";
+import { composeCommand, readCompose } from "../scripts/lib/stack/compose.ts";
+import { localServerProperties, NETWORK_PROPERTIES, propertyName } from "../scripts/lib/stack/kafka.ts";
+import { BASE, ROOT } from "./helpers.ts";
 
 const composeText = readFileSync(join(ROOT, "docker-compose.yml"), "utf8");
 const facts = readCompose(composeText);
@@ -18,20 +19,12 @@ const doc = Bun.YAML.parse(composeText) as {
   volumes: Record<string, unknown>;
 };
 
-function composeCommand(): string[] | undefined {
-  if (spawnSync("docker", ["compose", "version"], { stdio: "ignore" }).status === 0) return ["docker", "compose"];
-  if (Bun.which("docker-compose")) return ["docker-compose"];
-  return undefined;
-}
-
 describe("docker-compose.yml", () => {
   const compose = composeCommand();
 
   // .ci/run installs Debian's docker-compose, so CI always runs this; a machine with neither tool skips it.
   test.skipIf(compose === undefined)("is valid for docker compose", () => {
-    const result = spawnSync(compose![0]!, [...compose!.slice(1), "-f", join(ROOT, "docker-compose.yml"), "config", "-q"], {
-      encoding: "utf8",
-    });
+    const result = spawnSync(compose![0]!, [...compose!.slice(1), "config", "-q"], { cwd: ROOT, encoding: "utf8" });
     expect(result.stderr).toBe("");
     expect(result.status).toBe(0);
   });
@@ -113,8 +106,7 @@ describe("local mode", () => {
   });
 
   test("the running PostgreSQL has the compose image's major version", async () => {
-    const server = readConfig().databaseUrl ?? DEFAULT_DATABASE_URL;
-    const sql = postgres(withDatabase(server, "postgres"), { max: 1 });
+    const sql = maintenance(BASE.database, createLogger("test", "silent"));
     try {
       const [row] = await sql<{ v: string }[]>`select current_setting('server_version_num') as v`;
       expect(Math.floor(Number(row!.v) / 10000)).toBe(facts.postgresMajor);

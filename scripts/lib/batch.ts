@@ -9,7 +9,7 @@
 // same name, and the loader can tell a truncated or edited file (the hash no longer matches).
 
 import { createHash } from "node:crypto";
-import { open, rename } from "node:fs/promises";
+import { open, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 
 /** Where a row came from; appended after the source fields in every batch file. */
@@ -33,9 +33,20 @@ export function sha256(content: string | Uint8Array): string {
   return createHash("sha256").update(content).digest("hex");
 }
 
-export function batchFileName(topic: string, partition: number, first: bigint, last: bigint, content: string): string {
+/**
+ * The topic as it appears in file names. Kafka allows names a folder handles badly: a leading "." hides the
+ * file (and the loader skips dot files, which are files being written), and 249 characters plus the rest of
+ * the name exceed the 255 bytes a file name may have. Such names are shortened; the batch file's _topic
+ * column keeps the real one.
+ */
+export function topicInFileName(topic: string): string {
+  const visible = topic.replace(/^\.+/, (dots) => "_".repeat(dots.length));
+  return visible.length <= 120 ? visible : `${visible.slice(0, 100)}~${sha256(topic).slice(0, 8)}`;
+}
+
+export function batchFileName(topic: string, partition: number, first: bigint, last: bigint, content: string | Uint8Array): string {
   const pad = (n: bigint) => n.toString().padStart(12, "0");
-  return `${topic}_p${partition}_${pad(first)}-${pad(last)}_${sha256(content).slice(0, 12)}.csv`;
+  return `${topicInFileName(topic)}_p${partition}_${pad(first)}-${pad(last)}_${sha256(content).slice(0, 12)}.csv`;
 }
 
 export interface BatchName {
@@ -70,9 +81,13 @@ export async function writeFileDurably(
   try {
     await file.writeFile(content);
     await file.sync();
-  } finally {
-    await file.close();
+  } catch (error) {
+    // Disk full, file too large, ...: leave no half-written temporary file behind.
+    await file.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw error;
   }
+  await file.close();
   beforeRename?.();
   await rename(tmp, path);
   const folder = await open(dir, "r");

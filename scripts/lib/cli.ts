@@ -2,7 +2,8 @@
 // the flags and the environment variables the script reads, and `fail` for `main().catch(fail)`.
 
 import { parseArgs } from "node:util";
-import { ENV_DOCS } from "./config.ts";
+import { ENV_DOCS, envLogLevel } from "./config.ts";
+import { redact } from "./log.ts";
 
 export interface Flag {
   readonly type: "string" | "boolean";
@@ -22,6 +23,8 @@ export interface Command<F extends Record<string, Flag>> {
   readonly env: readonly string[];
   /** extra lines for the help text (examples, make targets) */
   readonly notes?: string;
+  /** positional arguments the script takes, as shown in the usage line ("COMMAND"); none when absent */
+  readonly positionals?: string;
 }
 
 export type FlagValues<F extends Record<string, Flag>> = {
@@ -42,7 +45,7 @@ export function helpText<F extends Record<string, Flag>>(command: Command<F>): s
   const width = Math.max(...rows.map(([left]) => left.length)) + 2;
   const env = command.env.map((name) => `  ${name.padEnd(22)}default ${ENV_DOCS[name] ?? "(none)"}`);
   return [
-    `Usage: bun ${command.script} [flags]`,
+    `Usage: bun ${command.script}${command.positionals ? ` ${command.positionals}` : ""} [flags]`,
     "",
     command.summary,
     "",
@@ -57,38 +60,42 @@ export function helpText<F extends Record<string, Flag>>(command: Command<F>): s
 }
 
 /**
- * Parses `args` against the command's flags. Returns undefined after printing --help (the caller returns);
- * throws UsageError for unknown flags, missing values or stray arguments.
+ * Parses `args` against the command's flags (and positional arguments, when the command takes them). Returns
+ * undefined after printing --help (the caller returns); throws UsageError for unknown flags, missing values or
+ * stray arguments.
  */
-export function parseCli<F extends Record<string, Flag>>(
+export function parseCommandLine<F extends Record<string, Flag>>(
   command: Command<F>,
   args: string[] = process.argv.slice(2),
-): FlagValues<F> | undefined {
+): { flags: FlagValues<F>; positionals: string[] } | undefined {
   const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
     help: { type: "boolean", short: "h" },
   };
   for (const [name, flag] of Object.entries(command.flags)) {
     options[name] = flag.short ? { type: flag.type, short: flag.short } : { type: flag.type };
   }
-  let values: Record<string, string | boolean | undefined>;
+  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
   try {
-    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }) as {
-      values: Record<string, string | boolean | undefined>;
-    });
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: command.positionals !== undefined }) as typeof parsed;
   } catch (error) {
     throw new UsageError(`${(error as Error).message}\nRun "bun ${command.script} --help" for the flags.`);
   }
-  if (values.help) {
+  if (parsed.values.help) {
     process.stdout.write(helpText(command));
     return undefined;
   }
-  return values as FlagValues<F>;
+  return { flags: parsed.values as FlagValues<F>, positionals: parsed.positionals };
+}
+
+/** parseCommandLine for a script without positional arguments: just the flags. */
+export function parseCli<F extends Record<string, Flag>>(command: Command<F>, args: string[] = process.argv.slice(2)): FlagValues<F> | undefined {
+  return parseCommandLine(command, args)?.flags;
 }
 
 /** For `main().catch(fail)`: log the error where the user looks, set a non-zero exit code. */
 export function fail(error: unknown): void {
   const err = error instanceof Error ? error : new Error(String(error));
-  process.stderr.write(`error: ${err.message}\n`);
-  if (process.env.LOG_LEVEL === "debug" && err.stack) process.stderr.write(`${err.stack}\n`);
+  process.stderr.write(redact(`error: ${err.message}\n`));
+  if (envLogLevel() === "debug" && err.stack) process.stderr.write(redact(`${err.stack}\n`));
   process.exitCode = err instanceof UsageError ? 2 : 1;
 }

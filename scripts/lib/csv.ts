@@ -1,35 +1,25 @@
 // CSV in one module, one way. Fields are parsed by csv-parse and written by csv-stringify (RFC 4180 quoting,
 // explicit columns, null <-> empty field); this module adds what a streaming pipeline needs around them:
 //
-// - readCsv streams a source file (never whole in memory) in UTF-8, UTF-8 with BOM or Windows-1252 and yields
-//   one record at a time with the line it starts on. A record csv-parse cannot split (wrong field count,
-//   broken quoting, a line too long) is not fatal and not dropped: it is yielded as `broken` with its raw
-//   text and the reason, so the loader can record it as rejected.
-// - Records are found before they are parsed: a record ends at a newline outside quotes, so a quote that is
+// - readCsv streams a source file (lines from ./input.ts, never the whole file in memory) and yields one record
+//   at a time with the line it starts on. A record csv-parse cannot split (wrong field count, broken quoting, a
+//   line too long) is not fatal and not dropped: it is yielded as `broken` with its raw text and the reason, so
+//   the loader can record it as rejected.
+// - Records are found before they are parsed: a record ends at a line end outside quotes, so a quote that is
 //   never closed cannot swallow the rest of the file (csv-parse alone resumes badly after such an error).
-//   An open record is cut back to its first line when it grows past a limit or fails to parse.
-// - writeCsv / parseCsv read and write the batch files between the consumer and the loader.
+//   An open record is cut back to its first line when it grows past a limit or fails to parse. A record that
+//   spans lines keeps each line's own ending (LF, CRLF or CR) inside its quoted field.
+// - writeCsv / parseCsv write and read the batch files between the consumer and the loader: every field or
+//   header that holds a CR, LF, quote or comma is quoted, and reading accepts LF, CRLF and CR line ends.
 
 import { parse } from "csv-parse/sync";
 import { stringify } from "csv-stringify/sync";
+import { type Encoding, KEPT_CHARS, type Line, MAX_RECORD_CHARS, readLines } from "./input.ts";
 
-export type Encoding = "utf-8" | "windows-1252";
+export { type Encoding, KEPT_CHARS, MAX_RECORD_CHARS };
 
 /** A quoted field may span at most this many lines before the record is treated as broken. */
 export const MAX_RECORD_LINES = 100;
-/** Records (and lines) longer than this many characters are broken; the raw text keeps a prefix. */
-export const MAX_RECORD_CHARS = 256 * 1024;
-/** How much of an over-long line is kept as raw text for the rejected-rows record. */
-export const KEPT_CHARS = 64 * 1024;
-
-export interface Line {
-  /** 1-based line number in the file */
-  readonly number: number;
-  /** text without the newline (a trailing \r of a CRLF line is kept here, removed at record end) */
-  readonly text: string;
-  /** set when the line was longer than MAX_RECORD_CHARS: its full length; `text` holds a prefix */
-  readonly overLength?: number;
-}
 
 export type CsvRecord =
   | { readonly kind: "row"; readonly line: number; readonly lines: number; readonly fields: string[] }
@@ -40,124 +30,6 @@ export type CsvRecord =
       readonly raw: string;
       readonly reason: string;
     };
-
-export interface EncodingReport {
-  readonly encoding: Encoding;
-  readonly bom: boolean;
-  /** newline count, a cheap upper bound of the record count for progress */
-  readonly lines: number;
-}
-
-const UTF8_BOM = [0xef, 0xbb, 0xbf];
-
-/**
- * Reads the file once: UTF-8 (with or without BOM) if every byte sequence is valid UTF-8, else
- * Windows-1252, the encoding of the Kaggle download. Also counts lines for progress.
- */
-export async function detectEncoding(path: string): Promise<EncodingReport> {
-  const decoder = new TextDecoder("utf-8", { fatal: true });
-  let valid = true;
-  let bom = false;
-  let first = true;
-  let lines = 0;
-  for await (const chunk of Bun.file(path).stream()) {
-    if (first) {
-      bom = UTF8_BOM.every((b, i) => chunk[i] === b);
-      first = false;
-    }
-    for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
-    if (valid) {
-      try {
-        decoder.decode(chunk, { stream: true });
-      } catch {
-        valid = false;
-      }
-    }
-  }
-  if (valid) {
-    try {
-      decoder.decode();
-    } catch {
-      valid = false; // the file ends inside a multi-byte sequence
-    }
-  }
-  return { encoding: valid ? "utf-8" : "windows-1252", bom, lines };
-}
-
-/** Line (1-based) of the first byte sequence that is not UTF-8 (the WHATWG decoder's rules), if any. */
-export async function invalidUtf8Line(path: string): Promise<number | undefined> {
-  let line = 1;
-  let need = 0; // continuation bytes still expected
-  let lower = 0x80;
-  let upper = 0xbf;
-  for await (const chunk of Bun.file(path).stream()) {
-    for (const b of chunk) {
-      if (need > 0) {
-        if (b < lower || b > upper) return line;
-        lower = 0x80;
-        upper = 0xbf;
-        need--;
-        continue;
-      }
-      if (b === 10) line++;
-      if (b < 0x80) continue;
-      if (b >= 0xc2 && b <= 0xdf) need = 1;
-      else if (b >= 0xe0 && b <= 0xef) {
-        need = 2;
-        if (b === 0xe0) lower = 0xa0;
-        if (b === 0xed) upper = 0x9f;
-      } else if (b >= 0xf0 && b <= 0xf4) {
-        need = 3;
-        if (b === 0xf0) lower = 0x90;
-        if (b === 0xf4) upper = 0x8f;
-      } else return line;
-    }
-  }
-  return need > 0 ? line : undefined;
-}
-
-/** Streams decoded lines; a UTF-8 BOM is dropped by the decoder. Over-long lines keep a prefix only. */
-export async function* readLines(path: string, encoding: Encoding): AsyncGenerator<Line> {
-  const decoder = new TextDecoderStream(encoding, { fatal: encoding === "utf-8" });
-  let number = 1;
-  let partial = "";
-  let overLength = 0; // > 0 while skipping the rest of an over-long line
-  try {
-    for await (const chunk of Bun.file(path).stream().pipeThrough(decoder)) {
-      let start = 0;
-      for (let nl = chunk.indexOf("\n"); nl !== -1; nl = chunk.indexOf("\n", start)) {
-        const piece = chunk.slice(start, nl);
-        start = nl + 1;
-        if (overLength > 0) {
-          yield { number: number++, text: partial, overLength: overLength + piece.length };
-          overLength = 0;
-        } else {
-          const text = partial + piece;
-          yield text.length > MAX_RECORD_CHARS
-            ? { number: number++, text: text.slice(0, KEPT_CHARS), overLength: text.length }
-            : { number: number++, text };
-        }
-        partial = "";
-      }
-      const rest = chunk.slice(start);
-      if (overLength > 0) overLength += rest.length;
-      else if (partial.length + rest.length > MAX_RECORD_CHARS) {
-        overLength = partial.length + rest.length;
-        partial = (partial + rest).slice(0, KEPT_CHARS);
-      } else partial += rest;
-    }
-  } catch (error) {
-    // The decoder fails on a whole chunk; find the line of the bad bytes themselves for the message.
-    const line = encoding === "utf-8" ? ((await invalidUtf8Line(path)) ?? number) : number;
-    throw new Error(`${path}: line ${line}: not valid ${encoding} (${(error as Error).message})`);
-  }
-  if (overLength > 0) yield { number, text: partial, overLength };
-  else if (partial !== "") yield { number, text: partial };
-}
-
-function stripCR(text: string): string {
-  return text.endsWith("\r") ? text.slice(0, -1) : text;
-}
 
 function countQuotes(text: string): number {
   let n = 0;
@@ -246,7 +118,8 @@ class RecordSplitter {
   private close(): void {
     const lines = this.reset();
     const first = lines[0]!;
-    const text = stripCR(lines.map((l) => l.text).join("\n"));
+    // The record as written: each line's own ending between lines, none after the last.
+    const text = lines.map((l, i) => (i === lines.length - 1 ? l.text : l.text + l.end)).join("");
     if (lines.length === 1) {
       this.emit({ line: first.number, lines: 1, text });
       return;
@@ -258,14 +131,14 @@ class RecordSplitter {
     }
     // The quote that opened the record was most likely stray: the first line alone is broken,
     // and the following lines are read again as records of their own.
-    this.emit({ line: first.number, lines: 1, text: stripCR(first.text), fields: `${fields} (record starting here)` });
+    this.emit({ line: first.number, lines: 1, text: first.text, fields: `${fields} (record starting here)` });
     for (const line of lines.slice(1)) this.push(line);
   }
 
   private cutBack(reason: string): void {
     const lines = this.reset();
     const first = lines[0]!;
-    this.emit({ line: first.number, lines: 1, text: stripCR(first.text), fields: reason });
+    this.emit({ line: first.number, lines: 1, text: first.text, fields: reason });
     for (const line of lines.slice(1)) this.push(line);
   }
 }
@@ -333,9 +206,13 @@ export async function* readCsv(path: string, encoding: Encoding): AsyncGenerator
 
 export type CsvRow = Record<string, string | number | null | undefined>;
 
-/** Writes rows with a header line, columns in the given order, RFC 4180 quoting, null as an empty field. */
-export function writeCsv(rows: readonly CsvRow[], columns: readonly string[]): string {
-  return stringify(rows as CsvRow[], { header: true, columns: [...columns], record_delimiter: "\n" });
+/**
+ * Writes rows with a header line, columns in the given order, null as an empty field, LF line ends. A field
+ * or column name holding a comma, quote, CR or LF is quoted (csv-stringify leaves a lone CR unquoted by
+ * default, which a reader would take for a line end).
+ */
+export function writeCsv(rows: readonly CsvRow[], columns: readonly string[], header = true): string {
+  return stringify(rows as CsvRow[], { header, columns: [...columns], record_delimiter: "\n", quoted_match: /[\r\n]/ });
 }
 
 export interface ParsedCsv {
@@ -350,7 +227,7 @@ export interface ParsedCsv {
 export function parseCsv(text: string, name: string): ParsedCsv {
   let records: { record: string[]; info: { lines: number } }[];
   try {
-    records = parse(text, { info: true }) as unknown as typeof records;
+    records = parse(text, { info: true, record_delimiter: ["\r\n", "\n", "\r"] }) as unknown as typeof records;
   } catch (error) {
     throw new Error(`${name}: ${(error as Error).message}`);
   }

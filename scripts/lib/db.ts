@@ -1,48 +1,243 @@
-// PostgreSQL through postgres.js, configured once: the URL from config (or PG* variables), server notices
-// to our logger, an application_name that shows in pg_stat_activity, and helpers to address another
-// database on the same server (the migrator creates the target database from `postgres`).
+// PostgreSQL through postgres.js, configured once: the target from config, server notices to our logger, an
+// application_name that shows in pg_stat_activity, and the few things the driver does not do safely by itself:
+//
+// - openDatabase: a pool that is thrown away and opened afresh after a connection error, and transactions
+//   whose statements cannot reach a later session once their own connection is gone;
+// - copyIn: COPY FROM STDIN that settles when the server refuses the data instead of hanging;
+// - isConnectionError: "the server is not there right now" (wait and retry) versus everything else.
 
-import postgres, { type Sql, type TransactionSql } from "postgres";
-import type { Config } from "./config.ts";
+import postgres, { type PendingQuery, type Row, type Sql, type TransactionSql } from "postgres";
+import type { DatabaseTarget } from "./config.ts";
 import type { Logger } from "./log.ts";
 
 export type { Sql, TransactionSql };
 
-export function connect(
-  config: Pick<Config, "databaseUrl">,
-  log: Logger,
-  options: { max?: number; database?: string } = {},
-): Sql {
-  const settings = {
-    max: options.max ?? 2,
-    onnotice: (notice: postgres.Notice) => log.debug(`postgres: ${notice.message}`),
-    connection: { application_name: `sales-${log.name}` },
-    // Fail fast with a clear message when the server is down, instead of waiting the 30 s default.
-    connect_timeout: 5,
-    ...(options.database ? { database: options.database } : {}),
-  };
-  return config.databaseUrl ? postgres(config.databaseUrl, settings) : postgres(settings);
+export interface ConnectOptions {
+  /** pool size (default 2) */
+  readonly max?: number;
+  /** another database on the same server */
+  readonly database?: string;
+  /** startup parameters (plan_cache_mode, ...) */
+  readonly parameters?: Readonly<Record<string, string>>;
 }
 
-/** The database a URL (or PGDATABASE / PGUSER) points at. */
-export function databaseName(url: string | undefined, env: Record<string, string | undefined> = process.env): string {
-  if (url) {
-    const name = decodeURIComponent(new URL(url).pathname.replace(/^\//, ""));
-    if (name) return name;
-  }
-  return env.PGDATABASE || env.PGUSER || "postgres";
+export function connect(target: DatabaseTarget, log: Logger, options: ConnectOptions = {}): Sql {
+  installDriverGuard(log);
+  return postgres({
+    host: target.host,
+    port: target.port,
+    database: options.database ?? target.database,
+    user: target.user,
+    password: target.password,
+    ...(target.ssl ? { ssl: target.ssl as "require" } : {}),
+    max: options.max ?? 2,
+    onnotice: (notice: postgres.Notice) => log.debug(`postgres: ${notice.message}`),
+    connection: { application_name: `sales-${log.name}`, ...options.parameters },
+    // Fail fast with a clear message when the server is down, instead of waiting the 30 s default.
+    connect_timeout: 5,
+  });
+}
+
+/** The `postgres` database of the same server, for creating and dropping databases (one connection). */
+export function maintenance(target: DatabaseTarget, log: Logger): Sql {
+  return connect(target, log, { max: 1, database: "postgres" });
+}
+
+/** The same server and credentials, another database. */
+export function withDatabase(target: DatabaseTarget, database: string): DatabaseTarget {
+  return { ...target, database };
 }
 
 /** "host:port/db" for messages, without the password. */
-export function describeDatabase(url: string | undefined, env: Record<string, string | undefined> = process.env): string {
-  if (!url) return `${env.PGHOST ?? "localhost"}:${env.PGPORT ?? "5432"}/${databaseName(url, env)}`;
-  const u = new URL(url);
-  return `${u.hostname}:${u.port || "5432"}/${databaseName(url, env)}`;
+export function describeDatabase(target: DatabaseTarget): string {
+  return `${target.host}:${target.port}/${target.database}`;
 }
 
-/** The same URL pointing at another database on the same server. */
-export function withDatabase(url: string, name: string): string {
-  const u = new URL(url);
-  u.pathname = `/${encodeURIComponent(name)}`;
-  return u.toString();
+/** A connection URL for tools that take one (psql, child processes); holds the password: never log it. */
+export function databaseUrl(target: DatabaseTarget): string {
+  const auth = `${encodeURIComponent(target.user)}${target.password ? `:${encodeURIComponent(target.password)}` : ""}`;
+  const host = target.host.startsWith("/") ? "" : target.host.includes(":") ? `[${target.host}]` : target.host;
+  const params = new URLSearchParams();
+  if (target.host.startsWith("/")) params.set("host", target.host);
+  if (target.ssl) params.set("sslmode", target.ssl);
+  const query = params.size > 0 ? `?${params}` : "";
+  return `postgres://${auth}@${host}:${target.port}/${encodeURIComponent(target.database)}${query}`;
+}
+
+const CONNECTION_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "CONNECT_TIMEOUT",
+]);
+
+/**
+ * Is this "the server is not there right now" (worth waiting for) rather than a problem with the data?
+ * Socket errors, postgres.js connection errors, SQLSTATE class 08 (connection exception) and 57P01-57P03
+ * (administrator shutdown or termination, crash shutdown, cannot connect now).
+ */
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && (CONNECTION_CODES.has(code) || code.startsWith("08") || /^57P0[1-3]$/.test(code));
+}
+
+/** SQLSTATE classes of errors about the data itself: 22 data exception, 23 integrity constraint violation. */
+export function isDataError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^2[23]/.test(code);
+}
+
+let guardInstalled = false;
+
+/**
+ * Two faults of postgres.js 3.4.9 surface where no caller can catch them, when a connection is cut:
+ * - a transaction that failed with its connection sends its ROLLBACK to the closed socket, and the driver's
+ *   deferred write (connection.js, nextWrite) throws from a timer;
+ * - a connection cut while it fetches the server's array types on connect (fetchArrayTypes) rejects a promise
+ *   the driver never awaits.
+ * Both concern a connection every statement of ours has already been told about (its statements were rejected
+ * with the connection error and are retried on a fresh pool), so nothing is lost by ignoring them. Every other
+ * uncaught exception or unhandled rejection still ends the process with its message, as it would without this.
+ */
+function installDriverGuard(log: Logger): void {
+  if (guardInstalled) return;
+  guardInstalled = true;
+  process.on("uncaughtException", (error) => {
+    if (error instanceof TypeError && /postgres[\\/]src[\\/]connection\.js/.test(error.stack ?? "") && /nextWrite/.test(error.stack ?? "")) {
+      log.debug(`ignored a write to a closed PostgreSQL connection (${error.message})`);
+      return;
+    }
+    log.error(`uncaught: ${error.stack ?? error.message}`);
+    process.exit(1);
+  });
+  process.on("unhandledRejection", (reason) => {
+    if (isConnectionError(reason)) {
+      log.debug(`ignored a connection error no statement was waiting for (${(reason as Error).message})`);
+      return;
+    }
+    log.error(`unhandled: ${(reason as Error)?.stack ?? String(reason)}`);
+    process.exit(1);
+  });
+}
+
+/** Thrown inside a transaction whose connection is gone: its next statement must not run anywhere. */
+function closedTransactionError(): Error {
+  return Object.assign(new Error("the transaction's connection was lost; it will be rolled back and run again"), {
+    code: "CONNECTION_CLOSED",
+  });
+}
+
+/**
+ * A transaction's `tx` that refuses statements once `alive()` is false. postgres.js keeps the Connection object
+ * of a transaction whose socket closed and reconnects it for the next caller: without this, a statement of the
+ * failed transaction that was still on its way could run inside a later, unrelated session.
+ */
+function guarded(tx: TransactionSql, alive: () => boolean): TransactionSql {
+  const check = () => {
+    if (!alive()) throw closedTransactionError();
+  };
+  return new Proxy(tx, {
+    apply(target, self, args) {
+      check();
+      return Reflect.apply(target as unknown as (...a: unknown[]) => unknown, self, args);
+    },
+    get(target, key, receiver) {
+      const value = Reflect.get(target, key, receiver);
+      if (key === "unsafe" || key === "savepoint") {
+        return (...args: unknown[]) => {
+          check();
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      }
+      return value;
+    },
+  }) as TransactionSql;
+}
+
+export interface Database {
+  /** the current pool; another one after reset() */
+  readonly sql: Sql;
+  /**
+   * Runs `fn` in a transaction. On a connection error the pool is replaced before the error is rethrown, so
+   * the caller's retry starts on a fresh connection and nothing of the failed attempt can run again.
+   */
+  transaction<T>(fn: (tx: TransactionSql) => Promise<T>): Promise<T>;
+  /** Throws the pool away (its connections are cut at once) and opens a new one. */
+  reset(): Promise<void>;
+  end(timeoutSeconds?: number): Promise<void>;
+}
+
+export function openDatabase(target: DatabaseTarget, log: Logger, options: ConnectOptions = {}): Database {
+  let sql = connect(target, log, options);
+  const reset = async () => {
+    const old = sql;
+    sql = connect(target, log, options);
+    await old.end({ timeout: 0 }).catch(() => undefined);
+  };
+  return {
+    get sql() {
+      return sql;
+    },
+    async transaction<T>(fn: (tx: TransactionSql) => Promise<T>): Promise<T> {
+      let alive = true;
+      try {
+        return (await sql.begin((tx) => fn(guarded(tx, () => alive)))) as T;
+      } catch (error) {
+        alive = false;
+        if (isConnectionError(error)) await reset();
+        throw error;
+      }
+    },
+    reset,
+    end: (timeoutSeconds = 5) => sql.end({ timeout: timeoutSeconds }),
+  };
+}
+
+/**
+ * COPY ... FROM STDIN with `chunks` as its data; resolves with the row count the server reports.
+ *
+ * postgres.js resolves a COPY query with a writable stream as soon as the server is ready for data, and an
+ * error the server sends after that (a value it refuses, the session ended) lands nowhere: the stream never
+ * finishes and the caller waits forever in an aborted transaction. This wrapper listens for the query's own
+ * outcome as well: the second resolve carries the result ("COPY n"), a reject carries the error.
+ */
+export async function copyIn(query: PendingQuery<Row[]>, chunks: Iterable<string> | AsyncIterable<string>): Promise<number> {
+  const q = query as unknown as { resolve: (value: unknown) => void; reject: (error: unknown) => void };
+  let settle!: { done: (count: number) => void; failed: (error: unknown) => void };
+  const outcome = new Promise<number>((done, failed) => (settle = { done, failed }));
+  outcome.catch(() => undefined); // awaited below; a failure before that must not count as unhandled
+  const { resolve, reject } = q;
+  let streamGiven = false;
+  q.resolve = (value) => {
+    if (streamGiven) settle.done(Number((value as { count?: number }).count ?? 0));
+    else {
+      streamGiven = true;
+      resolve(value);
+    }
+  };
+  q.reject = (error) => {
+    settle.failed(error);
+    reject(error);
+  };
+  const stream = (await query.writable()) as unknown as NodeJS.WritableStream;
+  // The driver destroys the stream when the server refuses the data; that error is reported through `outcome`.
+  stream.on("error", () => undefined);
+  let failure: unknown;
+  outcome.catch((error) => (failure = error));
+  for await (const chunk of chunks) {
+    if (failure !== undefined) break;
+    if (!stream.write(chunk)) {
+      // Back-pressure: wait for the socket, or for the server to refuse the data.
+      await Promise.race([new Promise((drained) => stream.once("drain", drained)), outcome.catch(() => undefined)]);
+    }
+  }
+  if (failure === undefined) stream.end();
+  return outcome;
 }

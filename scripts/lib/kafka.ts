@@ -4,14 +4,18 @@
 import { Kafka, logLevel, type Admin, type LogEntry, type logCreator } from "kafkajs";
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
-import { sleep } from "./shutdown.ts";
+import { GaveUpError, retryWhile } from "./retry.ts";
 
-// kafkajs 2.2.4's request queue calls setTimeout with a negative delay when it is not throttled. The runtime
-// runs such a timer after 1 ms, which is what kafkajs means, but prints a TimeoutNegativeWarning that only
-// confuses whoever reads the output. Clamp negative delays to 0 before the runtime sees them.
-const runtimeSetTimeout = globalThis.setTimeout;
-globalThis.setTimeout = ((handler: (...args: unknown[]) => void, delay?: number, ...args: unknown[]) =>
-  runtimeSetTimeout(handler, delay !== undefined && delay < 0 ? 0 : delay, ...args)) as typeof setTimeout;
+let clamped = false;
+
+/** kafkajs 2.2.4 schedules timers with negative delays, which Bun 1.4.5 runs after 1 ms but warns about: clamp them to 0. */
+function clampNegativeTimeouts(): void {
+  if (clamped) return;
+  clamped = true;
+  const runtimeSetTimeout = globalThis.setTimeout;
+  globalThis.setTimeout = ((handler: (...args: unknown[]) => void, delay?: number, ...args: unknown[]) =>
+    runtimeSetTimeout(handler, delay !== undefined && delay < 0 ? 0 : delay, ...args)) as typeof setTimeout;
+}
 
 function kafkaLogs(log: Logger): logCreator {
   return () =>
@@ -39,6 +43,7 @@ export interface KafkaOptions {
 }
 
 export function createKafka(config: Config, log: Logger, options: KafkaOptions = {}): Kafka {
+  clampNegativeTimeouts();
   return new Kafka({
     clientId: options.clientId ?? config.kafkaClientId,
     brokers: [...config.kafkaBrokers],
@@ -97,28 +102,22 @@ export function isKafkaUnavailable(error: unknown): boolean {
 export const KAFKA_OUTAGE_MS = 120_000;
 
 /**
- * Runs `attempt`; while it fails because the broker is unreachable, says so and tries again with backoff
- * (0.5 s doubling to 5 s), for up to KAFKA_OUTAGE_MS. Other errors, or an abort of `signal`, end it.
+ * Runs `attempt`; while it fails because the broker is unreachable, says so and tries again with backoff, for
+ * up to KAFKA_OUTAGE_MS. Other errors, or an abort of `signal`, end it.
  */
 export async function whileKafkaUnavailable<T>(what: string, attempt: () => Promise<T>, log: Logger, signal?: AbortSignal): Promise<T> {
-  let since: number | undefined;
-  let delay = 0;
-  for (;;) {
-    try {
-      const value = await attempt();
-      if (since !== undefined) log.info(`Kafka answers again after ${((performance.now() - since) / 1000).toFixed(1)}s`);
-      return value;
-    } catch (error) {
-      if (!isKafkaUnavailable(error) || signal?.aborted) throw error;
-      since ??= performance.now();
-      const message = (error as Error).message;
-      if (performance.now() - since > KAFKA_OUTAGE_MS) {
-        throw new Error(`Kafka has not answered for ${KAFKA_OUTAGE_MS / 1000}s (${message})`);
-      }
-      delay = Math.min(Math.max(delay * 2, 500), 5000);
-      log.warn(`Kafka unavailable (${message}); ${what} again in ${delay / 1000}s`);
-      await sleep(delay, signal);
+  try {
+    return await retryWhile(isKafkaUnavailable, attempt, {
+      giveUpAfterMs: KAFKA_OUTAGE_MS,
+      signal,
+      onRetry: (error, _n, delay) => log.warn(`Kafka unavailable (${(error as Error).message}); ${what} again in ${(delay / 1000).toFixed(1)}s`),
+      onRecovered: (ms) => log.info(`Kafka answers again after ${(ms / 1000).toFixed(1)}s`),
+    });
+  } catch (error) {
+    if (error instanceof GaveUpError) {
+      throw new Error(`Kafka has not answered for ${KAFKA_OUTAGE_MS / 1000}s (${(error.cause as Error).message})`);
     }
+    throw error;
   }
 }
 

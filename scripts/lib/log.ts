@@ -1,6 +1,7 @@
 // One small logger for every script: `[producer] sent=1200 rate=980/s` lines on stderr, so stdout stays
-// free for data. LOG_LEVEL (error | warn | info | debug) filters; a progress line redraws itself on a
-// terminal and falls back to an ordinary line every N items when stderr is a file or a pipe.
+// free for data. The level (LOG_LEVEL: error | warn | info | debug, passed in from config) filters; a progress
+// line redraws itself on a terminal and falls back to an ordinary line every N items when stderr is a file or
+// a pipe. Every line is redacted first: passwords in URLs and the secrets config registered never get out.
 
 export const LEVELS = ["error", "warn", "info", "debug"] as const;
 export type Level = (typeof LEVELS)[number];
@@ -18,10 +19,27 @@ export function isLevel(value: string): value is Level {
   return (LEVELS as readonly string[]).includes(value);
 }
 
-function envLevel(): Level {
-  const value = (process.env.LOG_LEVEL ?? "info").toLowerCase();
-  // A bad LOG_LEVEL is reported by readConfig(); the logger itself must work before config is read.
-  return isLevel(value) ? value : "info";
+const secrets = new Set<string>();
+
+/** The compose file's published default password: masking it would mask the word "postgres" everywhere. */
+const PUBLIC_PASSWORDS = new Set(["postgres"]);
+
+/**
+ * Registers a secret (a password from the environment): redact() masks it wherever it appears. Passwords under
+ * four characters are masked only inside URLs, or every message would lose its letters.
+ */
+export function addSecret(value: string): void {
+  if (value.length >= 4 && !PUBLIC_PASSWORDS.has(value)) secrets.add(value);
+}
+
+/**
+ * Masks passwords: the password part of any "scheme://user:password@host" and every registered secret, so no
+ * message, log line or error prints one, whatever path it took to get there.
+ */
+export function redact(message: string): string {
+  let out = message.replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:/@]*:)[^\s@]*@/gi, "$1***@");
+  for (const secret of secrets) out = out.replaceAll(secret, "***");
+  return out;
 }
 
 let progressVisible = false;
@@ -34,13 +52,13 @@ function clearProgress(): void {
 }
 
 /** `level` "silent" logs nothing (for probes whose failures are the expected answer). */
-export function createLogger(name: string, level: Level | "silent" = envLevel()): Logger {
+export function createLogger(name: string, level: Level | "silent" = "info"): Logger {
   const threshold = level === "silent" ? -1 : LEVELS.indexOf(level);
   const write = (at: Level, message: string) => {
     if (LEVELS.indexOf(at) > threshold) return;
     clearProgress();
     const tag = at === "info" ? "" : `${at.toUpperCase()} `;
-    process.stderr.write(`[${name}] ${tag}${message}\n`);
+    process.stderr.write(redact(`[${name}] ${tag}${message}\n`));
   };
   return {
     name,
@@ -104,7 +122,7 @@ export function createProgress(
         const now = performance.now();
         if (now - lastDraw < 250) return;
         lastDraw = now;
-        process.stderr.write(`\r\x1b[2K[${log.name}] ${describe(done)}`);
+        process.stderr.write(redact(`\r\x1b[2K[${log.name}] ${describe(done)}`));
         progressVisible = true;
       } else if (done - lastLogged >= every) {
         lastLogged = done - (done % every);

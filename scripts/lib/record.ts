@@ -5,6 +5,10 @@
 // Cost) all load. Cleaning never guesses: text is trimmed, an empty optional field becomes NULL, dates may be
 // ISO, M/D/YYYY or D-M-YYYY, numbers stay exact decimal strings, US postal codes get back their leading zero;
 // any other value that does not parse rejects the row with a reason naming the field.
+//
+// A clean value is also one PostgreSQL will take: every limit of the column it goes to is checked here, the
+// way the database counts (characters, not UTF-16 units; numeric digits; integer range), so COPY does not fail
+// on data. Implausible values are either rejected or loaded with a warning, rule by rule (PLAUSIBILITY).
 
 export type Kind = "text" | "date" | "decimal" | "integer" | "postal";
 
@@ -76,16 +80,19 @@ export interface HeaderMap {
 /** Maps a file's header. Throws when two columns mean the same field: which one to load would be a guess. */
 export function mapHeader(columns: readonly string[]): HeaderMap {
   const fields = new Map<string, FieldKey>();
-  const seen = new Map<string, string>();
+  const seen = new Map<string, number>();
   const extra: string[] = [];
   let rowId: string | undefined;
-  for (const column of columns) {
+  for (const [i, column] of columns.entries()) {
     const key = normalizeHeader(column);
     const other = seen.get(key);
     if (other !== undefined && key !== "") {
-      throw new Error(`columns "${other}" and "${column}" both mean ${isFieldKey(key) ? FIELDS[key].label : key}`);
+      const meaning = isFieldKey(key) ? FIELDS[key].label : key === ROW_ID_KEY ? "Row ID" : JSON.stringify(key);
+      throw new Error(
+        `columns ${other + 1} (${JSON.stringify(columns[other])}) and ${i + 1} (${JSON.stringify(column)}) both mean ${meaning}`,
+      );
     }
-    seen.set(key, column);
+    seen.set(key, i);
     if (key === ROW_ID_KEY) rowId = column;
     else if (isFieldKey(key)) fields.set(column, key);
     else extra.push(column);
@@ -119,6 +126,39 @@ export function parseDecimal(value: string): string | undefined {
   return /^[+-]?(\d+(\.\d*)?|\.\d+)$/.test(value) ? value : undefined;
 }
 
+/** Why PostgreSQL's numeric cannot hold a decimal from parseDecimal (too many digits), or undefined. */
+export function decimalOutOfRange(value: string): string | undefined {
+  const [whole = "", fraction = ""] = value.replace(/^[+-]/, "").split(".");
+  const digits = whole.replace(/^0+/, "").length;
+  if (digits > NUMERIC_MAX_INTEGER_DIGITS) return `${digits} digits before the point, more than the ${NUMERIC_MAX_INTEGER_DIGITS} PostgreSQL takes`;
+  if (fraction.length > NUMERIC_MAX_SCALE) return `${fraction.length} digits after the point, more than the ${NUMERIC_MAX_SCALE} PostgreSQL takes`;
+  return undefined;
+}
+
+/** Compares two decimals from parseDecimal exactly (no floating point): -1, 0 or 1. */
+export function compareDecimal(a: string, b: string): number {
+  const parse = (v: string) => {
+    const negative = v.startsWith("-");
+    const [whole = "", fraction = ""] = v.replace(/^[+-]/, "").split(".");
+    return { negative, whole: whole.replace(/^0+/, ""), fraction: fraction.replace(/0+$/, "") };
+  };
+  const x = parse(a);
+  const y = parse(b);
+  const zero = (p: typeof x) => p.whole === "" && p.fraction === "";
+  const sign = (p: typeof x) => (zero(p) ? 0 : p.negative ? -1 : 1);
+  if (sign(x) !== sign(y)) return sign(x) < sign(y) ? -1 : 1;
+  if (sign(x) === 0) return 0;
+  let magnitude = x.whole.length - y.whole.length;
+  if (magnitude === 0) magnitude = x.whole < y.whole ? -1 : x.whole > y.whole ? 1 : 0;
+  if (magnitude === 0) {
+    const width = Math.max(x.fraction.length, y.fraction.length);
+    const fx = x.fraction.padEnd(width, "0");
+    const fy = y.fraction.padEnd(width, "0");
+    magnitude = fx < fy ? -1 : fx > fy ? 1 : 0;
+  }
+  return Math.sign(magnitude) * sign(x);
+}
+
 /** A whole number within PostgreSQL's integer range (or up to `max`, for bigint columns). */
 export function parseInteger(value: string, max = 2_147_483_647): number | undefined {
   if (!/^[+-]?\d+$/.test(value)) return undefined;
@@ -141,6 +181,36 @@ export function parsePostalCode(value: string, country: string | null): string |
 /** PostgreSQL text and jsonb cannot hold U+0000. */
 export const NUL = "\u0000";
 const NUL_PROBLEM = "contains a NUL character (byte 0), which PostgreSQL cannot store";
+const SURROGATE_PROBLEM = "contains a broken character (a lone UTF-16 surrogate), which has no UTF-8 form";
+
+/** What PostgreSQL's numeric takes at most: 131,072 digits before the point, 16,383 after. */
+export const NUMERIC_MAX_INTEGER_DIGITS = 131_072;
+export const NUMERIC_MAX_SCALE = 16_383;
+
+/** Why PostgreSQL could not store `text` as text (NUL, broken UTF-16), or undefined when it can. */
+export function unstorable(text: string): string | undefined {
+  if (text.includes(NUL)) return NUL_PROBLEM;
+  if (!text.isWellFormed()) return SURROGATE_PROBLEM;
+  return undefined;
+}
+
+/** Characters as PostgreSQL counts them in a UTF-8 database: code points (a surrogate pair is one). */
+export function characterCount(text: string): number {
+  let n = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) n--;
+  }
+  return n;
+}
+
+/** Text as it can be stored for people to read: NUL and lone surrogates written as \u0000-style escapes. */
+export function storable(text: string): string {
+  if (unstorable(text) === undefined) return text;
+  return text
+    .replaceAll(NUL, "\\u0000")
+    .replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, (c) => `\\u${c.charCodeAt(0).toString(16)}`);
+}
 
 const EXPECTED: Record<Kind, string> = {
   text: "text",
@@ -152,11 +222,13 @@ const EXPECTED: Record<Kind, string> = {
 
 export type CleanValue = string | number | null;
 
-/** The cleaned values of one source row, keyed by `orders` column, plus its extras. */
+/** The cleaned values of one source row, keyed by `orders` column, plus its extras and warnings. */
 export interface CleanRow {
   readonly values: Record<string, CleanValue>;
   readonly rowId: number | undefined;
   readonly extra: Record<string, string> | null;
+  /** plausibility rules the row breaks without being rejected; null when none */
+  readonly warnings: string[] | null;
 }
 
 export type CleanResult = { readonly ok: true; readonly row: CleanRow } | { readonly ok: false; readonly reason: string };
@@ -166,11 +238,90 @@ function quote(value: string): string {
   return JSON.stringify(shown);
 }
 
+type Values = Readonly<Record<string, CleanValue>>;
+
+/**
+ * Plausibility, rule by rule. A "reject" rule describes a value that cannot be right and whose meaning would be
+ * a guess (a discount of 15: 15% or 1,500%?); a "warn" rule describes a row that is odd but may be true, which
+ * loads with the warning in orders.warnings and is counted in the loader's summary.
+ */
+export const PLAUSIBILITY: readonly {
+  readonly action: "reject" | "warn";
+  readonly field: FieldKey;
+  readonly broken: (v: Values) => boolean;
+  readonly message: (v: Values) => string;
+}[] = [
+  {
+    action: "reject",
+    field: "quantity",
+    broken: (v) => typeof v.quantity === "number" && v.quantity <= 0,
+    message: (v) => `${v.quantity} is not a positive count of items`,
+  },
+  {
+    action: "reject",
+    field: "discount",
+    broken: (v) => typeof v.discount === "string" && (compareDecimal(v.discount, "0") < 0 || compareDecimal(v.discount, "1") > 0),
+    message: (v) => `${v.discount} is outside 0..1 (a fraction of the price: 0.2 for 20%)`,
+  },
+  {
+    action: "warn",
+    field: "shipdate",
+    broken: (v) => typeof v.ship_date === "string" && typeof v.order_date === "string" && v.ship_date < v.order_date,
+    message: (v) => `${v.ship_date} is before the order date ${v.order_date}`,
+  },
+  {
+    action: "warn",
+    field: "sales",
+    broken: (v) => typeof v.sales === "string" && compareDecimal(v.sales, "0") <= 0,
+    message: (v) => `${v.sales} is not a positive amount`,
+  },
+  {
+    action: "warn",
+    field: "profit",
+    broken: (v) => typeof v.profit === "string" && typeof v.sales === "string" && compareDecimal(v.profit, v.sales) > 0,
+    message: (v) => `${v.profit} is more than the sales of ${v.sales}`,
+  },
+];
+
+/** One raw value -> its clean value, or the problem (naming what was expected). */
+function cleanValue(spec: FieldSpec, raw: string, country: string | null): { value: CleanValue } | { problem: string } {
+  const bad = unstorable(raw);
+  if (bad) return { problem: bad };
+  let value: CleanValue | undefined;
+  switch (spec.kind) {
+    case "text":
+      value = raw;
+      break;
+    case "date":
+      value = parseDate(raw);
+      break;
+    case "decimal": {
+      value = parseDecimal(raw);
+      const range = value === undefined ? undefined : decimalOutOfRange(value);
+      if (range) return { problem: range };
+      break;
+    }
+    case "integer":
+      value = parseInteger(raw);
+      break;
+    case "postal":
+      value = parsePostalCode(raw, country);
+      break;
+  }
+  if (value === undefined) return { problem: `${quote(raw)} is not ${EXPECTED[spec.kind]}` };
+  if (spec.max !== undefined && typeof value === "string" && value.length > spec.max) {
+    const length = characterCount(value);
+    if (length > spec.max) return { problem: `${length} characters, more than the ${spec.max} allowed` };
+  }
+  return { value };
+}
+
 /** Cleans one row; every problem is listed in the reason, each naming its field as the file spells it. */
 export function cleanRow(source: Readonly<Record<string, string>>, header: HeaderMap): CleanResult {
   const values: Record<string, CleanValue> = {};
   const problems: string[] = [];
   const sourceName = header.columnOf;
+  const nameOf = (key: FieldKey) => sourceName.get(key) ?? FIELDS[key].label;
 
   // Country first: postal codes are read according to it.
   const countryColumn = sourceName.get("country");
@@ -180,43 +331,14 @@ export function cleanRow(source: Readonly<Record<string, string>>, header: Heade
     const spec: FieldSpec = FIELDS[key];
     const column = sourceName.get(key);
     const raw = column === undefined ? "" : (source[column] ?? "").trim();
-    const name = column ?? spec.label;
+    values[spec.column] = null;
     if (raw === "") {
-      values[spec.column] = null;
-      if (spec.required) problems.push(column === undefined ? `${name}: no such column` : `${name}: empty`);
+      if (spec.required) problems.push(column === undefined ? `${nameOf(key)}: no such column` : `${nameOf(key)}: empty`);
       continue;
     }
-    if (raw.includes(NUL)) {
-      problems.push(`${name}: ${NUL_PROBLEM}`);
-      continue;
-    }
-    let value: CleanValue | undefined;
-    switch (spec.kind) {
-      case "text":
-        value = raw;
-        break;
-      case "date":
-        value = parseDate(raw);
-        break;
-      case "decimal":
-        value = parseDecimal(raw);
-        break;
-      case "integer":
-        value = parseInteger(raw);
-        break;
-      case "postal":
-        value = parsePostalCode(raw, country);
-        break;
-    }
-    if (value === undefined) {
-      problems.push(`${name}: ${quote(raw)} is not ${EXPECTED[spec.kind]}`);
-      continue;
-    }
-    if (spec.max !== undefined && typeof value === "string" && value.length > spec.max) {
-      problems.push(`${name}: ${value.length} characters, more than the ${spec.max} allowed`);
-      continue;
-    }
-    values[spec.column] = value;
+    const clean = cleanValue(spec, raw, country);
+    if ("problem" in clean) problems.push(`${nameOf(key)}: ${clean.problem}`);
+    else values[spec.column] = clean.value;
   }
 
   let rowId: number | undefined;
@@ -230,13 +352,46 @@ export function cleanRow(source: Readonly<Record<string, string>>, header: Heade
 
   let extra: Record<string, string> | null = null;
   for (const column of header.extra) {
-    const raw = source[column] ?? "";
-    if (raw.includes(NUL) || column.includes(NUL)) problems.push(`${JSON.stringify(column)}: ${NUL_PROBLEM}`);
-    else if (raw.trim() !== "") (extra ??= {})[column] = raw.trim();
+    const raw = (source[column] ?? "").trim();
+    const bad = unstorable(column) ?? unstorable(raw);
+    if (bad) problems.push(`${JSON.stringify(storable(column))}: ${bad}`);
+    else if (raw !== "") (extra ??= {})[column] = raw;
+  }
+
+  let warnings: string[] | null = null;
+  if (problems.length === 0) {
+    for (const rule of PLAUSIBILITY) {
+      if (!rule.broken(values)) continue;
+      const text = `${nameOf(rule.field)}: ${rule.message(values)}`;
+      if (rule.action === "reject") problems.push(text);
+      else (warnings ??= []).push(text);
+    }
   }
 
   if (problems.length > 0) return { ok: false, reason: problems.join("; ") };
-  return { ok: true, row: { values, rowId, extra } };
+  return { ok: true, row: { values, rowId, extra, warnings } };
+}
+
+/** Source columns every Superstore export has; without them a file is something else. */
+export const REQUIRED_KEYS = FIELD_KEYS.filter((key) => (FIELDS[key] as FieldSpec).required);
+
+/**
+ * Checks a source file's header before anything is sent: two columns that mean one field, or a required
+ * field with no column (the file is not a Superstore export). Returns the problem, or undefined.
+ */
+export function headerProblem(columns: readonly string[]): string | undefined {
+  let header: HeaderMap;
+  try {
+    header = mapHeader(columns);
+  } catch (error) {
+    return (error as Error).message;
+  }
+  const missing = REQUIRED_KEYS.filter((key) => !header.columnOf.has(key)).map((key) => FIELDS[key].label);
+  if (missing.length > 0) {
+    const shown = columns.slice(0, 12).map((c) => JSON.stringify(c)).join(", ");
+    return `not a Superstore export: no column for ${missing.join(", ")} (the header has ${shown}${columns.length > 12 ? ", ..." : ""})`;
+  }
+  return undefined;
 }
 
 /** Row ID column of a header (for the producer's message keys), matched loosely. */

@@ -2,6 +2,10 @@
 // script to stop; the script's loop sees `requested`, stops taking input, and its registered steps run in
 // order: flush what is buffered -> disconnect Kafka -> sql.end({ timeout: 5 }). Asking twice is harmless
 // from code; a second Ctrl-C forces the exit for a user who does not want to wait.
+//
+// A stop never waits forever: once asked for, the process exits within `deadlineMs` whatever it is waiting on
+// (a hung query, a broker that does not answer). That is safe by design: work not committed is rolled back by
+// PostgreSQL when the connection drops, and Kafka offsets not committed are read again by the next run.
 
 import type { Logger } from "./log.ts";
 
@@ -22,13 +26,27 @@ export interface Shutdown {
   run(): Promise<void>;
 }
 
-export function createShutdown(log: Logger, signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM"]): Shutdown {
+export interface ShutdownOptions {
+  readonly signals?: NodeJS.Signals[];
+  /** the most a stop may take from the request to the exit, ms (default 10 s) */
+  readonly deadlineMs?: number;
+  /** how a forced stop ends the process (tests pass their own) */
+  readonly exit?: (code: number) => void;
+}
+
+export const STOP_DEADLINE_MS = 10_000;
+
+export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shutdown {
+  const signals = options.signals ?? ["SIGINT", "SIGTERM"];
+  const exit = options.exit ?? ((code: number) => process.exit(code));
   const steps: { name: string; step: Step }[] = [];
   const controller = new AbortController();
   let requested = false;
+  let current = "the main loop";
   let resolveRequested!: (reason: string) => void;
   const whenRequested = new Promise<string>((resolve) => (resolveRequested = resolve));
   let running: Promise<void> | undefined;
+  let deadline: ReturnType<typeof setTimeout> | undefined;
 
   const request = (reason: string) => {
     if (requested) return;
@@ -36,12 +54,23 @@ export function createShutdown(log: Logger, signals: NodeJS.Signals[] = ["SIGINT
     log.info(`stopping: ${reason}`);
     controller.abort(reason);
     resolveRequested(reason);
+    const ms = options.deadlineMs ?? STOP_DEADLINE_MS;
+    deadline = setTimeout(() => {
+      log.error(
+        `did not stop within ${ms / 1000}s (still busy with: ${current}); exiting now. Nothing uncommitted is kept: ` +
+          "PostgreSQL rolls back an open transaction and Kafka hands uncommitted records to the next run",
+      );
+      exit(1);
+    }, ms);
+    // The deadline only forces an exit; it must not keep a process alive that has finished.
+    deadline.unref?.();
   };
 
   const onSignal = (signal: NodeJS.Signals) => {
     if (requested) {
       log.warn(`${signal} again: exiting now without waiting for the flush`);
-      process.exit(130);
+      exit(130);
+      return;
     }
     request(`received ${signal}, finishing what is in flight (press Ctrl-C again to force)`);
   };
@@ -50,6 +79,7 @@ export function createShutdown(log: Logger, signals: NodeJS.Signals[] = ["SIGINT
   const run = () => {
     running ??= (async () => {
       for (const { name, step } of steps) {
+        current = name;
         try {
           await step();
         } catch (error) {
@@ -58,6 +88,7 @@ export function createShutdown(log: Logger, signals: NodeJS.Signals[] = ["SIGINT
           process.exitCode = 1;
         }
       }
+      current = "exiting";
       for (const signal of signals) process.off(signal, onSignal);
     })();
     return running;
@@ -73,18 +104,4 @@ export function createShutdown(log: Logger, signals: NodeJS.Signals[] = ["SIGINT
     onStop: (name, step) => void steps.push({ name, step }),
     run,
   };
-}
-
-/** Sleep that ends early (without throwing) when `signal` aborts. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  if (ms <= 0 || signal?.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }

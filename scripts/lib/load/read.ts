@@ -1,0 +1,215 @@
+// Reading and cleaning one batch file: extract + transform, everything the loader does before the database.
+//
+// Each data record of the file becomes exactly one of: an order candidate (cleaned, with its identity and a
+// fingerprint of its values), a rejected row (with a reason naming the field), or a duplicate of a record
+// earlier in the same file. The counts of the three add up to the file's records; the transaction checks
+// that again against what the database reports before it commits.
+
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
+import { parseCsv } from "../csv.ts";
+import { cleanRow, FIELDS, mapHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
+
+/** Source columns the schema does not know, kept in orders.extra (jsonb). */
+export type Extra = Record<string, string>;
+
+const FIELD_COLUMNS = Object.values(FIELDS).map((f) => f.column);
+
+/** Columns of `orders` the loader writes, in COPY order. */
+export const ORDER_COLUMNS = [
+  ...FIELD_COLUMNS,
+  "extra",
+  "warnings",
+  "row_hash",
+  "source_file",
+  "source_row_id",
+  "source_line",
+  "kafka_topic",
+  "kafka_partition",
+  "kafka_offset",
+  "batch_file",
+] as const;
+
+/** One row for `orders`: the cleaned source fields, its identity, and where it came from. */
+export type OrderRow = Record<(typeof ORDER_COLUMNS)[number], CleanValue | Extra | string[]>;
+
+/** One row for `rejected_rows`. */
+export interface RejectedRow {
+  source_file: string;
+  source_line: number;
+  source_lines: number;
+  /** the Row ID when it could be read: a later corrected row with it resolves this rejection */
+  source_row_id: number | null;
+  reason: string;
+  /** the fields as received (jsonb); null for a line that could not be split */
+  fields: Record<string, string> | null;
+  raw_text: string | null;
+  kafka_topic: string | null;
+  kafka_partition: number | null;
+  kafka_offset: string | null;
+  batch_file: string;
+}
+
+export interface Candidate {
+  readonly row: OrderRow;
+  /** source file + Row ID: the row's identity */
+  readonly key: string;
+  /** the fields as received, for a rejection found later (a conflict with a loaded row) */
+  readonly fields: Record<string, string>;
+}
+
+/** A batch file read, checked and transformed: everything but the database. */
+export interface PreparedFile {
+  readonly name: string;
+  readonly hash: string;
+  /** data records in the file: candidates + rejected + duplicates */
+  readonly records: number;
+  readonly candidates: readonly Candidate[];
+  readonly rejected: readonly RejectedRow[];
+  /** records that repeat an earlier record of the same file exactly */
+  readonly duplicates: number;
+}
+
+/** Thrown for a file that is not a readable batch; the caller sets it aside and goes on. */
+export class BadBatchFileError extends Error {
+  override name = "BadBatchFileError";
+}
+
+/** The identity of a row within the pipeline: its source file and Row ID (or line). */
+export function identity(sourceFile: string, rowId: number | string): string {
+  return `${sourceFile}\u0000${rowId}`;
+}
+
+/** Fingerprint of a row's cleaned values: the same line sent again has the same one, a changed line another. */
+export function rowHash(values: Record<string, CleanValue>, extra: Extra | null): string {
+  return createHash("md5")
+    .update(JSON.stringify([FIELD_COLUMNS.map((c) => values[c] ?? null), extra]))
+    .digest("hex");
+}
+
+function storableFields(fields: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(fields)) out[storable(k)] = storable(v);
+  return out;
+}
+
+/** A meta column as a number within PostgreSQL's integer (or bigint) range, else null. */
+function int(value: string | undefined, max = 2_147_483_647): number | null {
+  if (value === undefined || !/^\d{1,19}$/.test(value)) return null;
+  const n = Number(value);
+  return n <= max ? n : null;
+}
+
+const BIGINT_MAX = 9_223_372_036_854_775_807n;
+
+/**
+ * Extract + transform for one parsed batch file: each record becomes an order candidate, a rejected row or an
+ * in-file duplicate. Pure (no I/O), so tests call it directly.
+ */
+export function transform(
+  parsed: { columns: readonly string[]; rows: readonly { line: number; values: Record<string, string> }[] },
+  batchFile: string,
+): { candidates: Candidate[]; rejected: RejectedRow[]; duplicates: number } {
+  const sourceColumns = parsed.columns.filter((c) => !(META_COLUMNS as readonly string[]).includes(c));
+  let header: HeaderMap;
+  try {
+    header = mapHeader(sourceColumns);
+  } catch (error) {
+    throw new BadBatchFileError((error as Error).message);
+  }
+  const candidates = new Map<string, Candidate>();
+  const rejected: RejectedRow[] = [];
+  const rejectedLines = new Set<string>();
+  let duplicates = 0;
+  for (const { line, values } of parsed.rows) {
+    const topic = values._topic || null;
+    const partition = int(values._partition);
+    const offset = values._offset && /^\d+$/.test(values._offset) && BigInt(values._offset) <= BIGINT_MAX ? values._offset : null;
+    // Where the row came from. A batch file without our columns (written by hand) names itself.
+    const sourceFile = storable(values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile));
+    const sourceLine = int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line;
+    const base = {
+      source_file: sourceFile,
+      source_line: sourceLine,
+      source_lines: int(values._source_lines) ?? 1,
+      kafka_topic: topic === null ? null : storable(topic),
+      kafka_partition: partition,
+      kafka_offset: offset,
+      batch_file: batchFile,
+    };
+    const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
+      // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate.
+      const at = identity(sourceFile, `line ${sourceLine}`);
+      if (rejectedLines.has(at)) duplicates++;
+      else {
+        rejectedLines.add(at);
+        rejected.push({ ...base, ...row });
+      }
+    };
+    if (values._error) {
+      const raw = values._raw ?? null;
+      reject({
+        source_row_id: null,
+        reason: `line could not be split into fields: ${values._error}`,
+        fields: null,
+        raw_text: raw === null ? null : storable(raw),
+      });
+      continue;
+    }
+    const fields: Record<string, string> = {};
+    for (const column of sourceColumns) fields[column] = values[column] ?? "";
+    const clean = cleanRow(fields, header);
+    if (!clean.ok) {
+      const id = header.rowId === undefined ? null : int(fields[header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
+      reject({ source_row_id: id, reason: clean.reason, fields: storableFields(fields), raw_text: null });
+      continue;
+    }
+    const { values: cleaned, extra, warnings } = clean.row;
+    const row = {
+      ...cleaned,
+      // objects, not JSON text: postgres.js and copyValue serialize them
+      extra,
+      warnings,
+      row_hash: rowHash(cleaned, extra),
+      source_file: sourceFile,
+      source_row_id: clean.row.rowId ?? sourceLine,
+      source_line: sourceLine,
+      kafka_topic: base.kafka_topic,
+      kafka_partition: partition,
+      kafka_offset: offset,
+      batch_file: batchFile,
+    } as OrderRow;
+    const key = identity(sourceFile, row.source_row_id as number);
+    const twin = candidates.get(key);
+    if (twin === undefined) candidates.set(key, { row, key, fields });
+    else if (twin.row.row_hash === row.row_hash) duplicates++;
+    else {
+      reject({
+        source_row_id: row.source_row_id as number,
+        reason: `Row ID ${row.source_row_id} repeats line ${twin.row.source_line} of ${sourceFile} with other values`,
+        fields: storableFields(fields),
+        raw_text: null,
+      });
+    }
+  }
+  return { candidates: [...candidates.values()], rejected, duplicates };
+}
+
+/** Extract + transform of one file. Throws BadBatchFileError for a file that is not a readable batch. */
+export async function prepareFile(dir: string, name: string): Promise<PreparedFile> {
+  const path = join(dir, name);
+  const bytes = await Bun.file(path).bytes();
+  const hash = sha256(bytes);
+  const expected = parseBatchFileName(name);
+  if (expected && !hash.startsWith(expected.hash)) {
+    throw new BadBatchFileError("content does not match the hash in its name (truncated or edited after it was written)");
+  }
+  let parsed;
+  try {
+    parsed = parseCsv(new TextDecoder("utf-8", { fatal: true }).decode(bytes), path);
+  } catch (error) {
+    throw new BadBatchFileError((error as Error).message);
+  }
+  return { name, hash, records: parsed.rows.length, ...transform(parsed, name) };
+}

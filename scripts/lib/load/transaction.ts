@@ -1,0 +1,446 @@
+// The database side of a load: one transaction for a group of prepared batch files, with each file's ledger
+// row in the same transaction, so a file is either loaded with all its rows or not at all, and loading it again
+// is a no-op.
+//
+// Rules, per record (identity = source file + Row ID):
+// - not in orders, cleans  -> inserted; an open rejection of the same Row ID or line is marked resolved
+// - in orders, same values -> duplicate (nothing changes)
+// - in orders, other values, or broken while its identity is loaded -> a "conflict" in rejected_rows, kept for
+//   audit; orders keeps the row that loaded first
+// - broken, not loaded     -> an "open" rejection (the latest version of the line replaces an older one)
+//
+// Before commit, each file's count is checked: inserted (as COPY reports it) + duplicates + rejected (as the
+// insert reports it) = the data records the file holds, and the ledger row is written only if the statement
+// still runs in the transaction that began the load. A committed file therefore never lies about its rows.
+// The commit is announced with NOTIFY sales_loaded, for the live dashboard.
+
+import { copyIn, isConnectionError, type Database, type TransactionSql } from "../db.ts";
+import { identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
+
+/** The channel the loader announces commits on (LISTEN sales_loaded). */
+export const LOADED_CHANNEL = "sales_loaded";
+
+/** postgres.js sends one parameter per value; a statement holds at most 65,535. */
+const MAX_PARAMETERS = 65_000;
+
+const USER_COLUMNS = ["customer_id", "customer_name", "segment", "country", "city", "state", "postal_code", "region", "market"];
+const PRODUCT_COLUMNS = ["product_id", "category", "sub_category", "product_name"];
+const LATEST_COLUMNS = ["latest_order_date", "latest_source_row_id", "latest_source_file"];
+const REJECTED_COLUMNS: (keyof RejectedRow | "status")[] = [
+  "source_file",
+  "source_line",
+  "source_lines",
+  "source_row_id",
+  "status",
+  "reason",
+  "fields",
+  "raw_text",
+  "kafka_topic",
+  "kafka_partition",
+  "kafka_offset",
+  "batch_file",
+];
+
+export interface FileResult {
+  readonly name: string;
+  readonly status: "loaded" | "already-loaded";
+  readonly records: number;
+  readonly inserted: number;
+  readonly duplicates: number;
+  /** rows recorded in rejected_rows by this file: open rejections and conflicts */
+  readonly rejected: number;
+  /** inserted rows that break a plausibility rule and carry a warning */
+  readonly warnings: number;
+  /** open rejections this file resolved with a corrected row */
+  readonly resolved: number;
+  /** what went to rejected_rows, for the rejects file people read */
+  readonly rejections: readonly RejectedRow[];
+}
+
+/** Thrown when a file's counts do not add up before commit; nothing of the transaction is kept. */
+export class LedgerMismatchError extends Error {
+  override name = "LedgerMismatchError";
+}
+
+/** Byte order of UTF-8, the order of PostgreSQL's "C" collation, so JS and SQL agree on ties. */
+function compareC(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/** Is `a` a later order than `b`? By order date, then Row ID, then source file: a total order. */
+export function isLater(a: OrderRow, b: OrderRow): boolean {
+  if (a.order_date !== b.order_date) return String(a.order_date) > String(b.order_date);
+  if (a.source_row_id !== b.source_row_id) return Number(a.source_row_id) > Number(b.source_row_id);
+  return compareC(String(a.source_file), String(b.source_file)) > 0;
+}
+
+/** The latest row per id, for the users / products upserts (one row per id per statement). */
+export function latestBy(rows: readonly OrderRow[], id: "customer_id" | "product_id"): OrderRow[] {
+  const latest = new Map<unknown, OrderRow>();
+  for (const row of rows) {
+    const seen = latest.get(row[id]);
+    if (!seen || isLater(row, seen)) latest.set(row[id], row);
+  }
+  return [...latest.values()];
+}
+
+const COPY_ESCAPES: Record<string, string> = { "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+
+/** One value in COPY's text format: \N for NULL, backslash escapes for backslash, tab, newline, CR. */
+export function copyValue(value: unknown): string {
+  if (value === null || value === undefined) return "\\N";
+  let text: string;
+  if (Array.isArray(value)) text = `{${value.map((v) => `"${String(v).replace(/["\\]/g, (c) => `\\${c}`)}"`).join(",")}}`;
+  else text = typeof value === "object" ? JSON.stringify(value) : String(value);
+  return text.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c]!);
+}
+
+/** Order rows as COPY text lines, a few hundred per chunk. */
+function* copyLines(rows: readonly OrderRow[]): Generator<string> {
+  for (let i = 0; i < rows.length; i += 500) {
+    let chunk = "";
+    for (const row of rows.slice(i, i + 500)) chunk += `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
+    yield chunk;
+  }
+}
+
+function chunks<T>(rows: readonly T[], columns: number): T[][] {
+  const size = Math.max(1, Math.floor(MAX_PARAMETERS / columns));
+  const out: T[][] = [];
+  for (let i = 0; i < rows.length; i += size) out.push(rows.slice(i, i + size));
+  return out;
+}
+
+function latestValues(row: OrderRow, columns: readonly string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const column of columns) out[column] = row[column as keyof OrderRow];
+  out.latest_order_date = row.order_date;
+  out.latest_source_row_id = row.source_row_id;
+  out.latest_source_file = row.source_file;
+  return out;
+}
+
+/**
+ * Upserts one row per id into a dimension table (users, products) with the values of that id's latest order
+ * in `rows`, unless the table already holds a later one. "Later" is (order date, Row ID, source file) in
+ * PostgreSQL's "C" order, the same rule as isLater, so the result does not depend on the order of files.
+ */
+async function upsertLatest(
+  tx: TransactionSql,
+  table: "users" | "products",
+  id: "customer_id" | "product_id",
+  columns: readonly string[],
+  rows: readonly OrderRow[],
+): Promise<void> {
+  const all = [...columns, ...LATEST_COLUMNS];
+  const set = all
+    .filter((c) => c !== id)
+    .map((c) => tx`${tx(c)} = excluded.${tx(c)}`)
+    .reduce((list, item) => tx`${list}, ${item}`);
+  const latest = latestBy(rows, id).map((r) => latestValues(r, columns));
+  for (const part of chunks(latest, all.length)) {
+    await tx`
+      insert into ${tx(table)} ${tx(part as Record<string, never>[], all)}
+      on conflict (${tx(id)}) do update set ${set}, updated_at = now()
+      where (${tx(table)}.latest_order_date, ${tx(table)}.latest_source_row_id, ${tx(table)}.latest_source_file collate "C")
+          < (excluded.latest_order_date, excluded.latest_source_row_id, excluded.latest_source_file collate "C")
+    `;
+  }
+}
+
+interface Loaded {
+  line: number;
+  hash: string | null;
+}
+
+/** A rejection already recorded for a line: what it held, and whether the line has loaded since. */
+interface Recorded {
+  content: string;
+  resolved: boolean;
+}
+
+/** What the database already knows about a group's rows, looked up through indexes only. */
+interface Known {
+  /** identity -> the row in orders */
+  readonly loaded: Map<string, Loaded>;
+  /** source file + line -> rejections recorded for it */
+  readonly recorded: Map<string, Recorded[]>;
+}
+
+/** The content of a rejected line as received: equal for the same line sent again. */
+function content(row: { fields: Record<string, string> | null; raw_text: string | null }): string {
+  const fields = row.fields === null ? null : Object.entries(row.fields).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return JSON.stringify([fields, row.raw_text]);
+}
+
+const lineKey = (file: string, line: number) => identity(file, `line ${line}`);
+
+async function lookUp(tx: TransactionSql, files: readonly PreparedFile[]): Promise<Known> {
+  const keys = files.flatMap((f) => [
+    ...f.candidates.map((c) => ({ file: String(c.row.source_file), rowId: Number(c.row.source_row_id) })),
+    ...f.rejected.filter((r) => r.source_row_id !== null).map((r) => ({ file: r.source_file, rowId: r.source_row_id! })),
+  ]);
+  const loaded = new Map<string, Loaded>();
+  for (const part of chunks(keys, 2)) {
+    const rows = await tx<{ source_file: string; source_row_id: string; source_line: number; row_hash: string | null }[]>`
+      select o.source_file, o.source_row_id, o.source_line, o.row_hash
+      from unnest(${part.map((k) => k.file)}::text[], ${part.map((k) => k.rowId)}::bigint[]) as k (f, r)
+      join orders o on o.source_file = k.f and o.source_row_id = k.r
+    `;
+    for (const r of rows) loaded.set(identity(r.source_file, r.source_row_id), { line: r.source_line, hash: r.row_hash });
+  }
+  const lines = files.flatMap((f) => f.rejected.map((r) => ({ file: r.source_file, line: r.source_line })));
+  const recorded = new Map<string, Recorded[]>();
+  for (const part of chunks(lines, 2)) {
+    const rows = await tx<{ source_file: string; source_line: number; status: string; fields: Record<string, string> | null; raw_text: string | null }[]>`
+      select r.source_file, r.source_line, r.status, r.fields, r.raw_text
+      from unnest(${part.map((k) => k.file)}::text[], ${part.map((k) => k.line)}::int[]) as k (f, l)
+      join rejected_rows r on r.source_file = k.f and r.source_line = k.l
+    `;
+    for (const r of rows) {
+      const key = lineKey(r.source_file, r.source_line);
+      recorded.set(key, [...(recorded.get(key) ?? []), { content: content(r), resolved: r.status === "resolved" }]);
+    }
+  }
+  return { loaded, recorded };
+}
+
+interface Plan {
+  readonly file: PreparedFile;
+  readonly fresh: OrderRow[];
+  readonly rejections: (RejectedRow & { status: "open" | "conflict" })[];
+  duplicates: number;
+}
+
+/** Sorts each file's records into inserts, rejections and duplicates, against what is known (updated as it goes). */
+function plan(file: PreparedFile, known: Known): Plan {
+  const result: Plan = { file, fresh: [], rejections: [], duplicates: file.duplicates };
+  const stays = (line: number) => `; the row loaded from line ${line} stays in orders`;
+  for (const candidate of file.candidates) {
+    const { row, fields } = candidate;
+    const at = known.loaded.get(candidate.key);
+    if (at === undefined) {
+      result.fresh.push(row);
+      known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
+    } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
+    else {
+      result.rejections.push({
+        status: "conflict",
+        source_file: String(row.source_file),
+        source_line: Number(row.source_line),
+        source_lines: 1,
+        source_row_id: Number(row.source_row_id),
+        reason: `Row ID ${row.source_row_id} is already loaded with other values${stays(at.line)}`,
+        fields,
+        raw_text: null,
+        kafka_topic: row.kafka_topic as string | null,
+        kafka_partition: row.kafka_partition as number | null,
+        kafka_offset: row.kafka_offset as string | null,
+        batch_file: file.name,
+      });
+    }
+  }
+  for (const rejected of file.rejected) {
+    const key = lineKey(rejected.source_file, rejected.source_line);
+    const before = known.recorded.get(key) ?? [];
+    const same = content(rejected);
+    // The same broken line again (a re-sent file, a replayed topic): recorded already.
+    if (before.some((r) => r.content === same)) {
+      result.duplicates++;
+      continue;
+    }
+    known.recorded.set(key, [...before, { content: same, resolved: false }]);
+    const at = rejected.source_row_id === null ? undefined : known.loaded.get(identity(rejected.source_file, rejected.source_row_id));
+    if (at !== undefined) result.rejections.push({ ...rejected, status: "conflict", reason: `${rejected.reason}${stays(at.line)}` });
+    else if (before.some((r) => r.resolved)) {
+      result.rejections.push({ ...rejected, status: "conflict", reason: `${rejected.reason}; this line has loaded since it was first rejected` });
+    } else result.rejections.push({ ...rejected, status: "open" });
+  }
+  return result;
+}
+
+/**
+ * Records rejections: a new line is inserted; a line whose current rejection (open or conflict) held other
+ * content is updated to the latest version. Returns how many rows were written.
+ */
+async function recordRejections(tx: TransactionSql, rows: readonly Plan["rejections"][number][]): Promise<number> {
+  let written = 0;
+  for (const part of chunks(rows, REJECTED_COLUMNS.length)) {
+    const changed = await tx`
+      insert into rejected_rows ${tx(part as unknown as Record<string, never>[], REJECTED_COLUMNS as string[])}
+      on conflict (source_file, source_line) where status in ('open', 'conflict') do update set
+        status = excluded.status, reason = excluded.reason, fields = excluded.fields, raw_text = excluded.raw_text,
+        source_row_id = excluded.source_row_id, source_lines = excluded.source_lines, kafka_topic = excluded.kafka_topic,
+        kafka_partition = excluded.kafka_partition, kafka_offset = excluded.kafka_offset, batch_file = excluded.batch_file,
+        rejected_at = now()
+      returning 1
+    `;
+    written += changed.length;
+  }
+  return written;
+}
+
+/** Marks open rejections resolved by rows now inserted: same source file and Row ID, or same line. */
+async function resolveRejections(tx: TransactionSql, rows: readonly OrderRow[], batchFile: string): Promise<number> {
+  if (rows.length === 0) return 0;
+  const files = [...new Set(rows.map((r) => String(r.source_file)))];
+  const [open] = await tx<{ any: boolean }[]>`
+    select exists (select 1 from rejected_rows where status = 'open' and source_file = any(${files}::text[])) as any
+  `;
+  if (!open?.any) return 0;
+  let resolved = 0;
+  for (const part of chunks(rows, 3)) {
+    const done = await tx`
+      update rejected_rows r set status = 'resolved', resolved_at = now(), resolved_by = ${batchFile}
+      from unnest(${part.map((r) => String(r.source_file))}::text[], ${part.map((r) => Number(r.source_row_id))}::bigint[],
+                  ${part.map((r) => Number(r.source_line))}::int[]) as k (f, id, line)
+      where r.status = 'open' and r.source_file = k.f and (r.source_row_id = k.id or r.source_line = k.line)
+      returning 1
+    `;
+    resolved += done.length;
+  }
+  return resolved;
+}
+
+export interface CommitOptions {
+  /**
+   * Insert row by row, each under a savepoint, instead of one COPY: a row PostgreSQL refuses becomes one
+   * rejection with the server's reason, and the rest of the file loads. Used after a COPY failed on data.
+   */
+  readonly isolate?: boolean;
+}
+
+/** The fields of a row as the source had them, for a rejection of a row that cleaned but failed in PostgreSQL. */
+function refused(row: OrderRow, fields: Record<string, string>, name: string, error: unknown): RejectedRow & { status: "open" } {
+  const detail = error as { message?: string; column_name?: string; code?: string };
+  return {
+    status: "open",
+    source_file: String(row.source_file),
+    source_line: Number(row.source_line),
+    source_lines: 1,
+    source_row_id: Number(row.source_row_id),
+    reason: `PostgreSQL refused the row: ${detail.message ?? String(error)}${detail.column_name ? ` (column ${detail.column_name})` : ""}${detail.code ? ` [${detail.code}]` : ""}`,
+    fields,
+    raw_text: null,
+    kafka_topic: row.kafka_topic as string | null,
+    kafka_partition: row.kafka_partition as number | null,
+    kafka_offset: row.kafka_offset as string | null,
+    batch_file: name,
+  };
+}
+
+/** Inserts `rows` one by one under savepoints; returns the rows PostgreSQL refused, as rejections. */
+async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
+  const fieldsOf = new Map(plan.file.candidates.map((c) => [c.row, c.fields]));
+  const kept: OrderRow[] = [];
+  for (const row of plan.fresh) {
+    try {
+      await tx.savepoint(async (sp) => {
+        await upsertLatest(sp, "users", "customer_id", USER_COLUMNS, [row]);
+        await upsertLatest(sp, "products", "product_id", PRODUCT_COLUMNS, [row]);
+        await sp`insert into orders ${sp(row as unknown as Record<string, never>, ORDER_COLUMNS as unknown as string[])}`;
+      });
+      kept.push(row);
+    } catch (error) {
+      // Only the server's verdict on this row's data makes it a rejection (a SQLSTATE); anything else stops the load.
+      const code = (error as { code?: unknown }).code;
+      if (isConnectionError(error) || typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) throw error;
+      plan.rejections.push(refused(row, fieldsOf.get(row) ?? {}, plan.file.name, error));
+    }
+  }
+  plan.fresh.splice(0, plan.fresh.length, ...kept);
+  return kept.length;
+}
+
+/**
+ * Loads `files` in one transaction. Files whose content is already in the ledger are skipped. Throws on any
+ * database error (nothing of the group is kept then); the caller decides whether to retry or isolate.
+ */
+export async function commitFiles(db: Database, files: readonly PreparedFile[], options: CommitOptions = {}): Promise<FileResult[]> {
+  return db.transaction(async (tx) => {
+    const [{ xid } = { xid: "" }] = await tx<{ xid: string }[]>`select pg_current_xact_id()::text as xid`;
+    // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
+    await tx`select pg_advisory_xact_lock(hashtext('sales-load'))`;
+    const done = new Set(
+      (await tx<{ sha256: string }[]>`select sha256 from loaded_files where sha256 = any(${files.map((f) => f.hash)}::char(64)[])`).map((r) => r.sha256),
+    );
+    const todo: PreparedFile[] = [];
+    const seen = new Set<string>();
+    for (const file of files) {
+      if (!done.has(file.hash) && !seen.has(file.hash)) todo.push(file);
+      seen.add(file.hash);
+    }
+
+    const known = await lookUp(tx, todo);
+    const plans = todo.map((file) => plan(file, known));
+    const fresh = plans.flatMap((p) => p.fresh);
+
+    let inserted: number;
+    if (options.isolate) {
+      inserted = 0;
+      for (const p of plans) inserted += await insertIsolated(tx, p);
+    } else if (fresh.length > 0) {
+      // users and products first: orders refers to them.
+      await upsertLatest(tx, "users", "customer_id", USER_COLUMNS, fresh);
+      await upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, fresh);
+      // COPY: the rows are known to be new (checked above, under the lock), and COPY is the fast way in.
+      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyLines(fresh));
+    } else inserted = 0;
+    const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
+    if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
+
+    const results: FileResult[] = [];
+    for (const p of plans) {
+      const written = await recordRejections(tx, p.rejections);
+      const duplicates = p.duplicates + (p.rejections.length - written);
+      const resolved = await resolveRejections(tx, p.fresh, p.file.name);
+      const warnings = p.fresh.filter((r) => r.warnings !== null).length;
+      if (p.fresh.length + written + duplicates !== p.file.records) {
+        throw new LedgerMismatchError(
+          `${p.file.name}: ${p.file.records} records, but ${p.fresh.length} inserted + ${duplicates} duplicates + ` +
+            `${written} rejected; nothing was committed`,
+        );
+      }
+      // The ledger row is written only by the transaction that began this load: a statement that reached
+      // another session (a driver fault after a lost connection) inserts nothing, and the load fails.
+      const ledger = await tx`
+        insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings)
+        select ${p.file.hash}, ${p.file.name}, ${p.file.records}, ${p.fresh.length}, ${duplicates}, ${written}, ${warnings}
+        where pg_current_xact_id()::text = ${xid}
+        returning 1
+      `;
+      if (ledger.length !== 1) {
+        throw Object.assign(new Error("the ledger row reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
+      }
+      results.push({
+        name: p.file.name,
+        status: "loaded",
+        records: p.file.records,
+        inserted: p.fresh.length,
+        duplicates,
+        rejected: written,
+        warnings,
+        resolved,
+        rejections: p.rejections,
+      });
+    }
+    if (results.length > 0) {
+      const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
+      await tx`select pg_notify(${LOADED_CHANNEL}, ${payload})`;
+    }
+    const skipped = files
+      .filter((f) => !todo.includes(f))
+      .map((f): FileResult => ({
+        name: f.name,
+        status: "already-loaded",
+        records: f.records,
+        inserted: 0,
+        duplicates: 0,
+        rejected: 0,
+        warnings: 0,
+        resolved: 0,
+        rejections: [],
+      }));
+    return [...results, ...skipped];
+  });
+}

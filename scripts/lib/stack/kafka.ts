@@ -1,0 +1,200 @@
+// The local Kafka broker: the Apache Kafka version of the compose image, from the official artifacts on Maven
+// Central (Java 17 + Maven), one KRaft node that is broker and controller, on 127.0.0.1. Its settings are the
+// compose file's KAFKA_* variables; only where it listens is replaced.
+
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Config } from "../config.ts";
+import { createKafka } from "../kafka.ts";
+import { createLogger, type Logger } from "../log.ts";
+import { COMPOSE_FILE, type ComposeFacts } from "./compose.ts";
+import { has, pidAlive, run, tail, waitForService } from "./process.ts";
+import { STATE_DIR } from "./state.ts";
+
+/** KAFKA_FOO_BAR -> foo.bar, as the apache/kafka image does (KAFKA___ -> "-", KAFKA__ -> "_"). */
+export function propertyName(variable: string): string {
+  return variable
+    .replace(/^KAFKA_/, "")
+    .toLowerCase()
+    .replace(/___/g, "-")
+    .replace(/__/g, "\u0000")
+    .replace(/_/g, ".")
+    .replace(/\u0000/g, "_");
+}
+
+/** Settings about where the broker listens; local mode replaces them, everything else comes from compose. */
+export const NETWORK_PROPERTIES = [
+  "listeners",
+  "advertised.listeners",
+  "listener.security.protocol.map",
+  "inter.broker.listener.name",
+  "controller.listener.names",
+  "controller.quorum.voters",
+  "log.dirs",
+] as const;
+
+/** The broker's server.properties for local mode: compose's settings, listening on host:port only. */
+export function localServerProperties(
+  facts: ComposeFacts,
+  where: { host: string; port: number; controllerPort: number; logDir: string },
+): Record<string, string> {
+  const props: Record<string, string> = {};
+  for (const [variable, value] of Object.entries(facts.kafkaEnv)) {
+    if (variable.startsWith("KAFKA_")) props[propertyName(variable)] = value;
+  }
+  return {
+    ...props,
+    listeners: `PLAINTEXT://${where.host}:${where.port},CONTROLLER://${where.host}:${where.controllerPort}`,
+    "advertised.listeners": `PLAINTEXT://${where.host}:${where.port}`,
+    "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    "inter.broker.listener.name": "PLAINTEXT",
+    "controller.listener.names": "CONTROLLER",
+    "controller.quorum.voters": `${props["node.id"] ?? "1"}@${where.host}:${where.controllerPort}`,
+    "log.dirs": where.logDir,
+  };
+}
+
+const LOG4J2 = (logFile: string) => `status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${logFile}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.state.name = state.change.logger
+logger.state.level = warn
+`;
+
+function kafkaPom(version: string): string {
+  return `<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <!-- Written by scripts/lib/stack/kafka.ts: the Apache Kafka ${version} broker and its runtime jars. -->
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.sales-stream</groupId>
+  <artifactId>kafka-broker-runtime</artifactId>
+  <version>${version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>${version}</version></dependency>
+    <!-- The binary distribution logs through log4j2; this binds Kafka's slf4j 1.7 calls to it. -->
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+`;
+}
+
+function javaMajor(): number | undefined {
+  const result = run("java", ["-version"], { quiet: true });
+  if (result.missing) return undefined;
+  const m = /version "(\d+)(?:\.(\d+))?/.exec(result.out);
+  if (!m) return undefined;
+  return m[1] === "1" ? Number(m[2]) : Number(m[1]);
+}
+
+/** The jars of Kafka `version`, fetched from Maven Central the first time (Maven's cache serves the next). */
+export function kafkaJars(version: string, log: Logger): string {
+  const home = resolve(STATE_DIR, "kafka", version);
+  const libs = join(home, "libs");
+  const marker = join(libs, `.complete-${version}`);
+  if (existsSync(marker)) return libs;
+  const java = javaMajor();
+  if (java === undefined || java < 17) {
+    throw new Error(
+      `local mode runs Kafka ${version} on Java 17 or newer (found ${java ?? "no java"}): ` +
+        "install openjdk-17-jre-headless, or use Docker",
+    );
+  }
+  if (!has("mvn")) throw new Error("local mode fetches Kafka from Maven Central with Maven: install maven, or use Docker");
+  mkdirSync(home, { recursive: true });
+  writeFileSync(join(home, "pom.xml"), kafkaPom(version));
+  log.info(`fetching Apache Kafka ${version} from Maven Central (once)...`);
+  rmSync(libs, { recursive: true, force: true });
+  const fetched = run("mvn", ["-q", "-B", "-f", join(home, "pom.xml"), "dependency:copy-dependencies", `-DoutputDirectory=${libs}`, "-DincludeScope=runtime"]);
+  if (!fetched.ok) throw new Error(`Maven could not fetch org.apache.kafka:kafka_2.13:${version} (see its output above)`);
+  writeFileSync(marker, "");
+  return libs;
+}
+
+export interface BrokerOptions {
+  /** folder for server.properties, the logs and (in data/) the broker's storage */
+  readonly dir: string;
+  /** folder of the broker's jars (kafkaJars) */
+  readonly libs: string;
+  readonly port: number;
+  readonly controllerPort: number;
+  readonly facts: ComposeFacts;
+  /** JVM heap, e.g. "1g" */
+  readonly heap?: string;
+}
+
+/**
+ * Starts one KRaft broker+controller process on 127.0.0.1 with compose's settings, formatting its storage the
+ * first time; returns the pid at once (see waitForBroker). The process outlives this script.
+ */
+export function launchBroker(options: BrokerOptions, log: Logger): number {
+  const { dir, libs, port, controllerPort, facts } = options;
+  mkdirSync(dir, { recursive: true });
+  const dataDir = join(dir, "data");
+  const properties = localServerProperties(facts, { host: "127.0.0.1", port, controllerPort, logDir: dataDir });
+  const propsFile = join(dir, "server.properties");
+  const lines = Object.entries(properties).map(([k, v]) => `${k}=${v}`);
+  writeFileSync(propsFile, `# Written by scripts/lib/stack/kafka.ts from ${COMPOSE_FILE}; edit that file, not this one.\n${lines.join("\n")}\n`);
+  writeFileSync(join(dir, "log4j2.properties"), LOG4J2(join(dir, "server.log")));
+  const heap = options.heap ?? "1g";
+  const java = (main: string, args: string[]) => [
+    "-Xms256m",
+    `-Xmx${heap}`,
+    `-Dlog4j2.configurationFile=${join(dir, "log4j2.properties")}`,
+    "-cp",
+    `${libs}/*`,
+    main,
+    ...args,
+  ];
+  if (!existsSync(join(dataDir, "meta.properties"))) {
+    const clusterId = randomBytes(16).toString("base64url");
+    const format = run("java", java("kafka.tools.StorageTool", ["format", "-t", clusterId, "-c", propsFile]), { quiet: true });
+    if (!format.ok) throw new Error(`formatting Kafka's storage failed:\n${format.out}`);
+    log.info(`formatted KRaft storage in ${dataDir}`);
+  }
+  const console = openSync(join(dir, "console.log"), "a");
+  const child = spawn("java", java("kafka.Kafka", [propsFile]), { detached: true, stdio: ["ignore", console, console] });
+  child.unref();
+  return child.pid!;
+}
+
+/** Does a broker answer at config's address? One quick attempt, no logs. */
+export async function kafkaAnswers(config: Config): Promise<boolean> {
+  const admin = createKafka(config, createLogger("stack", "silent"), { probe: true }).admin();
+  try {
+    await admin.connect();
+    await admin.describeCluster();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** Waits until the broker at config's address answers; fails early with its log if process `pid` died. */
+export async function waitForBroker(config: Config, pid: number, dir: string, seconds = 90): Promise<void> {
+  await waitForService("Kafka", () => kafkaAnswers(config), seconds, () =>
+    pidAlive(pid) ? undefined : `${tail(join(dir, "console.log"))}\n${tail(join(dir, "server.log"))}`,
+  );
+}
+
+/** Local mode: the broker for KAFKA_BROKERS' first address, which must be on this machine. */
+export async function startLocalKafka(config: Config, facts: ComposeFacts, log: Logger): Promise<{ pid: number; version: string; home: string }> {
+  const [host, port] = config.kafkaBrokers[0]!.split(":") as [string, string];
+  if (!["127.0.0.1", "localhost"].includes(host)) {
+    throw new Error(`local mode runs Kafka on this machine, but KAFKA_BROKERS points at ${host}:${port}`);
+  }
+  const home = resolve(STATE_DIR, "kafka");
+  const libs = kafkaJars(facts.kafkaVersion, log);
+  const pid = launchBroker({ dir: home, libs, port: Number(port), controllerPort: Number(port) + 1, facts }, log);
+  log.info(`starting Kafka ${facts.kafkaVersion} (pid ${pid}) on 127.0.0.1:${port}, logs in ${home}/server.log`);
+  await waitForBroker(config, pid, home);
+  return { pid, version: facts.kafkaVersion, home };
+}

@@ -1,0 +1,327 @@
+// The exactly-once promise against the real broker and database: sources that share a base name, corrected
+// lines sent again, loaded lines sent with other values, values PostgreSQL refuses, implausible values, and
+// the duplicate check on a large table whose statistics are stale. Every line of every source must end up
+// once in orders or once as an open rejection.
+
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { join, relative } from "node:path";
+import type { DatabaseTarget } from "../scripts/lib/config.ts";
+import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
+import { createLogger } from "../scripts/lib/log.ts";
+import { createTestDatabase, pipelineEnv, runOk, startScript, tempDir, uniqueName, waitFor, type TestDatabase } from "./helpers.ts";
+
+const HEADER =
+  "Row ID,Order ID,Order Date,Ship Date,Ship Mode,Customer ID,Customer Name,Segment,Country,City,State,Postal Code,Region,Product ID,Category,Sub-Category,Product Name,Sales,Quantity,Discount,Profit";
+
+/** A Superstore row; `over` replaces fields by column name. */
+function line(id: number, over: Record<string, string> = {}): string {
+  const values: Record<string, string> = {
+    "Row ID": String(id),
+    "Order ID": `CA-2016-${100000 + id}`,
+    "Order Date": "11/8/2016",
+    "Ship Date": "11/11/2016",
+    "Ship Mode": "Second Class",
+    "Customer ID": `CG-${12500 + (id % 7)}`,
+    "Customer Name": "Claire Gute",
+    Segment: "Consumer",
+    Country: "United States",
+    City: "Henderson",
+    State: "Kentucky",
+    "Postal Code": "42420",
+    Region: "South",
+    "Product ID": `FUR-BO-${10000 + (id % 5)}`,
+    Category: "Furniture",
+    "Sub-Category": "Bookcases",
+    "Product Name": "Bookcase",
+    Sales: `${100 + id}.5`,
+    Quantity: "2",
+    Discount: "0",
+    Profit: "4.25",
+    ...over,
+  };
+  return HEADER.split(",")
+    .map((c) => values[c]!)
+    .join(",");
+}
+
+function csv(lines: string[]): string {
+  return `${[HEADER, ...lines].join("\r\n")}\r\n`;
+}
+
+interface Where {
+  db: TestDatabase;
+  env: Record<string, string>;
+  dir: string;
+}
+
+async function setUp(prefix: string, tmp: string): Promise<Where> {
+  const db = await createTestDatabase();
+  const name = uniqueName(prefix);
+  const dir = join(tmp, name);
+  mkdirSync(dir);
+  const env = pipelineEnv({ topic: name, group: `${name}-g`, dir: join(dir, "batches"), databaseUrl: db.url });
+  return { db, env, dir };
+}
+
+/** Produce these files, consume until idle, load: the whole pipeline once. */
+async function run(where: Where, files: string[], consumerArgs: string[] = []): Promise<string> {
+  for (const file of files) await runOk("producer.ts", ["--file", file, "--rate", "max"], where.env);
+  await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", ...consumerArgs], where.env);
+  return (await runOk("load.ts", [], { ...where.env, LOG_LEVEL: "info" })).stderr;
+}
+
+/** Every (source file, line) in orders or among the open rejections, each with where it is. */
+async function placement(where: Where): Promise<string[]> {
+  const rows = await where.db.sql<{ file: string; line: number; place: string }[]>`
+    select source_file as file, source_line as line, 'orders' as place from orders
+    union all
+    select source_file, source_line, 'open' from rejected_rows where status = 'open'
+  `;
+  return rows.map((r) => `${relative(where.dir, r.file)}:${r.line} ${r.place}`).sort();
+}
+
+describe("two source files with the same name in different folders", () => {
+  const tmp = tempDir();
+  let where: Where;
+
+  beforeAll(async () => {
+    where = await setUp("samename", tmp.path);
+    for (const year of ["2016", "2017"]) {
+      mkdirSync(join(where.dir, year));
+      writeFileSync(join(where.dir, year, "sales.csv"), csv([line(1), line(2, { Sales: "oops" }), line(3)]));
+    }
+    await run(where, [join(where.dir, "2016", "sales.csv"), join(where.dir, "2017", "sales.csv")]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("never share an identity: each file's rows and its rejection are kept apart", async () => {
+    expect(await placement(where)).toEqual([
+      "2016/sales.csv:2 orders",
+      "2016/sales.csv:3 open",
+      "2016/sales.csv:4 orders",
+      "2017/sales.csv:2 orders",
+      "2017/sales.csv:3 open",
+      "2017/sales.csv:4 orders",
+    ]);
+  });
+});
+
+describe("a rejected line corrected and sent again", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let file: string;
+  let second: string;
+
+  beforeAll(async () => {
+    where = await setUp("correct", tmp.path);
+    file = join(where.dir, "orders.csv");
+    writeFileSync(file, csv([line(1), line(2, { "Order Date": "13/45/2016" }), line(3), line(4)]));
+    await run(where, [file]);
+    // The user fixes line 3 and sends the whole file again.
+    writeFileSync(file, csv([line(1), line(2), line(3), line(4)]));
+    second = await run(where, [file]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("lands in orders once, and its rejection is resolved, kept for audit", async () => {
+    expect(await placement(where)).toEqual(["orders.csv:2 orders", "orders.csv:3 orders", "orders.csv:4 orders", "orders.csv:5 orders"]);
+    const rejections = await where.db.sql`select source_line, status, resolved_by is not null as resolved_by from rejected_rows`;
+    expect(rejections.map((r) => ({ ...r }))).toEqual([{ source_line: 3, status: "resolved", resolved_by: true }]);
+  });
+
+  test("the second run inserts the corrected row and counts the rest as duplicates", () => {
+    expect(second).toContain("inserted=1 duplicates=3 rejected=0");
+    expect(second).toContain("resolved=1");
+  });
+
+  test("a line already loaded, sent with other values, is recorded as a conflict and orders keeps the first", async () => {
+    writeFileSync(file, csv([line(1, { Sales: "999.99" }), line(2), line(3), line(4)]));
+    const third = await run(where, [file]);
+    expect(third).toContain("inserted=0 duplicates=3 rejected=1");
+    const [kept] = await where.db.sql`select sales::text as sales from orders where source_row_id = 1`;
+    expect(kept!.sales).toBe("101.5");
+    const [conflict] = await where.db.sql`select status, reason from rejected_rows where status = 'conflict'`;
+    expect(conflict!.reason).toBe("Row ID 1 is already loaded with other values; the row loaded from line 2 stays in orders");
+    expect(await placement(where)).toEqual(["orders.csv:2 orders", "orders.csv:3 orders", "orders.csv:4 orders", "orders.csv:5 orders"]);
+  });
+
+  test("replaying the whole topic afterwards changes nothing", async () => {
+    const before = await where.db.sql`select source_line, status, reason from rejected_rows order by id`;
+    const replay = { ...where, env: { ...where.env, KAFKA_GROUP_ID: uniqueName("replay"), BATCHES_DIR: join(where.dir, "replay") } };
+    await run(replay, [], ["--from-beginning"]);
+    expect(await where.db.sql`select source_line, status, reason from rejected_rows order by id`).toEqual(before);
+    expect(await placement(where)).toEqual(["orders.csv:2 orders", "orders.csv:3 orders", "orders.csv:4 orders", "orders.csv:5 orders"]);
+  });
+});
+
+describe("values PostgreSQL refuses", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let summary: string;
+
+  beforeAll(async () => {
+    where = await setUp("refused", tmp.path);
+    // A rule only the database knows, as a stand-in for any refusal the loader's own checks cannot foresee.
+    await where.db.sql`alter table orders add constraint test_no_seven check (quantity <> 7)`;
+    const file = join(where.dir, "refused.csv");
+    const rows = [line(1), line(2, { Quantity: "7" }), line(3, { Profit: `1.${"3".repeat(20_000)}` }), line(4)];
+    writeFileSync(file, csv([...rows, ...Array.from({ length: 150 }, (_, i) => line(10 + i))]));
+    summary = await run(where, [file]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("cost one rejection each, with the reason, and the rest of the file loads", async () => {
+    const placed = await placement(where);
+    expect(placed.filter((p) => p.endsWith("open"))).toEqual(["refused.csv:3 open", "refused.csv:4 open"]);
+    expect(placed.filter((p) => p.endsWith("orders"))).toHaveLength(152);
+    const reasons = await where.db.sql<{ line: number; reason: string }[]>`
+      select source_line as line, reason from rejected_rows order by 1
+    `;
+    expect(reasons[0]!.reason).toMatch(/^PostgreSQL refused the row: new row for relation "orders" violates check constraint "test_no_seven"/);
+    expect(reasons[1]!.reason).toBe("Profit: 20000 digits after the point, more than the 16383 PostgreSQL takes");
+    expect(summary).toContain("rejected=2");
+  });
+
+  test("leave no session behind, idle in a transaction", async () => {
+    const [idle] = await where.db.sql`
+      select count(*)::int as n from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'
+    `;
+    expect(idle!.n).toBe(0);
+  });
+});
+
+describe("plausibility", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let summary: string;
+
+  beforeAll(async () => {
+    where = await setUp("plausible", tmp.path);
+    const file = join(where.dir, "odd.csv");
+    writeFileSync(
+      file,
+      csv([line(1), line(2, { "Ship Date": "11/1/2016" }), line(3, { Discount: "20" }), line(4, { Quantity: "0" }), line(5, { Profit: "500" })]),
+    );
+    summary = await run(where, [file]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("impossible values are rejected, odd ones load with a warning that is counted", async () => {
+    expect(await placement(where)).toEqual(["odd.csv:2 orders", "odd.csv:3 orders", "odd.csv:4 open", "odd.csv:5 open", "odd.csv:6 orders"]);
+    const warned = await where.db.sql<{ id: string; warnings: string[] }[]>`
+      select source_row_id::text as id, warnings from orders where warnings is not null order by 1
+    `;
+    expect(warned.map((r) => ({ ...r }))).toEqual([
+      { id: "2", warnings: ["Ship Date: 2016-11-01 is before the order date 2016-11-08"] },
+      { id: "5", warnings: ["Profit: 500 is more than the sales of 105.5"] },
+    ]);
+    expect(summary).toContain("warnings=2");
+  });
+});
+
+describe("the duplicate check at any table size", () => {
+  const tmp = tempDir();
+  const quiet = createLogger("test", "silent");
+  let where: Where;
+  let files: string[];
+  let fresh: DatabaseTarget;
+  let sql: Sql;
+
+  beforeAll(async () => {
+    where = await setUp("indexes", tmp.path);
+    await where.db.sql`alter table orders set (autovacuum_enabled = false)`;
+    await where.db.sql.end();
+    // A copy of the migrated database: its tables' statistics start at zero, so the counts below hold only
+    // what the loader reads (the migrations' own scans stay with the original).
+    fresh = withDatabase(where.db.target, `${where.db.name}_copy`);
+    const admin = maintenance(where.db.target, quiet);
+    await waitFor("the template to be free", () =>
+      admin.unsafe(`create database "${fresh.database}" template "${where.db.name}"`).then(
+        () => true,
+        (error: { code?: string }) => (error.code === "55006" ? false : Promise.reject(error)),
+      ),
+    );
+    await admin.end();
+    where.env.DATABASE_URL = databaseUrl(fresh);
+    sql = connect(fresh, quiet, { max: 1 });
+    const file = join(where.dir, "small.csv");
+    writeFileSync(file, csv(Array.from({ length: 2000 }, (_, i) => line(i + 1))));
+    await runOk("producer.ts", ["--file", file, "--rate", "max"], where.env);
+    await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2"], where.env);
+    files = readdirSync(where.env.BATCHES_DIR!).filter((f) => f.endsWith(".csv")).sort();
+  });
+  afterAll(async () => {
+    await sql?.end();
+    const admin = maintenance(where.db.target, quiet);
+    await admin.unsafe(`drop database if exists "${fresh.database}" with (force)`);
+    await admin.end();
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("uses the identity index even after orders grew under a running loader", async () => {
+    const watched = join(where.dir, "watched");
+    mkdirSync(watched);
+    const loader = startScript("load.ts", ["--watch", "--dir", watched], where.env);
+    const loaded = async (n: number) => waitFor(`${n} files loaded`, async () => (await sql`select count(*)::int as n from loaded_files`)[0]!.n >= n);
+    const feed = async (names: string[], already: number) => {
+      for (const [i, name] of names.entries()) {
+        copyFileSync(join(where.env.BATCHES_DIR!, name), join(watched, name));
+        await loaded(already + i + 1);
+      }
+    };
+    try {
+      // Ten files into a nearly empty table: the session's statements are planned while orders is small.
+      await feed(files.slice(0, 10), 0);
+      // Then orders grows to 200,000 rows behind the loader's back, with no ANALYZE (inserting reads nothing).
+      await sql`insert into users (customer_id, latest_order_date, latest_source_row_id, latest_source_file) values ('BIG', '2016-01-01', 1, 'big.csv')`;
+      await sql`insert into products (product_id, latest_order_date, latest_source_row_id, latest_source_file) values ('BIG', '2016-01-01', 1, 'big.csv')`;
+      await sql`
+        insert into orders (order_id, order_date, customer_id, product_id, sales, quantity, source_file, source_row_id, source_line, batch_file)
+        select 'O-' || i, date '2016-01-01', 'BIG', 'BIG', 1, 1, 'big.csv', i, i + 1, 'big' from generate_series(1, 200000) as i
+      `;
+      // Each of the ten loads looked orders up once, and nothing else has read it: wait until the loader has
+      // reported those ten reads (a busy backend reports at most once a second, an idle one within ten).
+      const before = await waitFor("the loader's statistics", async () => {
+        const now = await scans(sql);
+        return now.seq + now.index >= 10 && now;
+      });
+      await feed(files.slice(10), 10);
+      loader.child.kill("SIGTERM");
+      expect((await loader.finish()).code).toBe(0);
+      // The loader has exited, and a backend reports its statistics when it ends: ten files of 100 rows are
+      // 1,000 probes of the identity index, and not one read of the whole table.
+      const after = await waitFor("1,000 index probes reported", async () => {
+        const now = await scans(sql);
+        return now.index >= before.index + 1000 && now;
+      });
+      expect(after.seq).toBe(before.seq);
+    } finally {
+      loader.child.kill("SIGKILL");
+    }
+    const [count] = await sql`select count(*)::int as n from orders where batch_file <> 'big'`;
+    expect(count!.n).toBe(2000);
+  });
+});
+
+/** How often orders has been read whole (seq) and through an index. */
+async function scans(sql: Sql): Promise<{ seq: number; index: number }> {
+  await sql`select pg_stat_clear_snapshot()`;
+  const [row] = await sql<{ seq: string; index: string }[]>`
+    select seq_scan::text as seq, coalesce(idx_scan, 0)::text as index from pg_stat_user_tables where relname = 'orders'
+  `;
+  return { seq: Number(row!.seq), index: Number(row!.index) };
+}
