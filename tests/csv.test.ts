@@ -1,21 +1,14 @@
 // Unit tests for scripts/lib/csv.ts: streaming source files record by record, and the batch file round trip.
 
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, readCsv, writeCsv } from "../scripts/lib/csv.ts";
+import { scratchFiles } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "csv-test-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-let files = 0;
-/** Writes `content` (text as UTF-8, or raw bytes) to a fresh file in the temp dir. */
-function file(content: string | Uint8Array): string {
-  const path = join(dir, `f${++files}.csv`);
-  writeFileSync(path, content);
-  return path;
-}
+const scratch = scratchFiles("csv-test-");
+afterAll(() => scratch.remove());
+const file = scratch.file;
+const dir = scratch.dir;
 
 async function read(content: string | Uint8Array, encoding: Encoding = "utf-8"): Promise<CsvRecord[]> {
   const records: CsvRecord[] = [];

@@ -1,7 +1,7 @@
 // Shared by the integration tests: unique names, a migrated database per test, temp folders, running the
 // pipeline scripts as the user would (a child process with its own environment), and waiting on conditions.
 
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
@@ -313,4 +313,19 @@ export function topicSize(brokers: string, topic: string): Promise<number> {
 /** Messages of `topic` the group has not committed. */
 export function groupLag(brokers: string, group: string, topic: string): Promise<number> {
   return withAdmin(brokers, (admin) => consumerLag(admin, group, topic));
+}
+
+/** Numbered scratch files in a temp dir of their own, removed after the test file: `file(content)` -> path. */
+export function scratchFiles(prefix: string): { file(content: string | Uint8Array): string; readonly dir: string; remove(): void } {
+  const tmp = tempDir(prefix);
+  let count = 0;
+  return {
+    dir: tmp.path,
+    file(content) {
+      const path = join(tmp.path, `f${++count}.csv`);
+      writeFileSync(path, content);
+      return path;
+    },
+    remove: tmp.remove,
+  };
 }

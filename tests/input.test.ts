@@ -2,21 +2,15 @@
 // cannot be read correctly, and counting lines with every kind of line end.
 
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { detectEncoding, openInput, readLines, UnreadableInputError } from "../scripts/lib/input.ts";
+import { scratchFiles } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "input-test-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-let files = 0;
-function file(content: string | Uint8Array): string {
-  const path = join(dir, `f${++files}.csv`);
-  writeFileSync(path, content);
-  return path;
-}
+const scratch = scratchFiles("input-test-");
+afterAll(() => scratch.remove());
+const file = scratch.file;
+const dir = scratch.dir;
 
 const bytes = (...parts: (string | number[])[]) =>
   new Uint8Array(parts.flatMap((p) => (typeof p === "string" ? [...Buffer.from(p)] : p)));
