@@ -9,7 +9,7 @@ import { join, relative } from "node:path";
 import type { DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
-import { createTestDatabase, pipelineEnv, runOk, startScript, tempDir, uniqueName, waitFor, type TestDatabase } from "./helpers.ts";
+import { createTestDatabase, pipelineEnv, runOk, runPipeline, startScript, tempDir, uniqueName, waitFor, type TestDatabase } from "./helpers.ts";
 
 const HEADER =
   "Row ID,Order ID,Order Date,Ship Date,Ship Mode,Customer ID,Customer Name,Segment,Country,City,State,Postal Code,Region,Product ID,Category,Sub-Category,Product Name,Sales,Quantity,Discount,Profit";
@@ -65,11 +65,7 @@ async function setUp(prefix: string, tmp: string): Promise<Where> {
 }
 
 /** Produce these files, consume until idle, load: the whole pipeline once. */
-async function run(where: Where, files: string[], consumerArgs: string[] = []): Promise<string> {
-  for (const file of files) await runOk("producer.ts", ["--file", file, "--rate", "max"], where.env);
-  await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", ...consumerArgs], where.env);
-  return (await runOk("load.ts", [], { ...where.env, LOG_LEVEL: "info" })).stderr;
-}
+const run = (where: Where, files: string[], consumerArgs: string[] = []) => runPipeline(where.env, files, consumerArgs);
 
 /** Every (source file, line) in orders or among the open rejections, each with where it is. */
 async function placement(where: Where): Promise<string[]> {

@@ -30,7 +30,7 @@ import {
 
 // The suite runs a broker from the Kafka jars (Java and Maven) and a PostgreSQL of its own (initdb): local
 // mode's prerequisites. Where they are missing (a Docker-only machine) it is skipped with a note; CI sets
-// REQUIRE_FAULT_TESTS=1 so that there it fails instead of skipping.
+// REQUIRE_ALL_TESTS=1 so that there it fails instead of skipping.
 const missing = [
   ...(Bun.which("java") ? [] : ["java"]),
   ...(Bun.which("mvn") ? [] : ["mvn"]),
@@ -38,7 +38,7 @@ const missing = [
 ];
 if (missing.length > 0) {
   const why = `the fault tests start their own Kafka and PostgreSQL and need ${missing.join(", ")}`;
-  if (readConfig().requireFaultTests) throw new Error(why);
+  if (readConfig().requireAllTests) throw new Error(why);
   console.warn(`skipping: ${why}`);
 }
 
@@ -263,8 +263,8 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
         const s: Scenario = { ...batched, db, env: { ...batched.env, DATABASE_URL: db.url } };
         const watched = join(batched.dir, `watched-${round}`);
         mkdirSync(watched);
+        const loader = startScript("load.ts", ["--watch", "--dir", watched], { ...s.env, LOG_LEVEL: "info" });
         try {
-          const loader = startScript("load.ts", ["--watch", "--dir", watched], { ...s.env, LOG_LEVEL: "info" });
           await loader.waitForOutput(/watching for new files/);
           let cuts = 0;
           let seed = round;
@@ -304,6 +304,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
           expect(ledger).toEqual({ ledger: 1000, orders: 1000 });
           await expectExactlyOnce(s);
         } finally {
+          loader.child.kill("SIGKILL");
           await db.drop();
         }
       }

@@ -260,6 +260,12 @@ export interface Running {
   finish(timeoutMs?: number): Promise<RunResult>;
 }
 
+/** Scripts started in the background and not finished yet: a failed test must not leave them running. */
+const background = new Set<Bun.Subprocess>();
+process.on("exit", () => {
+  for (const child of background) child.kill("SIGKILL");
+});
+
 /** Starts `bun scripts/<script>` in the background, collecting its stderr as it comes. */
 export function startScript(script: string, args: string[], env: Record<string, string>): Running {
   const child = Bun.spawn([process.execPath, join("scripts", script), ...args], {
@@ -269,6 +275,8 @@ export function startScript(script: string, args: string[], env: Record<string, 
     stdout: "pipe",
     stderr: "pipe",
   });
+  background.add(child);
+  void child.exited.then(() => background.delete(child));
   let err = "";
   const reading = (async () => {
     const decoder = new TextDecoder();
@@ -328,4 +336,14 @@ export function scratchFiles(prefix: string): { file(content: string | Uint8Arra
     },
     remove: tmp.remove,
   };
+}
+
+/**
+ * The whole pipeline once, as the walkthrough runs it: each file through the producer at full speed, the
+ * consumer until the topic is quiet, then one load. Returns the loader's log (its summary line is the last).
+ */
+export async function runPipeline(env: Record<string, string>, files: string[], consumerArgs: string[] = []): Promise<string> {
+  for (const file of files) await runOk("producer.ts", ["--file", file, "--rate", "max"], env);
+  await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", ...consumerArgs], env);
+  return (await runOk("load.ts", [], { ...env, LOG_LEVEL: "info" })).stderr;
 }

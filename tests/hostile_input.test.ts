@@ -15,6 +15,7 @@ import {
   pipelineEnv,
   ROOT,
   runOk,
+  runPipeline,
   runScript,
   superstoreRows,
   tempDir,
@@ -34,12 +35,6 @@ async function lines(n: number, header: string[] = COLUMNS): Promise<string[]> {
   const rows = (await superstoreRows()).slice(0, n);
   const text = stringify([header, ...rows.map((r) => COLUMNS.map((c) => r[c]!))], { record_delimiter: "\n" });
   return text.trimEnd().split("\n");
-}
-
-async function pipeline(env: Record<string, string>, files: string[]): Promise<void> {
-  for (const file of files) await runOk("producer.ts", ["--file", file, "--rate", "max"], env);
-  await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2"], env);
-  await runOk("load.ts", [], env);
 }
 
 describe("line endings and byte-order marks read the same in producer, consumer and loader", () => {
@@ -69,7 +64,7 @@ describe("line endings and byte-order marks read the same in producer, consumer 
       writeFileSync(path, make(base));
       return path;
     });
-    await pipeline(env, files);
+    await runPipeline(env, files);
   });
   afterAll(async () => {
     await db?.drop();
@@ -109,7 +104,7 @@ describe("line endings and byte-order marks read the same in producer, consumer 
     const values = COLUMNS.map((c) => (c === "Product Name" ? "Chair\rwith\r\nbreaks" : first![c]!));
     writeFileSync(file, stringify([COLUMNS, values], { record_delimiter: "\r\n", quoted_match: /[\r\n]/ }));
     const inside = { ...env, KAFKA_TOPIC: uniqueName("inside"), BATCHES_DIR: join(tmp.path, "inside") };
-    await pipeline(inside, [file]);
+    await runPipeline(inside, [file]);
     const [loaded] = await db.sql`select product_name from orders where source_file like ${"%inside.csv"}`;
     expect(loaded!.product_name).toBe("Chair\rwith\r\nbreaks");
   });

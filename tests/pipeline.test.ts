@@ -17,6 +17,7 @@ import {
   normalizeDecimal,
   pipelineEnv,
   runOk,
+  runPipeline,
   superstoreRows,
   tableRows,
   tempDir,
@@ -34,13 +35,6 @@ async function snapshot(db: TestDatabase): Promise<Snapshot> {
     orders: await tableRows(db.sql, "orders", "source_file, source_row_id", ["row_id", "loaded_at"]),
     rejected_rows: await tableRows(db.sql, "rejected_rows", "source_file, source_line", ["id", "rejected_at"]),
   };
-}
-
-/** Produce `file`, consume until idle into `batches`, load: the whole pipeline once. */
-async function runPipeline(env: Record<string, string>, file: string, consumerArgs: string[] = []): Promise<void> {
-  await runOk("producer.ts", ["--file", file, "--rate", "max"], env);
-  await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3", ...consumerArgs], env);
-  await runOk("load.ts", [], env);
 }
 
 async function count(db: TestDatabase, table: string): Promise<number> {
@@ -73,7 +67,7 @@ describe("pipeline with the Kaggle-style file (Windows-1252, M/D/YYYY, CRLF)", (
     env = pipelineEnv({ topic, group: uniqueName("g"), dir: join(tmp.path, "batches"), databaseUrl: db.url });
     await runOk("make_data.ts", ["--out", file], {});
     source = await superstoreRows();
-    await runPipeline(env, file);
+    await runPipeline(env, [file]);
     first = await snapshot(db);
   });
   afterAll(async () => {
@@ -178,7 +172,7 @@ describe("pipeline with the Kaggle-style file (Windows-1252, M/D/YYYY, CRLF)", (
   });
 
   test("producing the same file again changes nothing", async () => {
-    await runPipeline(env, file);
+    await runPipeline(env, [file]);
     const [ledger] = await db.sql`select count(*)::int as files, sum(inserted)::int as inserted, sum(duplicates)::int as duplicates from loaded_files`;
     expect(ledger).toEqual({ files: expect.any(Number), inserted: 9994, duplicates: 9994 });
     expect(await snapshot(db)).toEqual(first);
@@ -229,7 +223,7 @@ describe("pipeline with a Global-style file (UTF-8 with BOM, D-M-YYYY, other col
     const made = globalStyle((await superstoreRows()).slice(0, 1500));
     expected = made.expected;
     await Bun.write(file, made.text);
-    await runPipeline(env, file);
+    await runPipeline(env, [file]);
   });
   afterAll(async () => {
     await db?.drop();
@@ -320,7 +314,7 @@ describe("pipeline with broken rows", () => {
     db = await createTestDatabase();
     env = pipelineEnv({ topic: uniqueName("broken"), group: uniqueName("g"), dir: join(tmp.path, "batches"), databaseUrl: db.url });
     await Bun.write(file, `${lines.join("\r\n")}\r\n`);
-    await runPipeline(env, file);
+    await runPipeline(env, [file]);
   });
   afterAll(async () => {
     await db?.drop();

@@ -296,10 +296,13 @@ export async function* readLines(path: string, encoding: Encoding): AsyncGenerat
         if (cr !== -1 && (lf === -1 || cr < lf)) {
           if (cr === chunk.length - 1) {
             // CR at the very end of the chunk: CRLF or a lone CR, the next chunk tells.
-            partial += chunk.slice(start, cr);
-            if (partial.length > MAX_RECORD_CHARS && overLength === 0) {
-              overLength = partial.length;
-              partial = partial.slice(0, KEPT_CHARS);
+            if (overLength > 0) overLength += cr - start;
+            else {
+              partial += chunk.slice(start, cr);
+              if (partial.length > MAX_RECORD_CHARS) {
+                overLength = partial.length;
+                partial = partial.slice(0, KEPT_CHARS);
+              }
             }
             pendingCR = true;
             start = chunk.length;

@@ -96,7 +96,7 @@ export function copyValue(value: unknown): string {
 }
 
 /** Order rows as COPY text lines, a few hundred per chunk. */
-function* copyLines(rows: readonly OrderRow[]): Generator<string> {
+export function* copyRows(rows: readonly OrderRow[]): Generator<string> {
   for (let i = 0; i < rows.length; i += 500) {
     let chunk = "";
     for (const row of rows.slice(i, i + 500)) chunk += `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
@@ -384,7 +384,7 @@ export async function commitFiles(db: Database, files: readonly PreparedFile[], 
       await upsertLatest(tx, "users", "customer_id", USER_COLUMNS, fresh);
       await upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, fresh);
       // COPY: the rows are known to be new (checked above, under the lock), and COPY is the fast way in.
-      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyLines(fresh));
+      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyRows(fresh));
     } else inserted = 0;
     const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
     if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
