@@ -101,21 +101,34 @@ load: migrate ## Load the pending batch files into PostgreSQL
 	$(BUN) scripts/load.ts
 
 .PHONY: stream
-stream: up migrate data ## Watch it live: producer at RATE rows/s (1), consumer and loader side by side; Ctrl-C stops all
-	@echo "== producer at $(RATE)/s, consumer and loader running; watch batches/ fill up, Ctrl-C to stop"
+stream: up migrate data ## Watch it live: producer at RATE rows/s (1), consumer, loader and dashboard side by side; Ctrl-C stops all
+	@echo "== producer at $(RATE)/s, consumer, loader and the dashboard running (it prints its address); Ctrl-C to stop"
 	@trap 'echo; echo "stopping..."' INT TERM; \
+	$(BUN) scripts/dashboard.ts & \
 	$(BUN) scripts/consumer_batch_to_csv.ts & \
 	$(BUN) scripts/load.ts --watch & \
 	$(BUN) scripts/producer.ts --rate $(RATE) || true; \
 	while [ -n "$$(jobs -pr)" ]; do wait || true; done
 
+##@ Look at the data
+
+.PHONY: dashboard
+dashboard: migrate ## The live dashboard on http://127.0.0.1:8050/ (DASHBOARD_PORT): KPIs, charts, pipeline health
+	$(BUN) scripts/dashboard.ts
+
+.PHONY: export
+export: migrate ## CSV extracts of every BI view in data/exports/ (one snapshot) and a Tableau workbook over them
+	$(BUN) scripts/export.ts
+
 ##@ Development
 
-COPIES ?= 100
+SIZE ?= quick
 
 .PHONY: bench
-bench: up ## Time COPIES x 9,994 rows (999,400) through each stage alone, then all three at once
-	$(BUN) scripts/bench.ts --copies $(COPIES)
+bench: up migrate ## Each stage next to kcat / psql on the same rows (SIZE=quick: 99,940 rows; SIZE=full: 999,400)
+	@command -v kcat >/dev/null || { echo "make bench compares with kcat: apt-get install kcat" >&2; exit 1; }
+	@command -v psql >/dev/null || { echo "make bench compares with psql: apt-get install postgresql-client" >&2; exit 1; }
+	$(BUN) scripts/bench.ts --size $(SIZE)
 
 .PHONY: typecheck
 typecheck: install ## Type-check every script and test (tsc --noEmit)

@@ -4,9 +4,12 @@
 //
 //   sql/*.sql  ->  tables in PostgreSQL                 make migrate
 //
-// Env: DATABASE_URL (or PG*), LOG_LEVEL. Flags: --dir, --help.
+// When BI_READER_PASSWORD is set, the read-only role bi_reader (sql/005) gets a login with that password, sent
+// as a SCRAM verifier so the password itself never reaches the server's logs.
+//
+// Env: DATABASE_URL (or PG*), BI_READER_PASSWORD, LOG_LEVEL. Flags: --dir, --help.
 
-import { createHash } from "node:crypto";
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
@@ -26,7 +29,7 @@ const command = {
   flags: {
     dir: { type: "string", arg: "DIR", help: "folder of migration files (default sql)" },
   },
-  env: ["DATABASE_URL", "LOG_LEVEL"],
+  env: ["DATABASE_URL", "BI_READER_PASSWORD", "LOG_LEVEL"],
   notes: "Run by: make migrate",
 } as const;
 
@@ -120,6 +123,29 @@ export async function migrate(sql: Sql, dir: string, log: Logger): Promise<strin
   return applied;
 }
 
+/**
+ * A SCRAM-SHA-256 verifier for `password` (RFC 5802, as PostgreSQL stores it). Sending the verifier instead of
+ * the password keeps the password itself out of the wire, the server's statement log and pg_stat_activity.
+ */
+export function scramVerifier(password: string, salt: Buffer = randomBytes(16), iterations = 4096): string {
+  const salted = pbkdf2Sync(password.normalize("NFKC"), salt, iterations, 32, "sha256");
+  const clientKey = createHmac("sha256", salted).update("Client Key").digest();
+  const storedKey = createHash("sha256").update(clientKey).digest();
+  const serverKey = createHmac("sha256", salted).update("Server Key").digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString("base64")}$${storedKey.toString("base64")}:${serverKey.toString("base64")}`;
+}
+
+/** Gives the read-only role bi_reader (made by sql/005) a login with this password, or leaves it without one. */
+export async function setReaderPassword(sql: Sql, password: string | undefined, log: Logger): Promise<void> {
+  if (!password) {
+    log.info("bi_reader has no login yet: set BI_READER_PASSWORD and run make migrate to let Tableau connect");
+    return;
+  }
+  // ALTER ROLE takes no parameters; the verifier holds only base64 and "$:" characters, nothing to escape.
+  await sql.unsafe(`alter role bi_reader with login password '${scramVerifier(password)}'`);
+  log.info("bi_reader can log in with the password in BI_READER_PASSWORD");
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -135,6 +161,7 @@ async function main(): Promise<void> {
   const sql = connect(config.database, log, { max: 1 });
   try {
     const applied = await migrate(sql, dir, log);
+    await setReaderPassword(sql, config.biReaderPassword, log);
     log.info(
       `${describeDatabase(config.database)}: ${applied.length} applied, ` +
         `${(await listMigrations(dir)).length - applied.length} already there (${formatDuration(performance.now() - started)})`,

@@ -1,17 +1,17 @@
-// Status of the pipeline at a glance: what is in Kafka and not yet in a batch file (consumer lag), batch files
-// not loaded yet, and what PostgreSQL holds (rows per table, rejected rows, totals).
+// Status of the pipeline at a glance, the same health the live dashboard shows (scripts/lib/health.ts): what is
+// in Kafka and not yet in a batch file (consumer lag), batch files not loaded yet or set aside, and what
+// PostgreSQL holds (rows, open rejections, warnings, the last load, totals).
 //
 //   Kafka + batches/ + PostgreSQL  ->  a short report on stdout          make status (and the end of make demo)
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, DATABASE_URL, BATCHES_DIR, LOG_LEVEL.
 // Flags: --since SECONDS (adds "took Ns" to the report), --help.
 
-import { readdir } from "node:fs/promises";
 import { fail, parseCli } from "./lib/cli.ts";
-import { parsePositiveNumber, readConfig, type Config } from "./lib/config.ts";
+import { parsePositiveNumber, readConfig } from "./lib/config.ts";
 import { connect, describeDatabase } from "./lib/db.ts";
-import { consumerLag, createKafka } from "./lib/kafka.ts";
-import { createLogger, formatDuration, type Logger } from "./lib/log.ts";
+import { databaseHealth, filesHealth, kafkaHealth, loadedSince } from "./lib/health.ts";
+import { createLogger, formatDuration } from "./lib/log.ts";
 
 const command = {
   script: "scripts/status.ts",
@@ -23,58 +23,37 @@ const command = {
   notes: "Run by: make status, make demo",
 } as const;
 
-async function kafkaLine(config: Config, log: Logger): Promise<string> {
-  const admin = createKafka(config, createLogger(log.name, "silent"), { probe: true }).admin();
-  try {
-    await admin.connect();
-    if (!(await admin.listTopics()).includes(config.kafkaTopic)) return `topic ${config.kafkaTopic} does not exist yet`;
-    const offsets = await admin.fetchTopicOffsets(config.kafkaTopic);
-    const messages = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
-    const lag = await consumerLag(admin, config.kafkaGroupId, config.kafkaTopic);
-    const parts = `${offsets.length} partition${offsets.length === 1 ? "" : "s"}`;
-    return `topic ${config.kafkaTopic}: ${messages} messages in ${parts}; group ${config.kafkaGroupId} lag ${lag}`;
-  } catch (error) {
-    return `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${(error as Error).message})`;
-  } finally {
-    await admin.disconnect().catch(() => undefined);
-  }
-}
-
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("status", config.logLevel);
   const since = flags.since ? parsePositiveNumber(flags.since, "--since") : undefined;
-  const lines: string[] = [`kafka:      ${await kafkaLine(config, log)}`];
-
-  const files = (await readdir(config.batchesDir).catch(() => [] as string[])).filter((f) => f.endsWith(".csv"));
-  const sql = connect(config.database, createLogger(log.name, "silent"), { max: 1 });
+  const kafka = await kafkaHealth(config);
+  const lines: string[] = [
+    `kafka:      ${
+      kafka.ok
+        ? `topic ${kafka.topic}: ${kafka.messages} messages in ${kafka.partitions} partition${kafka.partitions === 1 ? "" : "s"}; group ${kafka.group} lag ${kafka.lag}`
+        : kafka.error
+    }`,
+  ];
+  const sql = connect(config.database, createLogger("status", "silent"), { max: 1 });
   try {
-    const [tables] = await sql<{ users: string; products: string; orders: string; rejected: string; files: string; sales: string | null }[]>`
-      select
-        (select count(*) from users) as users,
-        (select count(*) from products) as products,
-        (select count(*) from orders) as orders,
-        (select count(*) from rejected_rows where status = 'open') as rejected,
-        (select count(*) from loaded_files) as files,
-        (select sum(sales) from orders) as sales
-    `;
-    const loaded = new Set((await sql<{ file_name: string }[]>`select file_name from loaded_files`).map((r) => r.file_name));
-    const pending = files.filter((f) => !loaded.has(f)).length;
-    lines.push(
-      `batches:    ${files.length} files in ${config.batchesDir}/, ${pending} not loaded yet`,
-      `postgresql: ${describeDatabase(config.database)}`,
-      `  orders ${tables!.orders}, users ${tables!.users}, products ${tables!.products}, ` +
-        `open rejections ${tables!.rejected}, batch files loaded ${tables!.files}`,
-      `  total sales ${tables!.sales ?? 0}`,
-    );
-  } catch (error) {
-    lines.push(
-      `batches:    ${files.length} files in ${config.batchesDir}/`,
-      `postgresql: ${describeDatabase(config.database)}: ${(error as Error).message} (make up; make migrate)`,
-    );
-    process.exitCode = 1;
+    const { names } = await loadedSince(sql, undefined).catch(() => ({ names: [] as string[] }));
+    const files = await filesHealth(config.batchesDir, new Set(names));
+    lines.push(`batches:    ${files.total} files in ${files.dir}/, ${files.pending} not loaded yet, ${files.failed} set aside in failed/`);
+    const db = await databaseHealth(sql);
+    lines.push(`postgresql: ${describeDatabase(config.database)}${db.ok ? "" : `: ${db.error} (make up; make migrate)`}`);
+    if (db.ok) {
+      const [t] = await sql<{ users: string; products: string; sales: string | null }[]>`
+        select (select count(*) from users) as users, (select count(*) from products) as products,
+               (select sum(sales) from v_sales) as sales
+      `;
+      lines.push(
+        `  orders ${db.rowsLoaded}, users ${t!.users}, products ${t!.products}, open rejections ${db.rejectedOpen}, ` +
+          `rows with warnings ${db.rowsWithWarnings}, batch files loaded ${db.filesLoaded}`,
+        `  total sales ${t!.sales ?? 0}, last load ${db.lastLoadAt ?? "never"}`,
+      );
+    } else process.exitCode = 1;
   } finally {
     await sql.end({ timeout: 5 });
   }

@@ -37,7 +37,7 @@ const DEFAULTS: Config = {
   dashboardPort: 8050,
   biReaderPassword: undefined,
   crashAt: undefined,
-  requireFaultTests: false,
+  requireAllTests: false,
 };
 
 describe("readConfig", () => {
@@ -66,7 +66,7 @@ describe("readConfig", () => {
       DASHBOARD_PORT: "9000",
       BI_READER_PASSWORD: "reader-secret",
       SALES_CRASH_AT: "before-write",
-      REQUIRE_FAULT_TESTS: "1",
+      REQUIRE_ALL_TESTS: "1",
       DATA_FILE: "data/other.csv",
       BATCHES_DIR: "/tmp/b",
       BATCH_SIZE: " 250 ",
@@ -92,7 +92,7 @@ describe("readConfig", () => {
       dashboardPort: 9000,
       biReaderPassword: "reader-secret",
       crashAt: "before-write",
-      requireFaultTests: true,
+      requireAllTests: true,
     });
   });
 

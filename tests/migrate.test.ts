@@ -32,10 +32,25 @@ describe("migrate.ts", () => {
       const applied = await sql<{ id: number; name: string }[]>`select id, name from schema_migrations order by id`;
       const files = await listMigrations(join(ROOT, "sql"));
       expect(applied.map((r) => ({ ...r }))).toEqual(files.map((f) => ({ id: f.id, name: f.name })));
-      const tables = await sql<{ t: string }[]>`
-        select table_name as t from information_schema.tables where table_schema = 'public' order by 1
+      const tables = await sql<{ t: string; kind: string }[]>`
+        select table_name as t, table_type as kind from information_schema.tables where table_schema = 'public' order by 1
       `;
-      expect(tables.map((r) => r.t)).toEqual(["loaded_files", "orders", "products", "rejected_rows", "schema_migrations", "users"]);
+      expect(tables.filter((r) => r.kind === "BASE TABLE").map((r) => r.t)).toEqual([
+        "loaded_files",
+        "orders",
+        "products",
+        "rejected_rows",
+        "schema_migrations",
+        "users",
+      ]);
+      expect(tables.filter((r) => r.kind === "VIEW").map((r) => r.t)).toEqual([
+        "v_customer_segments",
+        "v_monthly_sales",
+        "v_pipeline_health",
+        "v_product_performance",
+        "v_region_sales",
+        "v_sales",
+      ]);
     } finally {
       await sql.end({ timeout: 5 });
     }

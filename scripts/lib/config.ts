@@ -42,8 +42,8 @@ export interface Config {
   readonly biReaderPassword: string | undefined;
   /** test hook of the consumer (SALES_CRASH_AT): die like a power cut at this point of the first batch */
   readonly crashAt: string | undefined;
-  /** CI's switch (REQUIRE_FAULT_TESTS=1): the fault tests fail instead of skipping where their tools are missing */
-  readonly requireFaultTests: boolean;
+  /** CI's switch (REQUIRE_ALL_TESTS=1): tests whose tools are missing (Java, a browser, xmllint) fail instead of skipping */
+  readonly requireAllTests: boolean;
 }
 
 export const DEFAULT_DATABASE_URL = "postgres://postgres:postgres@127.0.0.1:5432/sales";
@@ -214,6 +214,6 @@ export function readConfig(env: Env = process.env): Config {
     dashboardPort: parsePort(text(env, "DASHBOARD_PORT", "8050"), "DASHBOARD_PORT"),
     biReaderPassword,
     crashAt: text(env, "SALES_CRASH_AT", "") || undefined,
-    requireFaultTests: text(env, "REQUIRE_FAULT_TESTS", "") === "1",
+    requireAllTests: text(env, "REQUIRE_ALL_TESTS", "") === "1",
   });
 }

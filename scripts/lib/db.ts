@@ -19,6 +19,12 @@ export interface ConnectOptions {
   readonly database?: string;
   /** startup parameters (plan_cache_mode, ...) */
   readonly parameters?: Readonly<Record<string, string>>;
+  /** told of every NOTIFY on a channel this pool LISTENs to */
+  readonly onnotify?: (channel: string, payload: string) => void;
+  /** told when one of the pool's connections closes (the server went away, or it was cut) */
+  readonly onclose?: () => void;
+  /** keep connections open however long they are idle (a LISTEN connection) */
+  readonly keepOpen?: boolean;
 }
 
 export function connect(target: DatabaseTarget, log: Logger, options: ConnectOptions = {}): Sql {
@@ -35,6 +41,9 @@ export function connect(target: DatabaseTarget, log: Logger, options: ConnectOpt
     connection: { application_name: `sales-${log.name}`, ...options.parameters },
     // Fail fast with a clear message when the server is down, instead of waiting the 30 s default.
     connect_timeout: 5,
+    ...(options.onnotify ? { onnotify: options.onnotify } : {}),
+    ...(options.onclose ? { onclose: options.onclose } : {}),
+    ...(options.keepOpen ? { idle_timeout: null as unknown as number, max_lifetime: null as unknown as number } : {}),
   });
 }
 

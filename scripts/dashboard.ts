@@ -1,0 +1,297 @@
+// Dashboard: the live view of the pipeline, no Tableau needed. KPIs, sales and profit over time, top products,
+// sales by segment and by region, and the pipeline's health, moving by themselves while rows stream in.
+//
+//   PostgreSQL views + Kafka + batches/  ->  http://127.0.0.1:8050/            make dashboard (and make stream)
+//
+// How it stays live without asking the database every second: the loader announces each commit in the same
+// transaction (NOTIFY sales_loaded); this server LISTENs, gathers one snapshot from the views Tableau reads
+// (one read-only transaction), and pushes it to every open page over server-sent events. So the database is
+// queried once per change, not once per viewer. Kafka and the batch folder are looked at every two seconds
+// (cheap, and not the database). The page, its script and the chart library (Apache ECharts, from
+// node_modules) are served from here: it works offline.
+//
+// Env: DASHBOARD_PORT, DATABASE_URL (or PG*), KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, BATCHES_DIR, LOG_LEVEL.
+// Flags: --port, --help.
+
+import { join } from "node:path";
+import { fail, parseCli } from "./lib/cli.ts";
+import { parsePort, readConfig, type Config } from "./lib/config.ts";
+import { connect, describeDatabase, isConnectionError, type Sql } from "./lib/db.ts";
+import { databaseHealth, filesHealth, kafkaHealth, loadedSince, type DatabaseHealth, type FilesHealth, type KafkaHealth, type Part } from "./lib/health.ts";
+import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
+import { createLogger, type Logger } from "./lib/log.ts";
+import { retryWhile } from "./lib/retry.ts";
+import { createShutdown } from "./lib/shutdown.ts";
+
+const command = {
+  script: "scripts/dashboard.ts",
+  summary: "Serve the live dashboard on 127.0.0.1: KPIs, charts and pipeline health, pushed to the page as rows load.",
+  flags: {
+    port: { type: "string", short: "p", arg: "PORT", help: "port (default $DASHBOARD_PORT = 8050)" },
+  },
+  env: ["DASHBOARD_PORT", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "BATCHES_DIR", "LOG_LEVEL"],
+  notes: "Run by: make dashboard (and make stream, beside the three scripts)",
+} as const;
+
+const PAGE_DIR = join(import.meta.dir, "dashboard");
+const ECHARTS = join(import.meta.dir, "..", "node_modules", "echarts", "dist", "echarts.min.js");
+/** How often Kafka and the batch folder are looked at. */
+const PIPELINE_EVERY_MS = 2000;
+
+/** The business numbers, exact as stored (numeric values are strings). */
+export interface Business {
+  readonly kpis: { orders: string; lines: string; sales: string; profit: string; margin: string | null; aov: string | null };
+  readonly monthly: { month: string; sales: string; profit: string }[];
+  readonly products: { product: string; sales: string; profit: string }[];
+  readonly segments: { segment: string; sales: string; profit: string; orders: string }[];
+  readonly regions: { region: string; sales: string; profit: string }[];
+}
+
+export interface Snapshot {
+  /** when the database part was gathered (ISO), null before the first time */
+  readonly at: string | null;
+  /** database snapshots gathered since start: one per change, whatever the number of pages */
+  readonly gathered: number;
+  readonly business: Business | null;
+  readonly health: {
+    readonly postgres: Part<DatabaseHealth> & { readonly where: string };
+    readonly kafka: Part<KafkaHealth> | null;
+    readonly files: FilesHealth | null;
+  };
+}
+
+/** One consistent read of the views: KPIs, the four charts, and the pipeline's row counts. */
+async function gather(sql: Sql): Promise<{ business: Business; health: Part<DatabaseHealth> }> {
+  return (await sql.begin("isolation level repeatable read read only", async (tx) => {
+    const [kpis] = await tx<Business["kpis"][]>`
+      select count(distinct order_id)::text as orders, count(*)::text as lines,
+             coalesce(sum(sales), 0)::text as sales, coalesce(sum(profit), 0)::text as profit,
+             (sum(profit) / nullif(sum(sales), 0))::text as margin,
+             (sum(sales) / nullif(count(distinct order_id), 0))::text as aov
+      from v_sales
+    `;
+    const monthly = await tx<Business["monthly"]>`
+      select to_char(month, 'YYYY-MM') as month, sales::text as sales, profit::text as profit from v_monthly_sales order by month
+    `;
+    const products = await tx<Business["products"]>`
+      select product_name as product, sales::text as sales, profit::text as profit
+      from v_product_performance order by sales_rank, product_id limit 10
+    `;
+    const segments = await tx<Business["segments"]>`
+      select segment, sales::text as sales, profit::text as profit, orders::text as orders from v_customer_segments order by segment
+    `;
+    const regions = await tx<Business["regions"]>`
+      select region, sum(sales)::text as sales, sum(profit)::text as profit from v_region_sales group by region order by region
+    `;
+    const health = await databaseHealth(tx);
+    return { business: { kpis: kpis!, monthly: [...monthly], products: [...products], segments: [...segments], regions: [...regions] }, health };
+  })) as { business: Business; health: Part<DatabaseHealth> };
+}
+
+/** The dashboard's state and the pages that follow it. */
+function createHub(config: Config, sql: Sql, log: Logger) {
+  const where = describeDatabase(config.database);
+  const pages = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  const encoder = new TextEncoder();
+  const loaded = new Set<string>();
+  let loadedUpTo: Date | undefined;
+  let snapshot: Snapshot = {
+    at: null,
+    gathered: 0,
+    business: null,
+    health: { postgres: { ok: false, error: "not read yet", where }, kafka: null, files: null },
+  };
+  const broadcast = () => {
+    const message = encoder.encode(`data: ${JSON.stringify(snapshot)}\n\n`);
+    for (const page of pages) {
+      try {
+        page.enqueue(message);
+      } catch {
+        pages.delete(page); // the page went away
+      }
+    }
+  };
+
+  // Database refreshes never overlap and never pile up: a change during a refresh asks for one more after it.
+  let running: Promise<void> | undefined;
+  let again = false;
+  const refreshDatabase = (): Promise<void> => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      do {
+        again = false;
+        try {
+          const { business, health } = await gather(sql);
+          const since = await loadedSince(sql, loadedUpTo);
+          for (const name of since.names) loaded.add(name);
+          loadedUpTo = since.latest;
+          snapshot = { ...snapshot, at: new Date().toISOString(), gathered: snapshot.gathered + 1, business, health: { ...snapshot.health, postgres: { ...health, where } } };
+        } catch (error) {
+          log.warn(`cannot read PostgreSQL at ${where} (${(error as Error).message})`);
+          snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ok: false, error: (error as Error).message, where } } };
+        }
+        broadcast();
+      } while (again);
+    })().finally(() => (running = undefined));
+    return running;
+  };
+
+  /** PostgreSQL went away: the page says so and keeps the last numbers, marked as such. */
+  const postgresDown = (error: string) => {
+    if (!snapshot.health.postgres.ok && snapshot.health.postgres.error === error) return;
+    snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ok: false, error, where } } };
+    broadcast();
+  };
+
+  const refreshPipeline = async () => {
+    const [kafka, files] = await Promise.all([kafkaHealth(config), filesHealth(config.batchesDir, loaded)]);
+    const changed = JSON.stringify([kafka, files]) !== JSON.stringify([snapshot.health.kafka, snapshot.health.files]);
+    snapshot = { ...snapshot, health: { ...snapshot.health, kafka, files } };
+    if (changed) broadcast();
+  };
+
+  return {
+    get snapshot() {
+      return snapshot;
+    },
+    refreshDatabase,
+    refreshPipeline,
+    postgresDown,
+    /** A new page: it gets the current snapshot at once, then every change. */
+    follow(): Response {
+      let me: ReadableStreamDefaultController<Uint8Array>;
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          me = controller;
+          pages.add(controller);
+          controller.enqueue(encoder.encode(`retry: 2000\ndata: ${JSON.stringify(snapshot)}\n\n`));
+        },
+        cancel() {
+          pages.delete(me);
+        },
+      });
+      return new Response(stream, { headers: { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" } });
+    },
+    /** A comment line now and then keeps proxies and idle timeouts from closing the stream. */
+    ping() {
+      const comment = encoder.encode(": ping\n\n");
+      for (const page of pages) {
+        try {
+          page.enqueue(comment);
+        } catch {
+          pages.delete(page);
+        }
+      }
+    },
+    close() {
+      for (const page of pages) {
+        try {
+          page.close();
+        } catch {
+          // already closed by the page
+        }
+      }
+    },
+  };
+}
+
+/**
+ * LISTENs for the loader's commits on a connection of its own, and keeps listening: when that connection
+ * closes (PostgreSQL restarted, the session was cut), the page is told PostgreSQL is away, and LISTEN is
+ * issued again with backoff until the server answers; each (re)subscription reads the views afresh, since
+ * commits made meanwhile were not announced to anyone.
+ */
+function listenForLoads(config: Config, hub: ReturnType<typeof createHub>, log: Logger, signal: AbortSignal): { close(): Promise<void> } {
+  let subscribing = false;
+  const subscribe = () => {
+    if (subscribing || signal.aborted) return;
+    subscribing = true;
+    retryWhile(isConnectionError, () => listener.unsafe(`listen "${LOADED_CHANNEL}"`), {
+      backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
+      signal,
+      onRetry: (error, _n, delay) => {
+        hub.postgresDown((error as Error).message);
+        log.warn(`waiting for PostgreSQL (${(error as Error).message}); listening again in ${(delay / 1000).toFixed(1)}s`);
+      },
+    })
+      .then(() => hub.refreshDatabase())
+      .catch((error: Error) => {
+        if (!signal.aborted) log.error(`cannot listen for loads: ${error.message}`);
+      })
+      .finally(() => (subscribing = false));
+  };
+  const listener = connect(config.database, log, {
+    max: 1,
+    keepOpen: true,
+    onnotify: (channel) => {
+      if (channel === LOADED_CHANNEL) void hub.refreshDatabase();
+    },
+    onclose: () => {
+      if (signal.aborted) return;
+      hub.postgresDown("the connection to PostgreSQL closed");
+      subscribe();
+    },
+  });
+  subscribe();
+  return { close: () => listener.end({ timeout: 1 }) };
+}
+
+async function main(): Promise<void> {
+  const flags = parseCli(command);
+  if (!flags) return;
+  const config = readConfig();
+  const log = createLogger("dashboard", config.logLevel);
+  const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
+  const sql = connect(config.database, log, { max: 2 });
+  const hub = createHub(config, sql, log);
+  const shutdown = createShutdown(log);
+
+  const files: Record<string, { path: string; type: string }> = {
+    "/": { path: join(PAGE_DIR, "index.html"), type: "text/html; charset=utf-8" },
+    "/client.js": { path: join(PAGE_DIR, "client.js"), type: "text/javascript; charset=utf-8" },
+    "/echarts.js": { path: ECHARTS, type: "text/javascript; charset=utf-8" },
+  };
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port,
+    idleTimeout: 0, // server-sent events stay open
+    fetch(request) {
+      const { pathname } = new URL(request.url);
+      if (pathname === "/api/events") return hub.follow();
+      if (pathname === "/api/snapshot") return Response.json(hub.snapshot, { headers: { "cache-control": "no-store" } });
+      const file = files[pathname];
+      if (file) return new Response(Bun.file(file.path), { headers: { "content-type": file.type } });
+      return new Response("not found\n", { status: 404 });
+    },
+  });
+  log.info(`dashboard at http://127.0.0.1:${server.port}/ (Ctrl-C to stop)`);
+
+  const pipelineTimer = setInterval(() => void hub.refreshPipeline(), PIPELINE_EVERY_MS);
+  const pingTimer = setInterval(() => hub.ping(), 15_000);
+  shutdown.onStop("stop the timers", () => {
+    clearInterval(pipelineTimer);
+    clearInterval(pingTimer);
+  });
+  shutdown.onStop("close the pages and the server", () => {
+    hub.close();
+    server.stop(true);
+  });
+  const listening = listenForLoads(config, hub, log, shutdown.signal);
+  shutdown.onStop("close database connections", async () => {
+    await listening.close();
+    await sql.end({ timeout: 5 });
+  });
+
+  try {
+    await hub.refreshPipeline();
+    await shutdown.whenRequested;
+  } finally {
+    await shutdown.run();
+  }
+  log.info(`done: ${hub.snapshot.gathered} snapshots gathered`);
+}
+
+if (import.meta.main) main().catch(fail);

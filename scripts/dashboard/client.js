@@ -1,0 +1,172 @@
+// The dashboard page's script: follows /api/events (server-sent events; the browser reconnects by itself) and
+// draws each snapshot: KPIs (exact value in data-value, rounded text for people), four ECharts charts, the
+// pipeline's health, how fresh the numbers are, and a clear banner when Kafka, PostgreSQL or the dashboard
+// server itself cannot be reached. No page reload, ever.
+
+/* global echarts */
+"use strict";
+
+const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 0 });
+const whole = new Intl.NumberFormat("en-US");
+const percent = new Intl.NumberFormat("en-US", { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
+
+const KPI_TEXT = {
+  orders: (v) => whole.format(Number(v)),
+  lines: (v) => whole.format(Number(v)),
+  sales: (v) => money.format(Number(v)),
+  profit: (v) => money.format(Number(v)),
+  margin: (v) => (v === null ? "–" : percent.format(Number(v))),
+  aov: (v) => (v === null ? "–" : money.format(Number(v))),
+};
+
+const charts = {};
+function chart(name) {
+  charts[name] ??= echarts.init(document.querySelector(`[data-chart="${name}"]`), null, { renderer: "canvas" });
+  return charts[name];
+}
+window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.resize()));
+
+const num = (v) => Number(v);
+
+function drawCharts(business) {
+  chart("monthly").setOption({
+    tooltip: { trigger: "axis" },
+    legend: { top: 0, data: ["Sales", "Profit"] },
+    grid: { left: 60, right: 20, top: 36, bottom: 30 },
+    xAxis: { type: "category", data: business.monthly.map((m) => m.month) },
+    yAxis: { type: "value" },
+    series: [
+      { name: "Sales", type: "line", showSymbol: false, data: business.monthly.map((m) => num(m.sales)) },
+      { name: "Profit", type: "line", showSymbol: false, data: business.monthly.map((m) => num(m.profit)) },
+    ],
+  });
+  const products = [...business.products].reverse();
+  chart("products").setOption({
+    tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
+    grid: { left: 220, right: 20, top: 10, bottom: 30 },
+    xAxis: { type: "value" },
+    yAxis: { type: "category", data: products.map((p) => (p.product.length > 34 ? `${p.product.slice(0, 33)}…` : p.product)) },
+    series: [{ name: "Sales", type: "bar", data: products.map((p) => num(p.sales)) }],
+  });
+  chart("segments").setOption({
+    tooltip: { trigger: "item" },
+    legend: { top: 0 },
+    series: [
+      {
+        name: "Sales",
+        type: "pie",
+        top: 30,
+        radius: ["35%", "70%"],
+        label: { position: "inside", formatter: "{d}%", color: "#fff" },
+        data: business.segments.map((s) => ({ name: s.segment ?? "(none)", value: num(s.sales) })),
+      },
+    ],
+  });
+  chart("regions").setOption({
+    tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
+    legend: { top: 0, data: ["Sales", "Profit"] },
+    grid: { left: 60, right: 10, top: 36, bottom: 30 },
+    xAxis: { type: "category", data: business.regions.map((r) => r.region ?? "(none)") },
+    yAxis: { type: "value" },
+    series: [
+      { name: "Sales", type: "bar", data: business.regions.map((r) => num(r.sales)) },
+      { name: "Profit", type: "bar", data: business.regions.map((r) => num(r.profit)) },
+    ],
+  });
+}
+
+function setKpis(kpis) {
+  for (const [name, format] of Object.entries(KPI_TEXT)) {
+    const element = document.querySelector(`[data-kpi="${name}"]`);
+    const value = kpis[name];
+    element.dataset.value = value === null ? "" : value;
+    element.textContent = format(value);
+  }
+}
+
+function setHealth(name, text, value) {
+  const element = document.querySelector(`[data-health="${name}"]`);
+  element.textContent = text;
+  if (value !== undefined) element.dataset.value = value === null ? "" : String(value);
+  return element;
+}
+
+function drawHealth(health) {
+  const kafka = health.kafka;
+  setHealth("kafka", kafka ? (kafka.ok ? `up (${kafka.topic})` : "unreachable") : "–").dataset.state = kafka ? (kafka.ok ? "up" : "down") : "";
+  setHealth("messages", kafka?.ok ? whole.format(kafka.messages) : "–", kafka?.ok ? kafka.messages : null);
+  setHealth("lag", kafka?.ok ? whole.format(kafka.lag) : "–", kafka?.ok ? kafka.lag : null);
+  const pg = health.postgres;
+  setHealth("postgres", pg.ok ? `up (${pg.where})` : "unreachable").dataset.state = pg.ok ? "up" : "down";
+  setHealth("rows", pg.ok ? whole.format(pg.rowsLoaded) : "–", pg.ok ? pg.rowsLoaded : null);
+  setHealth("loaded", pg.ok ? whole.format(pg.filesLoaded) : "–", pg.ok ? pg.filesLoaded : null);
+  setHealth("rejected", pg.ok ? whole.format(pg.rejectedOpen) : "–", pg.ok ? pg.rejectedOpen : null);
+  setHealth("last-load", pg.ok && pg.lastLoadAt ? new Date(pg.lastLoadAt).toLocaleTimeString() : "never", pg.ok ? pg.lastLoadAt : null);
+  const files = health.files;
+  setHealth("pending", files ? whole.format(files.pending) : "–", files ? files.pending : null);
+  setHealth("failed", files ? whole.format(files.failed) : "–", files ? files.failed : null);
+}
+
+let connected = false;
+function drawBanners(snapshot) {
+  const banners = [];
+  if (!connected) banners.push(["error", "server", "The dashboard server does not answer; the page reconnects by itself."]);
+  if (snapshot && !snapshot.health.postgres.ok) {
+    banners.push([
+      "error",
+      "postgres",
+      `PostgreSQL at ${snapshot.health.postgres.where} is unreachable (${snapshot.health.postgres.error}). ` +
+        (snapshot.business ? "The numbers below are the last ones read." : "No numbers yet."),
+    ]);
+  }
+  if (snapshot?.health.kafka && !snapshot.health.kafka.ok) banners.push(["warn", "kafka", `${snapshot.health.kafka.error}.`]);
+  const box = document.getElementById("banners");
+  box.replaceChildren(
+    ...banners.map(([level, state, text]) => {
+      const div = document.createElement("div");
+      div.className = "banner";
+      div.dataset.level = level;
+      div.dataset.state = state;
+      div.setAttribute("role", "alert");
+      div.textContent = text;
+      return div;
+    }),
+  );
+}
+
+let latest = null;
+function drawFreshness() {
+  const element = document.getElementById("freshness");
+  if (!latest?.at) return;
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(latest.at)) / 1000));
+  element.dataset.at = latest.at;
+  element.dataset.gathered = String(latest.gathered);
+  element.textContent = `numbers as of ${new Date(latest.at).toLocaleTimeString()} (${seconds} s ago)`;
+}
+setInterval(drawFreshness, 1000);
+
+function draw(snapshot) {
+  latest = snapshot;
+  if (snapshot.business) {
+    setKpis(snapshot.business.kpis);
+    drawCharts(snapshot.business);
+  }
+  drawHealth(snapshot.health);
+  drawBanners(snapshot);
+  drawFreshness();
+  document.body.dataset.gathered = String(snapshot.gathered);
+}
+
+const events = new EventSource("/api/events");
+events.onopen = () => {
+  connected = true;
+  drawBanners(latest);
+};
+events.onerror = () => {
+  connected = false;
+  drawBanners(latest);
+};
+events.onmessage = (event) => {
+  connected = true;
+  draw(JSON.parse(event.data));
+};

@@ -1,0 +1,113 @@
+// Export: every BI view as a UTF-8 CSV file, for Tableau Public (which reads files, not databases) and for
+// Tableau Desktop without a database, plus the ready workbook over those files.
+//
+//   v_sales, v_monthly_sales, ... (PostgreSQL)  ->  data/exports/<view>.csv + superstore_sales.twb    make export
+//
+// All files come from one snapshot: one read-only, repeatable-read transaction, so their totals agree even while
+// the loader keeps committing. Each file is written to a temporary name and renamed when complete. The workbook
+// is sql/tableau/superstore_sales.twb with its text-file folder pointed at the export folder.
+//
+// Env: DATABASE_URL (or PG*), LOG_LEVEL. Flags: --dir, --help.
+
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { fail, parseCli } from "./lib/cli.ts";
+import { readConfig } from "./lib/config.ts";
+import { writeCsv } from "./lib/csv.ts";
+import { connect, describeDatabase, type TransactionSql } from "./lib/db.ts";
+import { createLogger, formatDuration } from "./lib/log.ts";
+
+const command = {
+  script: "scripts/export.ts",
+  summary: "Write every BI view as UTF-8 CSV from one consistent snapshot, with a Tableau workbook over the files.",
+  flags: {
+    dir: { type: "string", short: "d", arg: "DIR", help: "output folder (default data/exports)" },
+  },
+  env: ["DATABASE_URL", "LOG_LEVEL"],
+  notes: "Run by: make export. Open data/exports/superstore_sales.twb in Tableau Public or Desktop.",
+} as const;
+
+/** The views and the order their rows are written in. */
+export const EXPORTS: readonly { readonly view: string; readonly orderBy: string }[] = [
+  { view: "v_sales", orderBy: "line_id" },
+  { view: "v_monthly_sales", orderBy: "month" },
+  { view: "v_product_performance", orderBy: "sales_rank, product_id" },
+  { view: "v_customer_segments", orderBy: "segment" },
+  { view: "v_region_sales", orderBy: "region, state" },
+];
+
+export const WORKBOOK = "sql/tableau/superstore_sales.twb";
+/** Where the committed workbook expects the exports, relative to itself. */
+const WORKBOOK_DIRECTORY = "../../data/exports";
+
+/** Rows read from the database per round trip while a view is written. */
+const CURSOR_ROWS = 2000;
+
+/**
+ * Streams one view to `dir/<view>.csv` through a temporary file, in rounds of CURSOR_ROWS rows (memory stays
+ * flat whatever the size); returns the rows written. Every value is read as PostgreSQL's own text (exact
+ * numerics, ISO dates), and written with the project's CSV writer (UTF-8, RFC 4180 quoting, NULL as empty).
+ */
+async function exportView(tx: TransactionSql, dir: string, view: string, orderBy: string): Promise<number> {
+  const columns = (
+    await tx<{ column_name: string }[]>`
+      select column_name from information_schema.columns
+      where table_schema = 'public' and table_name = ${view} order by ordinal_position
+    `
+  ).map((c) => c.column_name);
+  const path = join(dir, `${view}.csv`);
+  const tmp = join(dir, `.${view}.csv.tmp`);
+  const out = Bun.file(tmp).writer();
+  let rows = 0;
+  out.write(writeCsv([], columns));
+  // Identifiers from the fixed list above and the catalog; a cursor keeps one round of rows in memory.
+  // Ordered by the view's own columns (v.x), not by the text they are read as.
+  const order = orderBy.split(",").map((c) => `v.${c.trim()}`).join(", ");
+  const select = `select ${columns.map((c) => `v."${c}"::text as "${c}"`).join(", ")} from ${view} v order by ${order}`;
+  for await (const chunk of tx.unsafe(select).cursor(CURSOR_ROWS)) {
+    out.write(writeCsv(chunk as Record<string, string | null>[], columns, false));
+    rows += chunk.length;
+  }
+  await out.end();
+  await rename(tmp, path);
+  return rows;
+}
+
+/** The workbook with its text-file folder pointed at `dir` (an absolute path). */
+export async function workbookFor(dir: string): Promise<string> {
+  const text = await readFile(WORKBOOK, "utf8");
+  if (!text.includes(`'${WORKBOOK_DIRECTORY}'`) && !text.includes(`"${WORKBOOK_DIRECTORY}"`)) {
+    throw new Error(`${WORKBOOK} does not name ${WORKBOOK_DIRECTORY} as its folder`);
+  }
+  const escaped = dir.replaceAll("&", "&amp;").replaceAll("'", "&apos;").replaceAll('"', "&quot;").replaceAll("<", "&lt;");
+  return text.replaceAll(WORKBOOK_DIRECTORY, escaped);
+}
+
+async function main(): Promise<void> {
+  const flags = parseCli(command);
+  if (!flags) return;
+  const config = readConfig();
+  const log = createLogger("export", config.logLevel);
+  const dir = resolve(flags.dir ?? "data/exports");
+  const started = performance.now();
+  await mkdir(dir, { recursive: true });
+  const sql = connect(config.database, log, { max: 1 });
+  try {
+    // One snapshot for every file: the totals of all exports agree, whatever the loader commits meanwhile.
+    const counts = await sql.begin("isolation level repeatable read read only", async (tx) => {
+      const out: Record<string, number> = {};
+      for (const { view, orderBy } of EXPORTS) out[view] = await exportView(tx, dir, view, orderBy);
+      return out;
+    });
+    await writeFile(join(dir, "superstore_sales.twb"), await workbookFor(dir));
+    log.info(
+      `done: ${Object.entries(counts)
+        .map(([view, n]) => `${view}=${n}`)
+        .join(" ")} from ${describeDatabase(config.database)} into ${dir}/ in ${formatDuration(performance.now() - started)}`,
+    );
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+if (import.meta.main) main().catch(fail);

@@ -1,0 +1,93 @@
+// The pipeline's health, gathered the same way for `make status` and the live dashboard: what Kafka holds
+// and how far the consumer group is behind, which batch files wait or were set aside, and what PostgreSQL has
+// loaded (from the view v_pipeline_health). A part that cannot be reached says so instead of failing the rest.
+
+import { readdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "./config.ts";
+import type { Sql, TransactionSql } from "./db.ts";
+import { consumerLag, createKafka } from "./kafka.ts";
+import { createLogger } from "./log.ts";
+
+export type Part<T> = ({ readonly ok: true } & T) | { readonly ok: false; readonly error: string };
+
+export interface KafkaHealth {
+  readonly topic: string;
+  readonly group: string;
+  readonly messages: number;
+  readonly partitions: number;
+  readonly lag: number;
+}
+
+export interface DatabaseHealth {
+  readonly rowsLoaded: number;
+  readonly filesLoaded: number;
+  readonly rejectedOpen: number;
+  readonly rowsWithWarnings: number;
+  /** ISO time of the last committed batch file, or null */
+  readonly lastLoadAt: string | null;
+}
+
+export interface FilesHealth {
+  readonly dir: string;
+  readonly total: number;
+  /** batch files the ledger does not hold yet */
+  readonly pending: number;
+  /** files set aside in failed/ */
+  readonly failed: number;
+}
+
+const message = (error: unknown) => (error as Error).message;
+
+/** Messages in the topic and the group's lag; a quick probe that fails fast when the broker is away. */
+export async function kafkaHealth(config: Config): Promise<Part<KafkaHealth>> {
+  const admin = createKafka(config, createLogger("health", "silent"), { probe: true }).admin();
+  const topic = config.kafkaTopic;
+  const group = config.kafkaGroupId;
+  try {
+    await admin.connect();
+    if (!(await admin.listTopics()).includes(topic)) return { ok: true, topic, group, messages: 0, partitions: 0, lag: 0 };
+    const offsets = await admin.fetchTopicOffsets(topic);
+    const messages = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
+    return { ok: true, topic, group, messages, partitions: offsets.length, lag: await consumerLag(admin, group, topic) };
+  } catch (error) {
+    return { ok: false, error: `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${message(error)})` };
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** What PostgreSQL has loaded, from v_pipeline_health (one statement). */
+export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<DatabaseHealth>> {
+  try {
+    const [row] = await sql<{ rows_loaded: string; files_loaded: string; rejected_open: string; rows_with_warnings: string; last_load_at: Date | null }[]>`
+      select rows_loaded, files_loaded, rejected_open, rows_with_warnings, last_load_at from v_pipeline_health
+    `;
+    return {
+      ok: true,
+      rowsLoaded: Number(row!.rows_loaded),
+      filesLoaded: Number(row!.files_loaded),
+      rejectedOpen: Number(row!.rejected_open),
+      rowsWithWarnings: Number(row!.rows_with_warnings),
+      lastLoadAt: row!.last_load_at?.toISOString() ?? null,
+    };
+  } catch (error) {
+    return { ok: false, error: message(error) };
+  }
+}
+
+/** Batch files in `dir`: how many, how many the ledger does not hold yet, how many were set aside. */
+export async function filesHealth(dir: string, loaded: ReadonlySet<string>): Promise<FilesHealth> {
+  const names = (await readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith(".csv") && !f.startsWith("."));
+  const failed = (await readdir(join(dir, "failed")).catch(() => [] as string[])).filter((f) => f.endsWith(".csv")).length;
+  return { dir, total: names.length, pending: names.filter((f) => !loaded.has(f)).length, failed };
+}
+
+/** Names in the ledger loaded after `since` (all when undefined), to keep a set of loaded names up to date. */
+export async function loadedSince(sql: Sql | TransactionSql, since: Date | undefined): Promise<{ names: string[]; latest: Date | undefined }> {
+  const rows = since
+    ? await sql<{ file_name: string; loaded_at: Date }[]>`select file_name, loaded_at from loaded_files where loaded_at >= ${since}`
+    : await sql<{ file_name: string; loaded_at: Date }[]>`select file_name, loaded_at from loaded_files`;
+  const latest = rows.reduce<Date | undefined>((max, r) => (!max || r.loaded_at > max ? r.loaded_at : max), since);
+  return { names: rows.map((r) => r.file_name), latest };
+}
