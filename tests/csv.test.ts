@@ -2,7 +2,9 @@
 
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, readCsv, writeCsv } from "../scripts/lib/csv.ts";
+import { parse } from "csv-parse/sync";
+import { stringify } from "csv-stringify/sync";
+import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, readCsv, splitSimple, writeCsv } from "../scripts/lib/csv.ts";
 import { scratchFiles } from "./helpers.ts";
 
 const scratch = scratchFiles("csv-test-");
@@ -409,5 +411,61 @@ describe("writeCsv and parseCsv", () => {
 
   test("refuses a header that repeats a column name", () => {
     expect(() => parseCsv("a,b,a\n1,2,3\n", "b.csv")).toThrow("b.csv: the header repeats a column name");
+  });
+});
+
+describe("splitSimple", () => {
+  /** A deterministic pseudo-random sequence, so a failure names a case that can be run again. */
+  function random(seed: number): () => number {
+    return () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  }
+  const csvParse = (text: string): string[] | string => {
+    try {
+      const records = parse(text, { relax_column_count: true, record_delimiter: "\n" }) as string[][];
+      return records.length === 1 ? records[0]! : `records: ${records.length}`;
+    } catch (error) {
+      return (error as Error).message;
+    }
+  };
+
+  test("agrees with csv-parse on every line it accepts, and declines the lines csv-parse refuses", () => {
+    const next = random(42);
+    const alphabet = ["a", "b", ",", '"', " ", "\r", "é", "字", "\t", ";"];
+    let accepted = 0;
+    for (let n = 0; n < 20_000; n++) {
+      const length = 1 + Math.floor(next() * 24);
+      let text = "";
+      for (let i = 0; i < length; i++) text += alphabet[Math.floor(next() * alphabet.length)];
+      const ours = splitSimple(text);
+      const theirs = csvParse(text);
+      if (ours !== undefined) {
+        accepted++;
+        expect({ text, fields: ours }).toEqual({ text, fields: theirs as string[] });
+      } else if (Array.isArray(theirs)) {
+        // declined: allowed, csv-parse decides; but only for text that is not plain RFC 4180
+        expect(text).toContain('"');
+      }
+    }
+    expect(accepted).toBeGreaterThan(2_000);
+  });
+
+  test("reads back every line csv-stringify writes from random fields", () => {
+    const next = random(7);
+    const alphabet = ["x", ",", '"', " ", "é", "", "1.5"];
+    for (let n = 0; n < 5_000; n++) {
+      const fields = Array.from({ length: 1 + Math.floor(next() * 8) }, () =>
+        Array.from({ length: Math.floor(next() * 5) }, () => alphabet[Math.floor(next() * alphabet.length)]).join(""),
+      );
+      const line = stringify([fields], { record_delimiter: "\n" }).replace(/\n$/, "");
+      expect(splitSimple(line)).toEqual(fields);
+    }
+  });
+
+  test("declines what is not plain CSV", () => {
+    expect(splitSimple('a"b,c')).toBeUndefined();
+    expect(splitSimple('"a"b,c')).toBeUndefined();
+    expect(splitSimple('"a,b')).toBeUndefined();
+    expect(splitSimple(' "a",b')).toBeUndefined();
+    expect(splitSimple('"a""b",,"",c,')).toEqual(['a"b', "", "", "c", ""]);
   });
 });

@@ -1,8 +1,13 @@
 // Unit tests for the pure parts of scripts/lib/kafka.ts: telling an unreachable broker from a wrong request,
-// and waiting for the broker to come back.
+// waiting for the broker to come back, and the partitioner and grouping that replace kafkajs' slow ones.
 
 import { describe, expect, test } from "bun:test";
-import { isKafkaUnavailable, whileKafkaUnavailable } from "../scripts/lib/kafka.ts";
+import { createRequire } from "node:module";
+import type { Message, PartitionMetadata } from "kafkajs";
+import { readConfig } from "../scripts/lib/config.ts";
+import { createKafka, ensureTopic, isKafkaUnavailable, keyPartitioner, murmur2, whileKafkaUnavailable } from "../scripts/lib/kafka.ts";
+import { grouping, groupMessagesPerPartition, loadKafkajs } from "../scripts/lib/kafkajs_fixes.ts";
+import { BROKERS, uniqueName } from "./helpers.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 
 function kafkaError(name: string, extra: Record<string, unknown> = {}): Error {
@@ -63,5 +68,82 @@ describe("whileKafkaUnavailable", () => {
     controller.abort("stop");
     const failing = whileKafkaUnavailable("sending", async () => Promise.reject(kafkaError("KafkaJSConnectionError")), log, controller.signal);
     await expect(failing).rejects.toThrow("KafkaJSConnectionError happened");
+  });
+});
+
+const require = createRequire(import.meta.url);
+const kafkajsMurmur2 = require("kafkajs/src/producer/partitioners/default/murmur2.js") as (key: Buffer | string) => number;
+const kafkajsDefault = (loadKafkajs().Partitioners.DefaultPartitioner as () => typeof partition)();
+const partitions = (n: number): PartitionMetadata[] =>
+  Array.from({ length: n }, (_, i) => ({ partitionId: i, leader: 1, partitionErrorCode: 0, replicas: [1], isr: [1] }));
+const partition = keyPartitioner();
+
+/** Keys of every length 0..40 and every byte value, plus the producer's own shape and non-ASCII text. */
+function sampleKeys(): string[] {
+  const keys = ["", "a", "ab", "abc", "Sample-Superstore.csv:1", "data/sub/é ü 字:9994", "x".repeat(1000)];
+  for (let length = 0; length <= 40; length++) keys.push(Array.from({ length }, (_, i) => String.fromCharCode(32 + ((i * 37 + length) % 95))).join(""));
+  for (let byte = 0; byte < 256; byte++) keys.push(`k${String.fromCharCode(byte)}${byte}`);
+  return keys;
+}
+
+describe("murmur2", () => {
+  test("equals kafkajs' (the Java client's) hash on every sample key", () => {
+    for (const key of sampleKeys()) expect(murmur2(Buffer.from(key))).toBe(kafkajsMurmur2(key));
+  });
+});
+
+describe("keyPartitioner", () => {
+  test("chooses the partition kafkajs' DefaultPartitioner chooses, for string and Buffer keys", () => {
+    for (const n of [1, 3, 7, 64]) {
+      for (const key of sampleKeys()) {
+        const expected = kafkajsDefault({ topic: "t", partitionMetadata: partitions(n), message: { key, value: "v" } });
+        expect(partition({ topic: "t", partitionMetadata: partitions(n), message: { key, value: "v" } })).toBe(expected);
+        expect(partition({ topic: "t", partitionMetadata: partitions(n), message: { key: Buffer.from(key), value: "v" } })).toBe(expected);
+      }
+    }
+  });
+
+  test("refuses a message without a key instead of guessing", () => {
+    expect(() => partition({ topic: "t", partitionMetadata: partitions(3), message: { value: "v" } })).toThrow("without a key");
+  });
+});
+
+describe("groupMessagesPerPartition", () => {
+  test("groups like kafkajs' own, keeping each partition's send order", () => {
+    const original = require("kafkajs/src/producer/groupMessagesPerPartition.js") as typeof groupMessagesPerPartition;
+    expect(original).toBe(groupMessagesPerPartition); // kafkajs loads ours
+    const messages: Message[] = Array.from({ length: 500 }, (_, i) => ({ key: `s.csv:${i}`, value: String(i) }));
+    const grouped = groupMessagesPerPartition({ topic: "t", partitionMetadata: partitions(4), messages, partitioner: partition });
+    const expected: Record<number, Message[]> = {};
+    for (const message of messages) (expected[partition({ topic: "t", partitionMetadata: partitions(4), message })] ??= []).push(message);
+    expect(grouped).toEqual(expected);
+    expect(Object.values(grouped).flat()).toHaveLength(500);
+    expect(groupMessagesPerPartition({ topic: "t", partitionMetadata: [], messages, partitioner: partition })).toEqual({});
+  });
+});
+
+describe("a real send through the fixes", () => {
+  test("kafkajs groups with ours and every message lands in the partition the DefaultPartitioner would choose", async () => {
+    const topic = uniqueName("kafka-fixes");
+    const kafka = createKafka(readConfig({ KAFKA_BROKERS: BROKERS }), createLogger("test", "error"));
+    const admin = kafka.admin();
+    const producer = kafka.producer({ createPartitioner: keyPartitioner, idempotent: true, maxInFlightRequests: 1 });
+    await admin.connect();
+    await producer.connect();
+    try {
+      await ensureTopic(admin, topic, 3);
+      const messages: Message[] = Array.from({ length: 300 }, (_, i) => ({ key: `s.csv:${i}`, value: String(i) }));
+      const before = grouping.calls;
+      await producer.send({ topic, acks: -1, messages });
+      expect(grouping.calls).toBeGreaterThan(before);
+      const expected = [0, 0, 0];
+      for (const message of messages) expected[kafkajsDefault({ topic, partitionMetadata: partitions(3), message })]!++;
+      const offsets = await admin.fetchTopicOffsets(topic);
+      expect(offsets.map((p) => [p.partition, Number(p.high)]).sort()).toEqual(expected.map((n, i) => [i, n]));
+    } finally {
+      await producer.disconnect();
+      await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+      await admin.disconnect();
+    }
   });
 });

@@ -62,6 +62,46 @@ export function parseRecord(text: string, expectedFields?: number): string[] | s
   return fields;
 }
 
+/**
+ * Splits one line of plain RFC 4180 CSV (fields either unquoted without quotes, or quoted with "" for a quote)
+ * the way csv-parse does, several times faster. Anything else (a quote inside an unquoted field, text after a
+ * closing quote, a quote never closed) returns undefined and is left to csv-parse, which decides.
+ */
+export function splitSimple(text: string): string[] | undefined {
+  const fields: string[] = [];
+  const n = text.length;
+  let i = 0;
+  for (;;) {
+    if (text.charCodeAt(i) === 34) {
+      let value = "";
+      let from = i + 1;
+      for (;;) {
+        const quote = text.indexOf('"', from);
+        if (quote === -1) return undefined;
+        if (text.charCodeAt(quote + 1) === 34) {
+          value += text.slice(from, quote + 1);
+          from = quote + 2;
+          continue;
+        }
+        value += text.slice(from, quote);
+        i = quote + 1;
+        break;
+      }
+      fields.push(value);
+      if (i === n) return fields;
+      if (text.charCodeAt(i) !== 44) return undefined;
+      i++;
+    } else {
+      const comma = text.indexOf(",", i);
+      const value = comma === -1 ? text.slice(i) : text.slice(i, comma);
+      if (value.includes('"')) return undefined;
+      fields.push(value);
+      if (comma === -1) return fields;
+      i = comma + 1;
+    }
+  }
+}
+
 type Pending = { line: number; lines: number; text: string; fields?: string[] | string };
 
 /**
@@ -145,8 +185,12 @@ class RecordSplitter {
 
 const CHUNK_RECORDS = 256;
 
-/** Parses pending one-line records together; falls back to one by one when the chunk does not parse. */
+/**
+ * Parses pending one-line records: plain ones by splitSimple, the rest together by csv-parse, one by one when
+ * that chunk does not parse.
+ */
 function settle(pending: Pending[], expectedFields: number | undefined): CsvRecord[] {
+  for (const p of pending) if (p.fields === undefined) p.fields = splitSimple(p.text);
   const unparsed = pending.filter((p) => p.fields === undefined);
   if (unparsed.length > 0) {
     let parsed: string[][] | undefined;
