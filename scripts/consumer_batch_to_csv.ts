@@ -4,8 +4,9 @@
 //   Kafka topic sales_topic  ->  batches/sales_topic_p0_000000000000-000000000099_<hash>.csv    make consume
 //
 // At-least-once: a batch file is written to a temporary name, flushed to disk and renamed, and only then are
-// its offsets committed. A crash before the commit means the records are read again and written again
-// (same records, same file name); a crash never loses a record. The loader skips rows it already has.
+// its offsets committed (together with the other files of the same fetch, after one fsync of the folder). A
+// crash before the commit means the records are read again and written again (same records, same file
+// names); a crash never loses a record. The loader skips rows it already has.
 // A batch file that cannot be written (disk full, no permission, a path in the way) stops the consumer with
 // the reason and exit code 1, and no offset past it is committed.
 //
@@ -17,11 +18,12 @@
 // BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group, --batch-size, --dir, --quiet, --until-idle,
 // --from-beginning, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
-// with SIGKILL at that point of its first batch file, as a power cut would (tests/faults.test.ts).
+// with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
+// cut would (tests/faults.test.ts).
 
 import { mkdir } from "node:fs/promises";
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
-import { batchFileName, writeFileDurably } from "./lib/batch.ts";
+import { batchFileName, syncFolder, writeFileDurably } from "./lib/batch.ts";
 import { Batcher, batchColumns, messageToRow, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
@@ -80,44 +82,69 @@ async function prepareTopic(kafka: Kafka, config: Config, topic: string, groupId
   }
 }
 
-/** Writes batch files and commits their offsets, in that order; counts what it wrote. */
+/** Offsets are committed once per fetched batch of messages, or after this many files, whichever comes first. */
+export const COMMIT_EVERY_FILES = 100;
+
+/**
+ * Writes batch files and commits their offsets, in that order; counts what it wrote. Files are written one by
+ * one (each complete on disk before its name appears); their offsets are committed together by commit(),
+ * after one fsync of the folder makes every rename durable.
+ */
 function createBatchWriter(consumer: Consumer, topic: string, dir: string, crashAt: string | undefined, log: Logger) {
   const crash = (point: (typeof CRASH_POINTS)[number]) => {
     if (crashAt === point) process.kill(process.pid, "SIGKILL");
   };
   const counts = { files: 0, rows: 0 };
+  /** partition -> the next offset to read once the files written so far are committed */
+  const uncommitted = new Map<number, bigint>();
+  let files: string[] = [];
+  const commit = async () => {
+    if (files.length === 0) return;
+    const offsets = [...uncommitted].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
+    const names = files;
+    uncommitted.clear();
+    files = [];
+    try {
+      await syncFolder(dir);
+    } catch (error) {
+      throw new BatchWriteError(`cannot sync ${dir}/ (${(error as Error).message}); the offsets of ${names.length} files stay uncommitted and will be read again by the next run`);
+    }
+    crash("before-commit");
+    // THE COMMIT POINT. The files are complete on disk (fsync, rename, fsync of the folder) before Kafka hears
+    // that these offsets are done. In the other order, a crash between the two would leave offsets committed
+    // for records that are in no file: lost for good. In this order a crash leaves files whose offsets are not
+    // committed: the records are read and written again under the same names, and the loader's ledger and row
+    // identity make that harmless. commitOffsets takes the next offset to read, hence last + 1.
+    try {
+      await consumer.commitOffsets(offsets);
+    } catch (error) {
+      // A rebalance took the partition away: the new owner reads these records again from the last commit.
+      log.warn(
+        `${names.length} files written (${names[0]}${names.length > 1 ? " ..." : ""}) but their offsets were not committed ` +
+          `(${(error as Error).message}); the records will be read again and the loader will skip the repeats`,
+      );
+    }
+  };
   const write = async (batch: Batch) => {
     const content = writeCsv(batch.rows, batchColumns(batch.rows));
     const name = batchFileName(topic, batch.partition, batch.first, batch.last, content);
     crash("before-write");
     try {
-      await writeFileDurably(dir, name, content, () => crash("before-rename"));
+      await writeFileDurably(dir, name, content, { beforeRename: () => crash("before-rename"), syncFolder: false });
     } catch (error) {
       throw new BatchWriteError(
         `cannot write ${dir}/${name} (${(error as Error).message}); offsets ${batch.first}-${batch.last} of partition ` +
           `${batch.partition} stay uncommitted and will be read again by the next run`,
       );
     }
-    crash("before-commit");
     counts.files++;
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
-    // THE COMMIT POINT. The file is complete on disk (fsync + rename) before Kafka hears that these offsets
-    // are done. In the other order, a crash between the two would leave offsets committed for records that
-    // are in no file: lost for good. In this order a crash leaves a file whose offsets are not committed:
-    // the records are read and written again, and the loader's ledger and row identity make that harmless.
-    // commitOffsets takes the next offset to read, hence last + 1.
-    try {
-      await consumer.commitOffsets([{ topic, partition: batch.partition, offset: (batch.last + 1n).toString() }]);
-    } catch (error) {
-      // A rebalance took the partition away: the new owner reads these records again from the last commit.
-      log.warn(
-        `${name} written but its offsets were not committed (${(error as Error).message}); ` +
-          "the records will be read again and the loader will skip the repeats",
-      );
-    }
+    uncommitted.set(batch.partition, batch.last + 1n);
+    files.push(name);
+    if (files.length >= COMMIT_EVERY_FILES) await commit();
   };
-  return { write, counts };
+  return { write, commit, counts };
 }
 
 /** Runs async sections one at a time (eachBatch, the quiet-period timer and shutdown share the batcher). */
@@ -199,6 +226,7 @@ function createBatchingRun(o: RunOptions) {
     shutdown.request(error.message);
   };
   const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
+  const commit = () => writer.commit().catch((error: Error) => stopWith(error));
 
   const eachBatch = async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
     locked(async () => {
@@ -216,6 +244,7 @@ function createBatchingRun(o: RunOptions) {
         if (full) await write(full);
         if (activity.received % 200 === 0) await heartbeat();
       }
+      if (!failure) await commit();
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
       progress.update(activity.received);
     });
@@ -239,14 +268,25 @@ function createBatchingRun(o: RunOptions) {
 
   const timer = setInterval(() => {
     const now = performance.now();
-    if (!shutdown.requested) void locked(async () => void (await Promise.all(batcher.due(now).map(write))));
+    if (!shutdown.requested) {
+      void locked(async () => {
+        for (const batch of batcher.due(now)) if (!failure) await write(batch);
+        if (!failure) await commit();
+      });
+    }
     const fetching = now - activity.lastFetch < 3000;
-    if (o.idleMs !== undefined && activity.joined && fetching && batcher.empty && now - activity.last >= o.idleMs) {
+    // Partial batches need not wait for their quiet period: the shutdown below writes them.
+    if (o.idleMs !== undefined && activity.joined && fetching && now - activity.last >= o.idleMs) {
       shutdown.request(`nothing new for ${o.idleMs / 1000}s (--until-idle)`);
     }
   }, 200);
   shutdown.onStop("stop the quiet-period timer", () => clearInterval(timer));
-  shutdown.onStop("write partial batches and commit", () => locked(async () => void (await Promise.all(batcher.drain().map(write)))));
+  shutdown.onStop("write partial batches and commit", () =>
+    locked(async () => {
+      for (const batch of batcher.drain()) if (!failure) await write(batch);
+      if (!failure) await commit();
+    }),
+  );
   shutdown.onStop("disconnect consumer", () => consumer.disconnect());
 
   return {

@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { batchFileName, META_COLUMNS, parseBatchFileName, sha256, writeFileDurably } from "../scripts/lib/batch.ts";
+import { batchFileName, META_COLUMNS, parseBatchFileName, sha256, syncFolder, writeFileDurably } from "../scripts/lib/batch.ts";
 
 const CONTENT = "Row ID,_offset\n1,100\n";
 const HASH = createHash("sha256").update(CONTENT).digest("hex").slice(0, 12);
@@ -129,5 +129,14 @@ describe("writeFileDurably", () => {
 
   test("fails when the folder does not exist", async () => {
     await expect(writeFileDurably(join(dir, "missing"), "a.csv", CONTENT)).rejects.toThrow();
+  });
+
+  test("runs beforeRename while only the temporary file exists; syncFolder false leaves the folder sync to the caller", async () => {
+    let seen: string[] = [];
+    await writeFileDurably(dir, "a.csv", CONTENT, { beforeRename: () => (seen = readdirSync(dir)), syncFolder: false });
+    expect(seen).toEqual([".a.csv.tmp"]);
+    expect(readdirSync(dir)).toEqual(["a.csv"]);
+    await syncFolder(dir);
+    await expect(syncFolder(join(dir, "missing"))).rejects.toThrow();
   });
 });

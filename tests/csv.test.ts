@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
 import { stringify } from "csv-stringify/sync";
-import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, readCsv, splitSimple, writeCsv } from "../scripts/lib/csv.ts";
+import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, parseCsvWithCsvParse, parsePlainCsv, readCsv, splitSimple, writeCsv } from "../scripts/lib/csv.ts";
 import { scratchFiles } from "./helpers.ts";
 
 const scratch = scratchFiles("csv-test-");
@@ -467,5 +467,48 @@ describe("splitSimple", () => {
     expect(splitSimple('"a,b')).toBeUndefined();
     expect(splitSimple(' "a",b')).toBeUndefined();
     expect(splitSimple('"a""b",,"",c,')).toEqual(['a"b', "", "", "c", ""]);
+  });
+});
+
+describe("parseCsv's fast path", () => {
+  function random(seed: number): () => number {
+    return () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  }
+
+  test("reads every batch file writeCsv writes exactly as csv-parse does, line numbers included", () => {
+    const next = random(11);
+    const alphabet = ["x", ",", '"', "\n", " ", "é", "", "12.5", "\r"];
+    let fast = 0;
+    for (let n = 0; n < 2_000; n++) {
+      const columns = Array.from({ length: 1 + Math.floor(next() * 5) }, (_, i) => `c${i}`);
+      const rows = Array.from({ length: Math.floor(next() * 6) }, () =>
+        Object.fromEntries(columns.map((c) => [c, Array.from({ length: Math.floor(next() * 4) }, () => alphabet[Math.floor(next() * alphabet.length)]).join("")])),
+      );
+      const text = writeCsv(rows, columns);
+      const plain = parsePlainCsv(text, "f.csv");
+      if (plain) fast++;
+      else expect(text).toMatch(/\r|\n\n/); // a CR, or an empty line (one empty column)
+      expect(parseCsv(text, "f.csv")).toEqual(parseCsvWithCsvParse(text, "f.csv"));
+    }
+    expect(fast).toBeGreaterThan(500);
+  });
+
+  test("leaves to csv-parse what is not plain, with csv-parse's verdict", () => {
+    for (const text of ["a,b\r\n1,2\r\n", "a,b\n\n1,2\n", "a,b\n1,2,3\n", 'a,b\n1,x"y\n', 'a,b\n"1,2\n']) {
+      expect(parsePlainCsv(text, "f.csv")).toBeUndefined();
+      let slow: unknown;
+      try {
+        slow = parseCsvWithCsvParse(text, "f.csv");
+      } catch (error) {
+        slow = (error as Error).message;
+      }
+      let ours: unknown;
+      try {
+        ours = parseCsv(text, "f.csv");
+      } catch (error) {
+        ours = (error as Error).message;
+      }
+      expect(ours).toEqual(slow);
+    }
   });
 });

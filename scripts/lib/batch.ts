@@ -67,13 +67,15 @@ export function parseBatchFileName(name: string): BatchName | undefined {
 
 /**
  * Writes `content` so that `dir/name` either does not exist or is complete: temporary file, fsync, rename,
- * fsync of the folder (so the rename itself survives a power cut).
+ * and (unless `options.syncFolder` is false) fsync of the folder, so the rename itself survives a power cut.
+ * A caller that writes many files may skip the folder sync per file and call syncFolder once before it
+ * relies on them.
  */
 export async function writeFileDurably(
   dir: string,
   name: string,
   content: string | Uint8Array,
-  beforeRename?: () => void,
+  options: { beforeRename?: () => void; syncFolder?: boolean } = {},
 ): Promise<string> {
   const path = join(dir, name);
   const tmp = join(dir, `.${name}.tmp`);
@@ -88,13 +90,18 @@ export async function writeFileDurably(
     throw error;
   }
   await file.close();
-  beforeRename?.();
+  options.beforeRename?.();
   await rename(tmp, path);
+  if (options.syncFolder !== false) await syncFolder(dir);
+  return path;
+}
+
+/** fsync of a folder: the names created or renamed in it so far survive a power cut. */
+export async function syncFolder(dir: string): Promise<void> {
   const folder = await open(dir, "r");
   try {
     await folder.sync();
   } finally {
     await folder.close();
   }
-  return path;
 }

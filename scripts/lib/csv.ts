@@ -266,32 +266,79 @@ export interface ParsedCsv {
 
 /**
  * Parses a whole (batch) file strictly: every record must have the header's field count. Errors name the
- * file and the line.
+ * file and the line. Files as the consumer writes them (LF line ends, plain RFC 4180 quoting) are split by
+ * splitSimple; anything else (a CR, an empty line, a field count that differs, quoting splitSimple declines)
+ * is read by csv-parse, which accepts every line end and words the errors.
  */
 export function parseCsv(text: string, name: string): ParsedCsv {
+  return parsePlainCsv(text, name) ?? parseCsvWithCsvParse(text, name);
+}
+
+function parsedFrom(records: readonly { fields: string[]; line: number }[], name: string): ParsedCsv {
+  const [header, ...body] = records;
+  if (!header) throw new Error(`${name}: the file is empty (no header line)`);
+  const columns = header.fields;
+  if (new Set(columns).size !== columns.length) throw new Error(`${name}: the header repeats a column name`);
+  return {
+    columns,
+    rows: body.map(({ fields, line }) => {
+      const values: Record<string, string> = {};
+      for (let i = 0; i < columns.length; i++) values[columns[i]!] = fields[i] ?? "";
+      return { line, values };
+    }),
+  };
+}
+
+/** The fast path of parseCsv; undefined when the text is not plain LF-terminated CSV. */
+export function parsePlainCsv(text: string, name: string): ParsedCsv | undefined {
+  if (text.includes("\r")) return undefined;
+  const records: { fields: string[]; line: number }[] = [];
+  let expected = -1;
+  let line = 0;
+  let at = 0;
+  while (at < text.length) {
+    const start = line + 1;
+    // A record ends at the first line end outside quotes: extend it while its quotes are unbalanced.
+    let end = text.indexOf("\n", at);
+    let quotes = 0;
+    let from = at;
+    for (;;) {
+      const stop = end === -1 ? text.length : end;
+      for (let q = text.indexOf('"', from); q !== -1 && q < stop; q = text.indexOf('"', q + 1)) quotes++;
+      line++;
+      if (quotes % 2 === 0 || end === -1) break;
+      from = end + 1;
+      end = text.indexOf("\n", from);
+    }
+    const recordText = text.slice(at, end === -1 ? text.length : end);
+    if (recordText === "") return undefined;
+    const fields = splitSimple(recordText);
+    if (fields === undefined) return undefined;
+    if (expected === -1) expected = fields.length;
+    else if (fields.length !== expected) return undefined;
+    records.push({ fields, line: start });
+    if (end === -1) break;
+    at = end + 1;
+  }
+  return parsedFrom(records, name);
+}
+
+/** parseCsv by csv-parse: every line end, and csv-parse's wording for what it refuses. */
+export function parseCsvWithCsvParse(text: string, name: string): ParsedCsv {
   let records: { record: string[]; info: { lines: number } }[];
   try {
     records = parse(text, { info: true, record_delimiter: ["\r\n", "\n", "\r"] }) as unknown as typeof records;
   } catch (error) {
     throw new Error(`${name}: ${(error as Error).message}`);
   }
-  const [header, ...body] = records;
-  if (!header) throw new Error(`${name}: the file is empty (no header line)`);
-  const columns = header.record;
-  if (new Set(columns).size !== columns.length) throw new Error(`${name}: the header repeats a column name`);
-  return {
-    columns,
-    rows: body.map(({ record, info }) => {
-      const values: Record<string, string> = {};
+  return parsedFrom(
+    records.map(({ record, info }) => {
       // info.lines is the line the record ends on. Newlines inside a record only occur in quoted fields,
       // which keep them: count them back to the line it starts on.
       let inside = 0;
-      for (let i = 0; i < columns.length; i++) {
-        const value = record[i] ?? "";
-        values[columns[i]!] = value;
-        for (let at = value.indexOf("\n"); at !== -1; at = value.indexOf("\n", at + 1)) inside++;
-      }
-      return { line: info.lines - inside, values };
+      for (const value of record) for (let at = value.indexOf("\n"); at !== -1; at = value.indexOf("\n", at + 1)) inside++;
+      return { fields: record, line: info.lines - inside };
     }),
-  };
+    name,
+  );
 }
