@@ -493,6 +493,16 @@ describe("parseCsv's fast path", () => {
     expect(fast).toBeGreaterThan(500);
   });
 
+  test("finds a quoted field with a line end after thousands of lines without quotes", () => {
+    const text = `a,b\n${Array.from({ length: 5_000 }, (_, i) => `${i},x\n`).join("")}"1\n2","y""z"\n3,w\n`;
+    const parsed = parsePlainCsv(text, "f.csv");
+    expect(parsed).toEqual(parseCsvWithCsvParse(text, "f.csv"));
+    expect(parsed?.rows.slice(-2)).toEqual([
+      { line: 5_002, values: { a: "1\n2", b: 'y"z' } },
+      { line: 5_004, values: { a: "3", b: "w" } },
+    ]);
+  });
+
   test("leaves to csv-parse what is not plain, with csv-parse's verdict", () => {
     for (const text of ["a,b\r\n1,2\r\n", "a,b\n\n1,2\n", "a,b\n1,2,3\n", 'a,b\n1,x"y\n', 'a,b\n"1,2\n']) {
       expect(parsePlainCsv(text, "f.csv")).toBeUndefined();

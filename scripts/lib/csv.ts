@@ -296,19 +296,19 @@ export function parsePlainCsv(text: string, name: string): ParsedCsv | undefined
   let expected = -1;
   let line = 0;
   let at = 0;
+  // The next quote at or after the current line: one forward scan over the whole text, however rare quotes are.
+  let quote = text.indexOf('"');
   while (at < text.length) {
     const start = line + 1;
     // A record ends at the first line end outside quotes: extend it while its quotes are unbalanced.
     let end = text.indexOf("\n", at);
     let quotes = 0;
-    let from = at;
     for (;;) {
       const stop = end === -1 ? text.length : end;
-      for (let q = text.indexOf('"', from); q !== -1 && q < stop; q = text.indexOf('"', q + 1)) quotes++;
+      for (; quote !== -1 && quote < stop; quote = text.indexOf('"', quote + 1)) quotes++;
       line++;
       if (quotes % 2 === 0 || end === -1) break;
-      from = end + 1;
-      end = text.indexOf("\n", from);
+      end = text.indexOf("\n", end + 1);
     }
     const recordText = text.slice(at, end === -1 ? text.length : end);
     if (recordText === "") return undefined;
