@@ -26,7 +26,7 @@ import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
 import { readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
-import { createKafka, describeBrokers, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
+import { CompressionTypes, createKafka, describeBrokers, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { findRowIdColumn, headerProblem } from "./lib/record.ts";
 import { sleep } from "./lib/retry.ts";
@@ -151,7 +151,7 @@ function createSender(producer: Producer, topic: string, log: Logger, signal: Ab
   const send = async (messages: Message[]) => {
     await whileKafkaUnavailable(
       `sending ${messages.length} messages`,
-      () => producer.send({ topic, acks: -1, messages, compression: 0 /* CompressionTypes.None */ }),
+      () => producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None }),
       log,
       signal,
     );

@@ -131,7 +131,7 @@ describe("writeFileDurably", () => {
     await expect(writeFileDurably(join(dir, "missing"), "a.csv", CONTENT)).rejects.toThrow();
   });
 
-  test("runs beforeRename while only the temporary file exists; syncFolder false leaves the folder sync to the caller", async () => {
+  test("runs beforeRename while only the temporary file exists; syncFolder refuses a folder that is not there", async () => {
     let seen: string[] = [];
     await writeFileDurably(dir, "a.csv", CONTENT, { beforeRename: () => (seen = readdirSync(dir)), syncFolder: false });
     expect(seen).toEqual([".a.csv.tmp"]);

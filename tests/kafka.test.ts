@@ -109,16 +109,29 @@ describe("keyPartitioner", () => {
 });
 
 describe("groupMessagesPerPartition", () => {
-  test("groups like kafkajs' own, keeping each partition's send order", () => {
-    const original = require("kafkajs/src/producer/groupMessagesPerPartition.js") as typeof groupMessagesPerPartition;
-    expect(original).toBe(groupMessagesPerPartition); // kafkajs loads ours
+  test("groups exactly like kafkajs' own, keeping each partition's send order", () => {
+    const path = require.resolve("kafkajs/src/producer/groupMessagesPerPartition.js");
+    expect(require(path)).toBe(groupMessagesPerPartition); // kafkajs loads ours
+    // kafkajs' original, loaded aside for the comparison and the cache put back.
+    const cached = require.cache[path];
+    delete require.cache[path];
+    const original = require(path) as typeof groupMessagesPerPartition;
+    require.cache[path] = cached;
+    expect(original).not.toBe(groupMessagesPerPartition);
     const messages: Message[] = Array.from({ length: 500 }, (_, i) => ({ key: `s.csv:${i}`, value: String(i) }));
-    const grouped = groupMessagesPerPartition({ topic: "t", partitionMetadata: partitions(4), messages, partitioner: partition });
-    const expected: Record<number, Message[]> = {};
-    for (const message of messages) (expected[partition({ topic: "t", partitionMetadata: partitions(4), message })] ??= []).push(message);
-    expect(grouped).toEqual(expected);
-    expect(Object.values(grouped).flat()).toHaveLength(500);
-    expect(groupMessagesPerPartition({ topic: "t", partitionMetadata: [], messages, partitioner: partition })).toEqual({});
+    for (const metadata of [partitions(4), partitions(1), []]) {
+      const args = { topic: "t", partitionMetadata: metadata, messages, partitioner: partition };
+      expect(groupMessagesPerPartition(args)).toEqual(original(args));
+    }
+    expect(Object.values(groupMessagesPerPartition({ topic: "t", partitionMetadata: partitions(4), messages, partitioner: partition })).flat()).toHaveLength(500);
+  });
+
+  test("a script that loads kafkajs itself, before lib/kafka.ts, stops with the reason", () => {
+    const run = (code: string) => Bun.spawnSync([process.execPath, "-e", code], { cwd: `${import.meta.dir}/..`, stderr: "pipe" });
+    const early = run('await import("kafkajs"); await import("./scripts/lib/kafka.ts")');
+    expect(early.exitCode).not.toBe(0);
+    expect(early.stderr.toString()).toContain("kafkajs was loaded before lib/kafkajs_fixes.ts could patch it");
+    expect(run('await import("./scripts/lib/kafka.ts"); await import("kafkajs")').exitCode).toBe(0);
   });
 });
 

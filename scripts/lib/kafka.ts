@@ -7,7 +7,9 @@ import { loadKafkajs } from "./kafkajs_fixes.ts";
 import type { Logger } from "./log.ts";
 import { GaveUpError, retryWhile } from "./retry.ts";
 
-const { Kafka: KafkaClient, logLevel } = loadKafkajs();
+const { Kafka: KafkaClient, logLevel, CompressionTypes } = loadKafkajs();
+/** For scripts, which must not load kafkajs themselves (it would load before the fixes are in place). */
+export { CompressionTypes };
 
 /** Kafka's murmur2 (the Java client's), on 32-bit integers: the same hash as kafkajs' Long-based one, many times faster. */
 export function murmur2(data: Uint8Array): number {

@@ -59,5 +59,8 @@ export function loadKafkajs(): typeof KafkaJS {
   }
   clampNegativeTimeouts();
   loaded = require("kafkajs") as typeof KafkaJS;
+  if (require(path) !== groupMessagesPerPartition) {
+    throw new Error("kafkajs was loaded before lib/kafkajs_fixes.ts could patch it: import kafkajs values only through lib/kafka.ts");
+  }
   return loaded;
 }
