@@ -5,8 +5,8 @@
 //
 // At-least-once: a batch file is written to a temporary name, flushed to disk and renamed, and only then are
 // its offsets committed (together with the other files of the same fetch, after one fsync of the folder). A
-// crash before the commit means the records are read again and written again (same records, same file
-// names); a crash never loses a record. The loader skips rows it already has.
+// crash before the commit means the records are read again and written again (same records; same file
+// names for full batches); a crash never loses a record. The loader skips rows it already has.
 // A batch file that cannot be written (disk full, no permission, a path in the way) stops the consumer with
 // the reason and exit code 1, and no offset past it is committed.
 //
@@ -113,7 +113,7 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     // THE COMMIT POINT. The files are complete on disk (fsync, rename, fsync of the folder) before Kafka hears
     // that these offsets are done. In the other order, a crash between the two would leave offsets committed
     // for records that are in no file: lost for good. In this order a crash leaves files whose offsets are not
-    // committed: the records are read and written again under the same names, and the loader's ledger and row
+    // committed: the records are read and written again, and the loader's ledger and row
     // identity make that harmless. commitOffsets takes the next offset to read, hence last + 1.
     try {
       await consumer.commitOffsets(offsets);
