@@ -596,6 +596,35 @@ describe("compareDecimal", () => {
     ];
     for (const [a, b, expected] of cases) expect([a, b, compareDecimal(a, b)]).toEqual([a, b, expected]);
   });
+  test("agrees with exact integer arithmetic on random decimals, short ones (compared as doubles) and long ones", () => {
+    const exact = (a: string, b: string) => {
+      const parts = (v: string) => {
+        const negative = v.startsWith("-");
+        const [whole = "", fraction = ""] = v.replace(/^[+-]/, "").split(".");
+        return { negative, whole, fraction };
+      };
+      const x = parts(a);
+      const y = parts(b);
+      const scale = Math.max(x.fraction.length, y.fraction.length);
+      const big = (p: ReturnType<typeof parts>) => BigInt(`${p.negative ? "-" : ""}${p.whole || "0"}${p.fraction.padEnd(scale, "0")}`);
+      const d = big(x) - big(y);
+      return d < 0n ? -1 : d > 0n ? 1 : 0;
+    };
+    const digits = (n: number) => Array.from({ length: n }, () => "0123456789"[Math.floor(Math.random() * 10)]).join("");
+    const decimal = () => {
+      const sign = ["", "-", "+"][Math.floor(Math.random() * 3)]!;
+      const whole = digits(Math.floor(Math.random() * 10));
+      const fraction = Math.random() < 0.7 ? `.${digits(Math.floor(Math.random() * 10))}` : "";
+      return `${sign}${whole || (fraction.length > 1 ? "" : "0")}${fraction}`;
+    };
+    for (let i = 0; i < 20_000; i++) {
+      const a = decimal();
+      // Near neighbours too: the same digits with one changed in the last place.
+      const b = Math.random() < 0.5 ? decimal() : `${a.slice(0, -1)}${digits(1)}`;
+      if (!/\d/.test(b)) continue;
+      expect([a, b, compareDecimal(a, b)]).toEqual([a, b, exact(a, b)]);
+    }
+  });
 });
 
 describe("headerProblem", () => {

@@ -128,6 +128,7 @@ export function parseDecimal(value: string): string | undefined {
 
 /** Why PostgreSQL's numeric cannot hold a decimal from parseDecimal (too many digits), or undefined. */
 export function decimalOutOfRange(value: string): string | undefined {
+  if (value.length <= NUMERIC_MAX_SCALE) return undefined; // too short to break either limit
   const [whole = "", fraction = ""] = value.replace(/^[+-]/, "").split(".");
   const digits = whole.replace(/^0+/, "").length;
   if (digits > NUMERIC_MAX_INTEGER_DIGITS) return `${digits} digits before the point, more than the ${NUMERIC_MAX_INTEGER_DIGITS} PostgreSQL takes`;
@@ -137,6 +138,13 @@ export function decimalOutOfRange(value: string): string | undefined {
 
 /** Compares two decimals from parseDecimal exactly (no floating point): -1, 0 or 1. */
 export function compareDecimal(a: string, b: string): number {
+  // Up to 15 characters means up to 15 significant digits: each such decimal has a double of its own, and
+  // converting keeps the order, so comparing the doubles is exact.
+  if (a.length <= 15 && b.length <= 15) {
+    const x = Number(a);
+    const y = Number(b);
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
   const parse = (v: string) => {
     const negative = v.startsWith("-");
     const [whole = "", fraction = ""] = v.replace(/^[+-]/, "").split(".");
@@ -156,7 +164,7 @@ export function compareDecimal(a: string, b: string): number {
     const fy = y.fraction.padEnd(width, "0");
     magnitude = fx < fy ? -1 : fx > fy ? 1 : 0;
   }
-  return Math.sign(magnitude) * sign(x);
+  return Math.sign(magnitude) * sign(x) || 0; // never -0
 }
 
 /** A whole number within PostgreSQL's integer range (or up to `max`, for bigint columns). */
