@@ -24,7 +24,7 @@ import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase } from "./lib/db.ts";
 import { ORDER_COLUMNS, prepareFile } from "./lib/load/read.ts";
-import { copyRows } from "./lib/load/transaction.ts";
+import { copyChunks } from "./lib/load/transaction.ts";
 import type { Admin } from "kafkajs";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
@@ -219,7 +219,7 @@ async function cleanedRows(dir: string, out: string): Promise<void> {
   const writer = Bun.file(out).writer();
   for (const name of readdirSync(dir).filter((f) => f.endsWith(".csv")).sort()) {
     const file = await prepareFile(dir, name);
-    for (const chunk of copyRows(file.candidates.map((c) => c.row))) writer.write(chunk);
+    for (const chunk of copyChunks(file.candidates)) writer.write(chunk);
   }
   await writer.end();
 }

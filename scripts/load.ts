@@ -291,9 +291,10 @@ async function main(): Promise<void> {
   const where = describeDatabase(config.database);
   const watch = flags.watch === true;
   await mkdir(dir, { recursive: true });
-  // Custom plans: the duplicate check must use the identity index however large orders has grown since the
-  // statement was first planned (a generic plan made while the table was empty scans it whole).
-  const db = openDatabase(config.database, log, { max: 1, parameters: { plan_cache_mode: "force_custom_plan" } });
+  // Statements are not prepared: the duplicate check must use the identity index however large orders has grown
+  // since it was first planned (a generic plan made while the table was empty scans it whole). Not
+  // plan_cache_mode=force_custom_plan: that also re-plans the foreign-key check of every row COPY inserts.
+  const db = openDatabase(config.database, log, { max: 1, prepare: false });
   const shutdown = createShutdown(log);
   shutdown.onStop("close database connections", () => db.end(5));
   const loader = createLoader({ db, dir, where, watch, log, shutdown });

@@ -311,6 +311,36 @@ describe("the duplicate check at any table size", () => {
     const [count] = await sql`select count(*)::int as n from orders where batch_file <> 'big'`;
     expect(count!.n).toBe(2000);
   });
+  test("probes the index for a batch a tenth the size of the table, where a join would read the table whole", async () => {
+    const own = await setUp("probes", tmp.path);
+    try {
+      await own.db.sql`insert into users (customer_id, latest_order_date, latest_source_row_id, latest_source_file) values ('BIG', '2016-01-01', 1, 'big.csv')`;
+      await own.db.sql`insert into products (product_id, latest_order_date, latest_source_row_id, latest_source_file) values ('BIG', '2016-01-01', 1, 'big.csv')`;
+      await own.db.sql`
+        insert into orders (order_id, order_date, customer_id, product_id, sales, quantity, source_file, source_row_id, source_line, batch_file)
+        select 'O-' || i, date '2016-01-01', 'BIG', 'BIG', 1, 1, 'big.csv', i, i + 1, 'big' from generate_series(1, 60000) as i
+      `;
+      // Fresh statistics: the planner knows the batch is a tenth of the table, and a hash join would cost less.
+      await own.db.sql`analyze orders`;
+      const file = join(own.dir, "batch.csv");
+      writeFileSync(file, csv(Array.from({ length: 6000 }, (_, i) => line(i + 1))));
+      await runOk("producer.ts", ["--file", file, "--rate", "max"], own.env);
+      await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", "--batch-size", "6000"], own.env);
+      expect(readdirSync(own.env.BATCHES_DIR!).filter((f) => f.endsWith(".csv"))).toHaveLength(1);
+      const before = await scans(own.db.sql);
+      await runOk("load.ts", [], own.env);
+      // The loader's backend reports its statistics when it ends: 6,000 probes, and not one read of the table.
+      const after = await waitFor("6,000 index probes reported", async () => {
+        const now = await scans(own.db.sql);
+        return now.index >= before.index + 6000 && now;
+      });
+      expect(after.seq).toBe(before.seq);
+      const [count] = await own.db.sql`select count(*)::int as n from orders where batch_file <> 'big'`;
+      expect(count!.n).toBe(6000);
+    } finally {
+      await own.db.drop();
+    }
+  });
 });
 
 /** How often orders has been read whole (seq) and through an index. */

@@ -1,12 +1,12 @@
 // Unit tests for the pure parts of the loader: transform (clean, reject, dedupe; scripts/lib/load/read.ts),
-// latest-row selection and COPY values (scripts/lib/load/transaction.ts), grouping files (scripts/load.ts) and
+// COPY text (read.ts too), latest-row selection (scripts/lib/load/transaction.ts), grouping files (scripts/load.ts) and
 // telling a lost connection from a problem with the data (scripts/lib/db.ts).
 
 import { describe, expect, test } from "bun:test";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
 import { isConnectionError } from "../scripts/lib/db.ts";
-import { BadBatchFileError, ORDER_COLUMNS, type OrderRow, rowHash, transform } from "../scripts/lib/load/read.ts";
-import { copyValue, isLater, latestBy } from "../scripts/lib/load/transaction.ts";
+import { BadBatchFileError, copyLine, copyValue, ORDER_COLUMNS, type OrderRow, rowHash, transform } from "../scripts/lib/load/read.ts";
+import { isLater, latestBy } from "../scripts/lib/load/transaction.ts";
 import { groupFiles } from "../scripts/load.ts";
 
 const SOURCE_COLUMNS = [
@@ -341,6 +341,13 @@ describe("copyValue", () => {
     expect(copyValue({ k: "v\t" })).toBe(String.raw`{"k":"v\\t"}`);
     // An array literal quotes each element and escapes its quotes and backslashes; COPY doubles the backslashes.
     expect(copyValue(['say "x"', "a\\b"])).toBe(String.raw`{"say \\"x\\"","a\\\\b"}`);
+  });
+
+  test("writes a row as one COPY line: every orders column, in order", () => {
+    const [candidate] = transform(batch([{ ...source(), ...meta() }]), BATCH).candidates;
+    const row = candidate!.row;
+    expect(copyLine(row)).toBe(`${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`);
+    expect(copyLine(row).split("\t")).toHaveLength(ORDER_COLUMNS.length);
   });
 });
 

@@ -17,8 +17,14 @@ export interface ConnectOptions {
   readonly max?: number;
   /** another database on the same server */
   readonly database?: string;
-  /** startup parameters (plan_cache_mode, ...) */
+  /** startup parameters (statement_timeout, ...) */
   readonly parameters?: Readonly<Record<string, string>>;
+  /**
+   * false: no named prepared statements, so every statement is planned for its own values (default true). A
+   * statement prepared once is planned generically after five runs; a generic plan made while a table was small
+   * may scan it whole once it is large.
+   */
+  readonly prepare?: boolean;
   /** told of every NOTIFY on a channel this pool LISTENs to */
   readonly onnotify?: (channel: string, payload: string) => void;
   /** told when one of the pool's connections closes (the server went away, or it was cut) */
@@ -37,6 +43,7 @@ export function connect(target: DatabaseTarget, log: Logger, options: ConnectOpt
     password: target.password,
     ...(target.ssl ? { ssl: target.ssl as "require" } : {}),
     max: options.max ?? 2,
+    ...(options.prepare === false ? { prepare: false } : {}),
     onnotice: (notice: postgres.Notice) => log.debug(`postgres: ${notice.message}`),
     connection: { application_name: `sales-${log.name}`, ...options.parameters },
     // Fail fast with a clear message when the server is down, instead of waiting the 30 s default.

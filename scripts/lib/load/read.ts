@@ -5,7 +5,6 @@
 // earlier in the same file. The counts of the three add up to the file's records; the transaction checks
 // that again against what the database reports before it commits.
 
-import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
 import { parseCsv } from "../csv.ts";
@@ -83,9 +82,34 @@ export function identity(sourceFile: string, rowId: number | string): string {
 
 /** Fingerprint of a row's cleaned values: the same line sent again has the same one, a changed line another. */
 export function rowHash(values: Record<string, CleanValue>, extra: Extra | null): string {
-  return createHash("md5")
-    .update(JSON.stringify([FIELD_COLUMNS.map((c) => values[c] ?? null), extra]))
-    .digest("hex");
+  return Bun.MD5.hash(JSON.stringify([FIELD_COLUMNS.map((c) => values[c] ?? null), extra]), "hex") as string;
+}
+
+const COPY_SPECIAL = /[\\\t\n\r]/;
+const COPY_SPECIALS = /[\\\t\n\r]/g;
+const COPY_ESCAPES: Record<string, string> = { "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+
+/** One value in COPY's text format: \N for NULL, backslash escapes for backslash, tab, newline, CR. */
+export function copyValue(value: unknown): string {
+  if (value === null || value === undefined) return "\\N";
+  if (typeof value === "number") return String(value);
+  let text: string;
+  if (typeof value === "string") text = value;
+  else if (Array.isArray(value)) text = `{${value.map((v) => `"${String(v).replace(/["\\]/g, (c) => `\\${c}`)}"`).join(",")}}`;
+  else text = typeof value === "object" ? JSON.stringify(value) : String(value);
+  return COPY_SPECIAL.test(text) ? text.replace(COPY_SPECIALS, (c) => COPY_ESCAPES[c]!) : text;
+}
+
+/** An orders row as one line of COPY text, newline included. */
+export function copyLine(row: OrderRow): string {
+  return `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
+}
+
+/** The source columns of a parsed record, without the consumer's meta columns. */
+function sourceFields(values: Readonly<Record<string, string>>, sourceColumns: readonly string[]): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const column of sourceColumns) fields[column] = values[column] ?? "";
+  return fields;
 }
 
 function storableFields(fields: Record<string, string>): Record<string, string> {
@@ -103,15 +127,22 @@ function int(value: string | undefined, max = 2_147_483_647): number | null {
 
 const BIGINT_MAX = 9_223_372_036_854_775_807n;
 
+type ParsedRow = { readonly line: number; readonly values: Record<string, string> };
+type Transformed = { candidates: Candidate[]; rejected: RejectedRow[]; duplicates: number };
+
 /**
  * Extract + transform for one parsed batch file: each record becomes an order candidate, a rejected row or an
  * in-file duplicate. Pure (no I/O), so tests call it directly.
  */
-export function transform(
-  parsed: { columns: readonly string[]; rows: readonly { line: number; values: Record<string, string> }[] },
-  batchFile: string,
-): { candidates: Candidate[]; rejected: RejectedRow[]; duplicates: number } {
-  const sourceColumns = parsed.columns.filter((c) => !(META_COLUMNS as readonly string[]).includes(c));
+export function transform(parsed: { columns: readonly string[]; rows: readonly ParsedRow[] }, batchFile: string): Transformed {
+  const transformer = createTransformer(parsed.columns, batchFile);
+  for (const row of parsed.rows) transformer.add(row);
+  return transformer.result();
+}
+
+/** transform, one record at a time, so a caller can give the event loop a turn between records. */
+function createTransformer(columns: readonly string[], batchFile: string): { add: (row: ParsedRow) => void; result: () => Transformed } {
+  const sourceColumns = columns.filter((c) => !(META_COLUMNS as readonly string[]).includes(c));
   let header: HeaderMap;
   try {
     header = mapHeader(sourceColumns);
@@ -122,29 +153,29 @@ export function transform(
   const rejected: RejectedRow[] = [];
   const rejectedLines = new Set<string>();
   let duplicates = 0;
-  for (const { line, values } of parsed.rows) {
+  const add = ({ line, values }: ParsedRow): void => {
     const topic = values._topic || null;
     const partition = int(values._partition);
     const offset = values._offset && /^\d+$/.test(values._offset) && BigInt(values._offset) <= BIGINT_MAX ? values._offset : null;
     // Where the row came from. A batch file without our columns (written by hand) names itself.
     const sourceFile = storable(values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile));
     const sourceLine = int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line;
-    const base = {
-      source_file: sourceFile,
-      source_line: sourceLine,
-      source_lines: int(values._source_lines) ?? 1,
-      kafka_topic: topic === null ? null : storable(topic),
-      kafka_partition: partition,
-      kafka_offset: offset,
-      batch_file: batchFile,
-    };
-    const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
+    const reject = (row: Omit<RejectedRow, "source_file" | "source_line" | "source_lines" | "kafka_topic" | "kafka_partition" | "kafka_offset" | "batch_file">) => {
       // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate.
       const at = identity(sourceFile, `line ${sourceLine}`);
       if (rejectedLines.has(at)) duplicates++;
       else {
         rejectedLines.add(at);
-        rejected.push({ ...base, ...row });
+        rejected.push({
+          source_file: sourceFile,
+          source_line: sourceLine,
+          source_lines: int(values._source_lines) ?? 1,
+          kafka_topic: topic === null ? null : storable(topic),
+          kafka_partition: partition,
+          kafka_offset: offset,
+          batch_file: batchFile,
+          ...row,
+        });
       }
     };
     if (values._error) {
@@ -155,15 +186,14 @@ export function transform(
         fields: null,
         raw_text: raw === null ? null : storable(raw),
       });
-      continue;
+      return;
     }
-    const fields: Record<string, string> = {};
-    for (const column of sourceColumns) fields[column] = values[column] ?? "";
+    const fields = sourceFields(values, sourceColumns);
     const clean = cleanRow(fields, header);
     if (!clean.ok) {
       const id = header.rowId === undefined ? null : int(fields[header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
       reject({ source_row_id: id, reason: clean.reason, fields: storableFields(fields), raw_text: null });
-      continue;
+      return;
     }
     const { values: cleaned, extra, warnings } = clean.row;
     const row = {
@@ -175,14 +205,16 @@ export function transform(
       source_file: sourceFile,
       source_row_id: clean.row.rowId ?? sourceLine,
       source_line: sourceLine,
-      kafka_topic: base.kafka_topic,
+      kafka_topic: topic === null ? null : storable(topic),
       kafka_partition: partition,
       kafka_offset: offset,
       batch_file: batchFile,
     } as OrderRow;
     const key = identity(sourceFile, row.source_row_id as number);
     const twin = candidates.get(key);
-    if (twin === undefined) candidates.set(key, { row, key, fields });
+    if (twin === undefined) {
+      candidates.set(key, { row, key, fields });
+    }
     else if (twin.row.row_hash === row.row_hash) duplicates++;
     else {
       reject({
@@ -192,9 +224,12 @@ export function transform(
         raw_text: null,
       });
     }
-  }
-  return { candidates: [...candidates.values()], rejected, duplicates };
+  };
+  return { add, result: () => ({ candidates: [...candidates.values()], rejected, duplicates }) };
 }
+
+/** Records transformed between two turns of the event loop while a file is prepared. */
+const RECORDS_PER_TURN = 100;
 
 /** Extract + transform of one file. Throws BadBatchFileError for a file that is not a readable batch. */
 export async function prepareFile(dir: string, name: string): Promise<PreparedFile> {
@@ -211,5 +246,12 @@ export async function prepareFile(dir: string, name: string): Promise<PreparedFi
   } catch (error) {
     throw new BadBatchFileError((error as Error).message);
   }
-  return { name, hash, records: parsed.rows.length, ...transform(parsed, name) };
+  // The next group is prepared while the current one's transaction runs: give the event loop a turn now and
+  // then, so the transaction's statements and COPY data go out without waiting for a whole file to be cleaned.
+  const transformer = createTransformer(parsed.columns, name);
+  for (const [i, row] of parsed.rows.entries()) {
+    transformer.add(row);
+    if (i % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((turn) => setImmediate(turn));
+  }
+  return { name, hash, records: parsed.rows.length, ...transformer.result() };
 }

@@ -15,7 +15,7 @@
 // The commit is announced with NOTIFY sales_loaded, for the live dashboard.
 
 import { copyIn, isConnectionError, type Database, type TransactionSql } from "../db.ts";
-import { identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
+import { copyLine, identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
 
 /** The channel the loader announces commits on (LISTEN sales_loaded). */
 export const LOADED_CHANNEL = "sales_loaded";
@@ -84,23 +84,13 @@ export function latestBy(rows: readonly OrderRow[], id: "customer_id" | "product
   return [...latest.values()];
 }
 
-const COPY_ESCAPES: Record<string, string> = { "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r" };
-
-/** One value in COPY's text format: \N for NULL, backslash escapes for backslash, tab, newline, CR. */
-export function copyValue(value: unknown): string {
-  if (value === null || value === undefined) return "\\N";
-  let text: string;
-  if (Array.isArray(value)) text = `{${value.map((v) => `"${String(v).replace(/["\\]/g, (c) => `\\${c}`)}"`).join(",")}}`;
-  else text = typeof value === "object" ? JSON.stringify(value) : String(value);
-  return text.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c]!);
-}
-
-/** Order rows as COPY text lines, a few hundred per chunk. */
-export function* copyRows(rows: readonly OrderRow[]): Generator<string> {
-  for (let i = 0; i < rows.length; i += 500) {
-    let chunk = "";
-    for (const row of rows.slice(i, i + 500)) chunk += `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
-    yield chunk;
+/** COPY text for candidates, made as it is sent, a few hundred lines per chunk. */
+export function* copyChunks(candidates: readonly Candidate[]): Generator<string> {
+  for (let i = 0; i < candidates.length; i += 500) {
+    yield candidates
+      .slice(i, i + 500)
+      .map((c) => copyLine(c.row))
+      .join("");
   }
 }
 
@@ -120,10 +110,14 @@ function latestValues(row: OrderRow, columns: readonly string[]): Record<string,
   return out;
 }
 
+/** Types of the dimension columns that are not text, for the arrays the upsert unnests. */
+const COLUMN_TYPES: Readonly<Record<string, string>> = { latest_order_date: "date", latest_source_row_id: "bigint" };
+
 /**
  * Upserts one row per id into a dimension table (users, products) with the values of that id's latest order
  * in `rows`, unless the table already holds a later one. "Later" is (order date, Row ID, source file) in
  * PostgreSQL's "C" order, the same rule as isLater, so the result does not depend on the order of files.
+ * The rows go as one array per column: one short statement however many rows, not one parameter per value.
  */
 async function upsertLatest(
   tx: TransactionSql,
@@ -133,19 +127,16 @@ async function upsertLatest(
   rows: readonly OrderRow[],
 ): Promise<void> {
   const all = [...columns, ...LATEST_COLUMNS];
-  const set = all
-    .filter((c) => c !== id)
-    .map((c) => tx`${tx(c)} = excluded.${tx(c)}`)
-    .reduce((list, item) => tx`${list}, ${item}`);
   const latest = latestBy(rows, id).map((r) => latestValues(r, columns));
-  for (const part of chunks(latest, all.length)) {
-    await tx`
-      insert into ${tx(table)} ${tx(part as Record<string, never>[], all)}
-      on conflict (${tx(id)}) do update set ${set}, updated_at = now()
-      where (${tx(table)}.latest_order_date, ${tx(table)}.latest_source_row_id, ${tx(table)}.latest_source_file collate "C")
-          < (excluded.latest_order_date, excluded.latest_source_row_id, excluded.latest_source_file collate "C")
-    `;
-  }
+  const arrays = all.map((c, i) => `$${i + 1}::${COLUMN_TYPES[c] ?? "text"}[]`);
+  const set = all.filter((c) => c !== id).map((c) => `${c} = excluded.${c}`);
+  await tx.unsafe(
+    `insert into ${table} (${all.join(", ")}) select * from unnest(${arrays.join(", ")})
+     on conflict (${id}) do update set ${set.join(", ")}, updated_at = now()
+     where (${table}.latest_order_date, ${table}.latest_source_row_id, ${table}.latest_source_file collate "C")
+         < (excluded.latest_order_date, excluded.latest_source_row_id, excluded.latest_source_file collate "C")`,
+    all.map((c) => latest.map((r) => r[c] ?? null)) as never[],
+  );
 }
 
 interface Loaded {
@@ -181,11 +172,21 @@ async function lookUp(tx: TransactionSql, files: readonly PreparedFile[]): Promi
     ...f.rejected.filter((r) => r.source_row_id !== null).map((r) => ({ file: r.source_file, rowId: r.source_row_id! })),
   ]);
   const loaded = new Map<string, Loaded>();
+  // A group's rows come from a few source files: each key names its file by number, not by its name again.
+  const sources = [...new Set(keys.map((k) => k.file))];
+  const number = new Map(sources.map((file, i) => [file, i + 1]));
   for (const part of chunks(keys, 2)) {
+    // One probe of the identity index per key, whatever the sizes: a subquery with a limit is not merged into
+    // a join, which the planner would run as a hash join reading all of orders once the batch is a tenth of
+    // the table. The same below for rejected lines.
     const rows = await tx<{ source_file: string; source_row_id: string; source_line: number; row_hash: string | null }[]>`
       select o.source_file, o.source_row_id, o.source_line, o.row_hash
-      from unnest(${part.map((k) => k.file)}::text[], ${part.map((k) => k.rowId)}::bigint[]) as k (f, r)
-      join orders o on o.source_file = k.f and o.source_row_id = k.r
+      from unnest(${part.map((k) => number.get(k.file)!)}::int[], ${part.map((k) => k.rowId)}::bigint[]) as k (i, r)
+      cross join lateral (
+        select source_file, source_row_id, source_line, row_hash from orders
+        where source_file = (${sources}::text[])[k.i] and source_row_id = k.r
+        limit 1
+      ) o
     `;
     for (const r of rows) loaded.set(identity(r.source_file, r.source_row_id), { line: r.source_line, hash: r.row_hash });
   }
@@ -195,7 +196,11 @@ async function lookUp(tx: TransactionSql, files: readonly PreparedFile[]): Promi
     const rows = await tx<{ source_file: string; source_line: number; status: string; fields: Record<string, string> | null; raw_text: string | null }[]>`
       select r.source_file, r.source_line, r.status, r.fields, r.raw_text
       from unnest(${part.map((k) => k.file)}::text[], ${part.map((k) => k.line)}::int[]) as k (f, l)
-      join rejected_rows r on r.source_file = k.f and r.source_line = k.l
+      cross join lateral (
+        select source_file, source_line, status, fields, raw_text from rejected_rows
+        where source_file = k.f and source_line = k.l
+        offset 0
+      ) r
     `;
     for (const r of rows) {
       const key = lineKey(r.source_file, r.source_line);
@@ -207,7 +212,7 @@ async function lookUp(tx: TransactionSql, files: readonly PreparedFile[]): Promi
 
 interface Plan {
   readonly file: PreparedFile;
-  readonly fresh: OrderRow[];
+  readonly fresh: Candidate[];
   readonly rejections: (RejectedRow & { status: "open" | "conflict" })[];
   duplicates: number;
 }
@@ -220,7 +225,7 @@ function plan(file: PreparedFile, known: Known): Plan {
     const { row, fields } = candidate;
     const at = known.loaded.get(candidate.key);
     if (at === undefined) {
-      result.fresh.push(row);
+      result.fresh.push(candidate);
       known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
     } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
     else {
@@ -280,16 +285,19 @@ async function recordRejections(tx: TransactionSql, rows: readonly Plan["rejecti
   return written;
 }
 
-/** Marks open rejections resolved by rows now inserted: same source file and Row ID, or same line. */
-async function resolveRejections(tx: TransactionSql, rows: readonly OrderRow[], batchFile: string): Promise<number> {
-  if (rows.length === 0) return 0;
-  const files = [...new Set(rows.map((r) => String(r.source_file)))];
+/** Is any rejection still open for the source files of `rows`? Most loads have none, and skip resolving. */
+async function anyOpenRejection(tx: TransactionSql, rows: readonly Candidate[]): Promise<boolean> {
+  const files = [...new Set(rows.map((c) => String(c.row.source_file)))];
   const [open] = await tx<{ any: boolean }[]>`
     select exists (select 1 from rejected_rows where status = 'open' and source_file = any(${files}::text[])) as any
   `;
-  if (!open?.any) return 0;
+  return open?.any === true;
+}
+
+/** Marks open rejections resolved by rows now inserted: same source file and Row ID, or same line. */
+async function resolveRejections(tx: TransactionSql, fresh: readonly Candidate[], batchFile: string): Promise<number> {
   let resolved = 0;
-  for (const part of chunks(rows, 3)) {
+  for (const part of chunks(fresh.map((c) => c.row), 3)) {
     const done = await tx`
       update rejected_rows r set status = 'resolved', resolved_at = now(), resolved_by = ${batchFile}
       from unnest(${part.map((r) => String(r.source_file))}::text[], ${part.map((r) => Number(r.source_row_id))}::bigint[],
@@ -329,23 +337,23 @@ function refused(row: OrderRow, fields: Record<string, string>, name: string, er
   };
 }
 
-/** Inserts `rows` one by one under savepoints; returns the rows PostgreSQL refused, as rejections. */
+/** Inserts the plan's new rows one by one under savepoints; those PostgreSQL refuses become rejections. */
 async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
-  const fieldsOf = new Map(plan.file.candidates.map((c) => [c.row, c.fields]));
-  const kept: OrderRow[] = [];
-  for (const row of plan.fresh) {
+  const kept: Candidate[] = [];
+  for (const candidate of plan.fresh) {
+    const { row, fields } = candidate;
     try {
       await tx.savepoint(async (sp) => {
         await upsertLatest(sp, "users", "customer_id", USER_COLUMNS, [row]);
         await upsertLatest(sp, "products", "product_id", PRODUCT_COLUMNS, [row]);
         await sp`insert into orders ${sp(row as unknown as Record<string, never>, ORDER_COLUMNS as unknown as string[])}`;
       });
-      kept.push(row);
+      kept.push(candidate);
     } catch (error) {
       // Only the server's verdict on this row's data makes it a rejection (a SQLSTATE); anything else stops the load.
       const code = (error as { code?: unknown }).code;
       if (isConnectionError(error) || typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) throw error;
-      plan.rejections.push(refused(row, fieldsOf.get(row) ?? {}, plan.file.name, error));
+      plan.rejections.push(refused(row, fields, plan.file.name, error));
     }
   }
   plan.fresh.splice(0, plan.fresh.length, ...kept);
@@ -358,9 +366,10 @@ async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
  */
 export async function commitFiles(db: Database, files: readonly PreparedFile[], options: CommitOptions = {}): Promise<FileResult[]> {
   return db.transaction(async (tx) => {
-    const [{ xid } = { xid: "" }] = await tx<{ xid: string }[]>`select pg_current_xact_id()::text as xid`;
     // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
-    await tx`select pg_advisory_xact_lock(hashtext('sales-load'))`;
+    const [{ xid } = { xid: "" }] = await tx<{ xid: string }[]>`
+      select pg_current_xact_id()::text as xid, pg_advisory_xact_lock(hashtext('sales-load'))
+    `;
     const done = new Set(
       (await tx<{ sha256: string }[]>`select sha256 from loaded_files where sha256 = any(${files.map((f) => f.hash)}::char(64)[])`).map((r) => r.sha256),
     );
@@ -374,43 +383,38 @@ export async function commitFiles(db: Database, files: readonly PreparedFile[], 
     const known = await lookUp(tx, todo);
     const plans = todo.map((file) => plan(file, known));
     const fresh = plans.flatMap((p) => p.fresh);
+    const freshRows = fresh.map((c) => c.row);
 
     let inserted: number;
     if (options.isolate) {
       inserted = 0;
       for (const p of plans) inserted += await insertIsolated(tx, p);
     } else if (fresh.length > 0) {
-      // users and products first: orders refers to them.
-      await upsertLatest(tx, "users", "customer_id", USER_COLUMNS, fresh);
-      await upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, fresh);
+      // users and products first: orders refers to them. Sent together: one wait for the server, not two.
+      await Promise.all([
+        upsertLatest(tx, "users", "customer_id", USER_COLUMNS, freshRows),
+        upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, freshRows),
+      ]);
       // COPY: the rows are known to be new (checked above, under the lock), and COPY is the fast way in.
-      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyRows(fresh));
+      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyChunks(fresh));
     } else inserted = 0;
     const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
     if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
 
+    // Open rejections a row of this group may resolve: recorded before, or by an earlier file of the group.
+    let openRejections = fresh.length > 0 && (await anyOpenRejection(tx, fresh));
     const results: FileResult[] = [];
     for (const p of plans) {
       const written = await recordRejections(tx, p.rejections);
+      openRejections ||= p.rejections.some((r) => r.status === "open");
       const duplicates = p.duplicates + (p.rejections.length - written);
-      const resolved = await resolveRejections(tx, p.fresh, p.file.name);
-      const warnings = p.fresh.filter((r) => r.warnings !== null).length;
+      const resolved = openRejections ? await resolveRejections(tx, p.fresh, p.file.name) : 0;
+      const warnings = p.fresh.filter((c) => c.row.warnings !== null).length;
       if (p.fresh.length + written + duplicates !== p.file.records) {
         throw new LedgerMismatchError(
           `${p.file.name}: ${p.file.records} records, but ${p.fresh.length} inserted + ${duplicates} duplicates + ` +
             `${written} rejected; nothing was committed`,
         );
-      }
-      // The ledger row is written only by the transaction that began this load: a statement that reached
-      // another session (a driver fault after a lost connection) inserts nothing, and the load fails.
-      const ledger = await tx`
-        insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings)
-        select ${p.file.hash}, ${p.file.name}, ${p.file.records}, ${p.fresh.length}, ${duplicates}, ${written}, ${warnings}
-        where pg_current_xact_id()::text = ${xid}
-        returning 1
-      `;
-      if (ledger.length !== 1) {
-        throw Object.assign(new Error("the ledger row reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
       }
       results.push({
         name: p.file.name,
@@ -423,6 +427,22 @@ export async function commitFiles(db: Database, files: readonly PreparedFile[], 
         resolved,
         rejections: p.rejections,
       });
+    }
+    if (results.length > 0) {
+      // The ledger rows are written only by the transaction that began this load: a statement that reached
+      // another session (a driver fault after a lost connection) inserts nothing, and the load fails.
+      const ledger = await tx`
+        insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings)
+        select * from unnest(${plans.map((p) => p.file.hash)}::char(64)[], ${results.map((r) => r.name)}::text[],
+                             ${results.map((r) => r.records)}::int[], ${results.map((r) => r.inserted)}::int[],
+                             ${results.map((r) => r.duplicates)}::int[], ${results.map((r) => r.rejected)}::int[],
+                             ${results.map((r) => r.warnings)}::int[])
+        where pg_current_xact_id()::text = ${xid}
+        returning 1
+      `;
+      if (ledger.length !== results.length) {
+        throw Object.assign(new Error("the ledger rows reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
+      }
     }
     if (results.length > 0) {
       const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
