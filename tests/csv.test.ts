@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
 import { stringify } from "csv-stringify/sync";
-import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, parseCsvWithCsvParse, parsePlainCsv, readCsv, splitSimple, writeCsv } from "../scripts/lib/csv.ts";
+import { type CsvRecord, type Encoding, KEPT_CHARS, MAX_RECORD_CHARS, parseCsv, parseCsvWithCsvParse, parsePlainCsv, readCsv, splitSimple, writeCsv, writeCsvWithCsvStringify } from "../scripts/lib/csv.ts";
 import { scratchFiles } from "./helpers.ts";
 
 const scratch = scratchFiles("csv-test-");
@@ -382,6 +382,26 @@ describe("writeCsv and parseCsv", () => {
 
   test("writes numbers as their digits", () => {
     expect(writeCsv([{ a: 5, b: -0.5 }], ["a", "b"])).toBe("a,b\n5,-0.5\n");
+  });
+
+  test("writes exactly what csv-stringify writes, for random fields, numbers, nulls, headers and no rows", () => {
+    let seed = 7;
+    const next = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const alphabet = ["x", ",", '"', "\n", "\r", " ", "é", "😀", "", "12.5", "\t", "'", "=", "#"];
+    const value = () => {
+      const pick = next();
+      if (pick < 0.1) return null;
+      if (pick < 0.15) return undefined;
+      if (pick < 0.25) return Math.round((next() - 0.5) * 1e6) / 100;
+      return Array.from({ length: Math.floor(next() * 5) }, () => alphabet[Math.floor(next() * alphabet.length)]).join("");
+    };
+    for (let n = 0; n < 3_000; n++) {
+      const columns = Array.from({ length: 1 + Math.floor(next() * 4) }, (_, i) => (next() < 0.2 ? `c${i}${alphabet[Math.floor(next() * 5)]}` : `c${i}`));
+      if (new Set(columns).size !== columns.length) continue;
+      const rows = Array.from({ length: Math.floor(next() * 5) }, () => Object.fromEntries(columns.map((c) => [c, value()])));
+      const header = next() < 0.8;
+      expect(writeCsv(rows, columns, header)).toBe(writeCsvWithCsvStringify(rows, columns, header));
+    }
   });
 
   test("numbers one-line rows by their line", () => {

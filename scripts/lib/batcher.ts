@@ -5,6 +5,7 @@
 
 import type { IHeaders, KafkaMessage } from "kafkajs";
 import { META_COLUMNS, type MetaColumn } from "./batch.ts";
+import { byColumn } from "./csv.ts";
 
 /** One row of a batch file: the source fields as received, then where the row came from. */
 export type BatchRow = Record<string, string | null> & Partial<Record<MetaColumn, string | null>>;
@@ -23,13 +24,15 @@ function text(value: unknown): string | null {
   return JSON.stringify(value);
 }
 
+const META_NAMES: ReadonlySet<string> = new Set(META_COLUMNS);
+
 /**
  * The batch row for one message. A message that is not a JSON object (a record the producer could not
  * split, or something another producer wrote) keeps its raw text in _raw and says why in _error.
  */
 export function messageToRow(message: KafkaMessage, topic: string, partition: number): BatchRow {
   const value = message.value?.toString("utf8") ?? null;
-  const row: BatchRow = {};
+  const row: BatchRow = byColumn<string | null>();
   const meta: Record<MetaColumn, string | null> = {
     _source_file: header(message.headers, "source_file") ?? null,
     _source_line: header(message.headers, "source_line") ?? null,
@@ -49,9 +52,11 @@ export function messageToRow(message: KafkaMessage, topic: string, partition: nu
       parsed = undefined;
     }
     if (parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)) {
-      for (const [key, field] of Object.entries(parsed)) {
+      const fields = parsed as Record<string, unknown>;
+      // for...in over a JSON.parse result: its own keys, in order (Object.prototype has none enumerable).
+      for (const key in fields) {
         // A source column named like one of ours would be overwritten below; keep it under a safe name.
-        row[(META_COLUMNS as readonly string[]).includes(key) ? `source${key}` : key] = text(field);
+        row[META_NAMES.has(key) ? `source${key}` : key] = text(fields[key]);
       }
     } else {
       meta._error = value === null ? "message has no value" : "message value is not a JSON object";

@@ -1,4 +1,4 @@
-// CSV in one module, one way. Fields are parsed by csv-parse and written by csv-stringify (RFC 4180 quoting,
+// CSV in one module, one way. Fields are parsed by csv-parse and written as csv-stringify writes them (RFC 4180 quoting,
 // explicit columns, null <-> empty field); this module adds what a streaming pipeline needs around them:
 //
 // - readCsv streams a source file (lines from ./input.ts, never the whole file in memory) and yields one record
@@ -251,11 +251,35 @@ export async function* readCsv(path: string, encoding: Encoding): AsyncGenerator
 export type CsvRow = Record<string, string | number | null | undefined>;
 
 /**
+ * An empty object for values keyed by column names that come from the data. It has no prototype: in a plain
+ * object, a column named "__proto__" would hit Object.prototype's setter and its value would vanish.
+ */
+export function byColumn<T>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
+/**
  * Writes rows with a header line, columns in the given order, null as an empty field, LF line ends. A field
  * or column name holding a comma, quote, CR or LF is quoted (csv-stringify leaves a lone CR unquoted by
  * default, which a reader would take for a line end).
  */
 export function writeCsv(rows: readonly CsvRow[], columns: readonly string[], header = true): string {
+  const lines: string[] = header ? [columns.map(csvField).join(",")] : [];
+  for (const row of rows) lines.push(columns.map((column) => csvField(row[column])).join(","));
+  return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
+}
+
+const QUOTE_WHEN = /[",\r\n]/;
+
+/** One field as writeCsv writes it: the same text csv-stringify writes with writeCsvWithCsvStringify's options. */
+function csvField(value: string | number | null | undefined): string {
+  if (value === null || value === undefined) return "";
+  const text = String(value);
+  return QUOTE_WHEN.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+/** writeCsv done by csv-stringify: what the tests hold writeCsv to. */
+export function writeCsvWithCsvStringify(rows: readonly CsvRow[], columns: readonly string[], header = true): string {
   return stringify(rows as CsvRow[], { header, columns: [...columns], record_delimiter: "\n", quoted_match: /[\r\n]/ });
 }
 
@@ -282,7 +306,7 @@ function parsedFrom(records: readonly { fields: string[]; line: number }[], name
   return {
     columns,
     rows: body.map(({ fields, line }) => {
-      const values: Record<string, string> = {};
+      const values = byColumn<string>();
       for (let i = 0; i < columns.length; i++) values[columns[i]!] = fields[i] ?? "";
       return { line, values };
     }),
