@@ -24,7 +24,7 @@ import { dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Message, Producer } from "kafkajs";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
-import { readCsv, type CsvRecord } from "./lib/csv.ts";
+import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
 import { CompressionTypes, createKafka, describeBrokers, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
@@ -116,7 +116,7 @@ export function toMessage(record: CsvRecord, keys: readonly string[], source: st
     headers.parse_error = record.reason;
     return { key: `${source}:line:${record.line}`, value: record.raw, headers: { ...headers } };
   }
-  const row: SourceRow = {};
+  const row: SourceRow = byColumn<string>();
   keys.forEach((key, i) => (row[key] = record.fields[i] ?? ""));
   const value = JSON.stringify(row);
   const bytes = Buffer.byteLength(value);

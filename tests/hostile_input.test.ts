@@ -110,6 +110,33 @@ describe("line endings and byte-order marks read the same in producer, consumer 
   });
 });
 
+describe("extra columns named like JavaScript's own properties", () => {
+  const tmp = tempDir();
+  let db: TestDatabase;
+  const named = ["__proto__", "constructor", "toString", "hasOwnProperty"];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const env = pipelineEnv({ topic: uniqueName("proto"), group: uniqueName("g"), dir: join(tmp.path, "batches"), databaseUrl: db.url });
+    const rows = (await superstoreRows()).slice(0, 5);
+    const file = join(tmp.path, "proto.csv");
+    writeFileSync(file, stringify([[...COLUMNS, ...named], ...rows.map((r, i) => [...COLUMNS.map((c) => r[c]!), ...named.map((n) => `${n} ${i}`)])]));
+    await runPipeline(env, [file]);
+  });
+  afterAll(async () => {
+    await db?.drop();
+    tmp.remove();
+  });
+
+  test("arrive in orders.extra with their values, like any other extra column", async () => {
+    const rows = await db.sql<{ extra: Record<string, string> }[]>`select extra from orders order by source_row_id`;
+    // As [name, value] pairs: jsonb keeps its own key order, and a "__proto__" key is best compared as data.
+    expect(rows.map((r) => Object.entries(r.extra).sort())).toEqual(
+      Array.from({ length: 5 }, (_, i) => named.map((n) => [n, `${n} ${i}`]).sort()),
+    );
+  });
+});
+
 describe("input that cannot be read correctly is refused before anything is sent", () => {
   const tmp = tempDir();
   const topic = uniqueName("refused");

@@ -10,6 +10,8 @@
 // way the database counts (characters, not UTF-16 units; numeric digits; integer range), so COPY does not fail
 // on data. Implausible values are either rejected or loaded with a warning, rule by rule (PLAUSIBILITY).
 
+import { byColumn } from "./csv.ts";
+
 export type Kind = "text" | "date" | "decimal" | "integer" | "postal";
 
 export interface FieldSpec {
@@ -363,7 +365,7 @@ export function cleanRow(source: Readonly<Record<string, string>>, header: Heade
     const raw = (source[column] ?? "").trim();
     const bad = unstorable(column) ?? unstorable(raw);
     if (bad) problems.push(`${JSON.stringify(storable(column))}: ${bad}`);
-    else if (raw !== "") (extra ??= {})[column] = raw;
+    else if (raw !== "") (extra ??= byColumn<string>())[column] = raw;
   }
 
   let warnings: string[] | null = null;

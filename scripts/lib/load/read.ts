@@ -7,7 +7,7 @@
 
 import { join } from "node:path";
 import { META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
-import { parseCsv } from "../csv.ts";
+import { byColumn, parseCsv } from "../csv.ts";
 import { cleanRow, FIELDS, mapHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
 
 /** Source columns the schema does not know, kept in orders.extra (jsonb). */
@@ -107,13 +107,13 @@ export function copyLine(row: OrderRow): string {
 
 /** The source columns of a parsed record, without the consumer's meta columns. */
 function sourceFields(values: Readonly<Record<string, string>>, sourceColumns: readonly string[]): Record<string, string> {
-  const fields: Record<string, string> = {};
+  const fields = byColumn<string>();
   for (const column of sourceColumns) fields[column] = values[column] ?? "";
   return fields;
 }
 
 function storableFields(fields: Record<string, string>): Record<string, string> {
-  const out: Record<string, string> = {};
+  const out = byColumn<string>();
   for (const [k, v] of Object.entries(fields)) out[storable(k)] = storable(v);
   return out;
 }
