@@ -132,7 +132,7 @@ describe("extra columns named like JavaScript's own properties", () => {
     const rows = await db.sql<{ extra: Record<string, string> }[]>`select extra from orders order by source_row_id`;
     // As [name, value] pairs: jsonb keeps its own key order, and a "__proto__" key is best compared as data.
     expect(rows.map((r) => Object.entries(r.extra).sort())).toEqual(
-      Array.from({ length: 5 }, (_, i) => named.map((n) => [n, `${n} ${i}`]).sort()),
+      Array.from({ length: 5 }, (_, i) => named.map((n): [string, string] => [n, `${n} ${i}`]).sort()),
     );
   });
 });

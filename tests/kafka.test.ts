@@ -1,12 +1,12 @@
 // Unit tests for the pure parts of scripts/lib/kafka.ts: telling an unreachable broker from a wrong request,
-// waiting for the broker to come back, and the partitioner and grouping that replace kafkajs' slow ones.
+// waiting for the broker to come back, and the partitioner, grouping, encoder and CRC that replace kafkajs' slow ones.
 
 import { describe, expect, test } from "bun:test";
 import { createRequire } from "node:module";
 import type { Message, PartitionMetadata } from "kafkajs";
 import { readConfig } from "../scripts/lib/config.ts";
 import { createKafka, ensureTopic, isKafkaUnavailable, keyPartitioner, murmur2, whileKafkaUnavailable } from "../scripts/lib/kafka.ts";
-import { grouping, groupMessagesPerPartition, loadKafkajs } from "../scripts/lib/kafkajs_fixes.ts";
+import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED } from "../scripts/lib/kafkajs_fixes.ts";
 import { BROKERS, uniqueName } from "./helpers.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 
@@ -132,6 +132,85 @@ describe("groupMessagesPerPartition", () => {
     expect(early.exitCode).not.toBe(0);
     expect(early.stderr.toString()).toContain("kafkajs was loaded before lib/kafkajs_fixes.ts could patch it");
     expect(run('await import("./scripts/lib/kafka.ts"); await import("kafkajs")').exitCode).toBe(0);
+  });
+});
+
+/** kafkajs' own modules, loaded aside (fresh, unpatched) and the module cache put back as it was. */
+function kafkajsOriginals<T>(paths: string[], load: () => T): T {
+  const resolved = paths.map((p) => require.resolve(p));
+  const cached = resolved.map((p) => require.cache[p]);
+  for (const p of resolved) delete require.cache[p];
+  try {
+    return load();
+  } finally {
+    resolved.forEach((p, i) => {
+      if (cached[i]) require.cache[p] = cached[i];
+      else delete require.cache[p];
+    });
+  }
+}
+
+const BATCH_MODULES = [
+  ENCODER,
+  "kafkajs/src/protocol/recordBatch/record/v0/index.js",
+  "kafkajs/src/protocol/recordBatch/header/v0/index.js",
+  "kafkajs/src/protocol/recordBatch/v0/index.js",
+  "kafkajs/src/protocol/recordBatch/crc32C/index.js",
+  "kafkajs/src/protocol/recordBatch/crc32C/crc32C.js",
+];
+
+type RecordFn = (r: object) => { buffer: Buffer };
+type BatchFn = (b: object) => Promise<{ buffer: Buffer }>;
+
+describe("kafkajs' encoder and CRC-32C", () => {
+  loadKafkajs();
+  const ours = {
+    Record: require("kafkajs/src/protocol/recordBatch/record/v0/index.js") as RecordFn,
+    RecordBatch: (require("kafkajs/src/protocol/recordBatch/v0/index.js") as { RecordBatch: BatchFn }).RecordBatch,
+  };
+  const original = kafkajsOriginals(BATCH_MODULES, () => ({
+    Record: require("kafkajs/src/protocol/recordBatch/record/v0/index.js") as RecordFn,
+    RecordBatch: (require("kafkajs/src/protocol/recordBatch/v0/index.js") as { RecordBatch: BatchFn }).RecordBatch,
+    crc32C: require("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js") as (b: Uint8Array) => number,
+    Encoder: require(ENCODER) as { [PATCHED]?: true },
+  }));
+
+  test("kafkajs runs with ours, and the originals loaded aside are kafkajs' own", () => {
+    expect(require("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js")).toBe(crc32c);
+    expect((require(ENCODER) as { [PATCHED]?: true })[PATCHED]).toBe(true);
+    expect(original.crc32C).not.toBe(crc32c);
+    expect(original.Encoder[PATCHED]).toBeUndefined();
+  });
+
+  test("CRC-32C gives kafkajs' values for every length and random bytes", () => {
+    let seed = 3;
+    const next = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 24);
+    for (let n = 0; n < 300; n++) {
+      const bytes = Buffer.from(Array.from({ length: n }, next));
+      expect([n, crc32c(bytes)]).toEqual([n, original.crc32C(bytes)]);
+    }
+    const large = Buffer.from(Array.from({ length: 1 << 20 }, next));
+    expect(crc32c(large)).toBe(original.crc32C(large));
+  });
+
+  test("records and record batches are encoded byte for byte as kafkajs' own Encoder does", async () => {
+    let seed = 5;
+    const next = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+    const text = () => Array.from({ length: Math.floor(next() * 300) }, () => "aé,😀\n\"x"[Math.floor(next() * 8)]).join("");
+    const deltas = [0, 1, 63, 64, 127, 128, 16_383, 16_384, 2 ** 20, 2 ** 30 - 1, 2 ** 30, 2 ** 31, 2 ** 40, -1, -64, -65, -(2 ** 30), -(2 ** 30) - 1, -(2 ** 40)];
+    const records = Array.from({ length: 400 }, (_, i) => ({
+      offsetDelta: i % 7 === 0 ? 2 ** 20 + i : i,
+      timestampDelta: deltas[i % deltas.length]!,
+      key: i % 9 === 0 ? null : i % 4 === 0 ? Buffer.from(text()) : `s.csv:${i}`,
+      value: i % 11 === 0 ? null : text(),
+      headers: i % 3 === 0 ? {} : { source_file: "s.csv", source_line: String(i), many: ["a", Buffer.from("b")] },
+    }));
+    for (const record of records) expect(ours.Record(record).buffer.equals(original.Record(record).buffer)).toBe(true);
+    const batch = { firstOffset: "0", firstTimestamp: 1_700_000_000_000, maxTimestamp: 1_700_000_000_500, lastOffsetDelta: 399 };
+    const a = await ours.RecordBatch({ ...batch, records: records.map(ours.Record) });
+    const b = await original.RecordBatch({ ...batch, records: records.map(original.Record) });
+    expect(a.buffer.length).toBeGreaterThan(10_000);
+    expect(a.buffer.equals(b.buffer)).toBe(true);
   });
 });
 

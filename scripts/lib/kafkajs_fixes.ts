@@ -1,11 +1,14 @@
-// The two places where kafkajs 2.2.4 needs help on Bun 1.4.5, kept in one file so they are easy to drop when
-// a release fixes them. lib/kafka.ts is the only module that loads kafkajs, through loadKafkajs() below.
+// The places where kafkajs 2.2.4 needs help on Bun 1.4.5, kept in one file so they are easy to drop when a
+// release fixes them. lib/kafka.ts is the only module that loads kafkajs, through loadKafkajs() below.
 //
 // 1. groupMessagesPerPartition copies the partition's whole array for every message (`[...current, message]`):
 //    quadratic in the batch, the producer's largest cost at 2,000 messages per send. The replacement groups the
 //    same messages into the same partitions in one pass, in the same order.
 // 2. kafkajs schedules timers with negative delays, which Bun runs after 1 ms but warns about: clamped to 0.
-
+// 3. The protocol Encoder makes an array and a Buffer for every varint (several per record) and zero-fills
+//    each buffer it grows into. Patched to write varints in place and to grow without zero-filling (only the
+//    written bytes are ever read): the same bytes, tested against kafkajs' own Encoder.
+// 4. CRC-32C of each record batch is computed a byte at a time; ours takes eight bytes at a time (same values).
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
 
@@ -48,18 +51,109 @@ function clampNegativeTimeouts(): void {
     runtimeSetTimeout(handler, delay !== undefined && delay < 0 ? 0 : delay, ...args)) as typeof setTimeout;
 }
 
+/** kafkajs' protocol Encoder module, patched in place by loadKafkajs (every kafkajs module shares it). */
+export const ENCODER = "kafkajs/src/protocol/encoder.js";
+
+interface KafkaEncoder {
+  buf: Buffer;
+  offset: number;
+  ensureAvailable(length: number): void;
+  writeBufferInternal(buffer: Buffer): void;
+  writeUVarInt(value: number): KafkaEncoder;
+  writeVarInt(value: number): KafkaEncoder;
+  writeVarLong(value: unknown): KafkaEncoder;
+}
+
+type EncoderClass = { prototype: KafkaEncoder; nextPowerOfTwo(n: number): number; encodeZigZag(n: number): number };
+
+/** Marks an Encoder class as patched, so a test can see that kafkajs' own is. */
+export const PATCHED = Symbol("patched by kafkajs_fixes");
+
+function patchEncoder(Encoder: EncoderClass & { [PATCHED]?: true }): void {
+  if (Encoder[PATCHED]) return;
+  Encoder[PATCHED] = true;
+  const proto = Encoder.prototype;
+  const writeVarLong = proto.writeVarLong;
+  proto.ensureAvailable = function (this: KafkaEncoder, length: number) {
+    if (this.offset + length > this.buf.length) {
+      const grown = Buffer.allocUnsafe(Encoder.nextPowerOfTwo(this.offset + length));
+      grown.set(this.buf.subarray(0, this.offset));
+      this.buf = grown;
+    }
+  };
+  proto.writeBufferInternal = function (this: KafkaEncoder, buffer: Buffer) {
+    this.ensureAvailable(buffer.length);
+    this.buf.set(buffer, this.offset);
+    this.offset += buffer.length;
+  };
+  proto.writeUVarInt = function (this: KafkaEncoder, value: number) {
+    this.ensureAvailable(5);
+    while ((value & 0xffffff80) !== 0) {
+      this.buf[this.offset++] = (value & 0x7f) | 0x80;
+      value >>>= 7;
+    }
+    this.buf[this.offset++] = value & 0x7f;
+    return this;
+  };
+  // Small numbers (record timestamp deltas) zigzag the same in 32 and 64 bits; anything else goes to kafkajs.
+  proto.writeVarLong = function (this: KafkaEncoder, value: unknown) {
+    if (typeof value === "number" && Number.isInteger(value) && value >= -(2 ** 30) && value < 2 ** 30) {
+      return this.writeUVarInt(Encoder.encodeZigZag(value));
+    }
+    return writeVarLong.call(this, value);
+  };
+}
+
+const CRC_TABLES = (() => {
+  const tables = Array.from({ length: 8 }, () => new Int32Array(256));
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    tables[0]![n] = c;
+  }
+  for (let n = 0; n < 256; n++) {
+    let c = tables[0]![n]!;
+    for (let t = 1; t < 8; t++) {
+      c = tables[0]![c & 0xff]! ^ (c >>> 8);
+      tables[t]![n] = c;
+    }
+  }
+  return tables;
+})();
+
+/** CRC-32C (Castagnoli), eight bytes at a time. */
+export function crc32c(buffer: Uint8Array): number {
+  const [t0, t1, t2, t3, t4, t5, t6, t7] = CRC_TABLES as [Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array];
+  let crc = -1;
+  let i = 0;
+  const end8 = buffer.length - (buffer.length % 8);
+  for (; i < end8; i += 8) {
+    const a = crc ^ (buffer[i]! | (buffer[i + 1]! << 8) | (buffer[i + 2]! << 16) | (buffer[i + 3]! << 24));
+    crc =
+      t7[a & 0xff]! ^ t6[(a >>> 8) & 0xff]! ^ t5[(a >>> 16) & 0xff]! ^ t4[a >>> 24]! ^
+      t3[buffer[i + 4]!]! ^ t2[buffer[i + 5]!]! ^ t1[buffer[i + 6]!]! ^ t0[buffer[i + 7]!]!;
+  }
+  for (; i < buffer.length; i++) crc = t0[(crc ^ buffer[i]!) & 0xff]! ^ (crc >>> 8);
+  return (crc ^ -1) >>> 0;
+}
+
 let loaded: typeof KafkaJS | undefined;
 
-/** kafkajs with both fixes in place. The grouping fix must be in the module cache before kafkajs loads. */
+/** kafkajs with the fixes in place. Grouping and CRC-32C must be in the module cache before kafkajs loads. */
 export function loadKafkajs(): typeof KafkaJS {
   if (loaded) return loaded;
   const path = require.resolve("kafkajs/src/producer/groupMessagesPerPartition.js");
   if (require.cache[path] === undefined) {
     require.cache[path] = { id: path, filename: path, loaded: true, exports: groupMessagesPerPartition } as unknown as NodeJS.Module;
   }
+  const crcPath = require.resolve("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js");
+  if (require.cache[crcPath] === undefined) {
+    require.cache[crcPath] = { id: crcPath, filename: crcPath, loaded: true, exports: crc32c } as unknown as NodeJS.Module;
+  }
+  patchEncoder(require(ENCODER));
   clampNegativeTimeouts();
   loaded = require("kafkajs") as typeof KafkaJS;
-  if (require(path) !== groupMessagesPerPartition) {
+  if (require(path) !== groupMessagesPerPartition || require(crcPath) !== crc32c) {
     throw new Error("kafkajs was loaded before lib/kafkajs_fixes.ts could patch it: import kafkajs values only through lib/kafka.ts");
   }
   return loaded;
