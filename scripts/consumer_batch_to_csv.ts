@@ -30,6 +30,7 @@ import { parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readCo
 import { writeCsv } from "./lib/csv.ts";
 import { createKafka, describeBrokers, ensureTopic, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
+import { collectGarbage } from "./lib/memory.ts";
 import { backoffDelay } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
@@ -138,6 +139,7 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
       );
     }
     counts.files++;
+    collectGarbage(content.length); // the batch's rows are garbage now
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
     uncommitted.set(batch.partition, batch.last + 1n);

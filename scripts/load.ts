@@ -16,7 +16,6 @@
 //
 // Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL. Flags: --dir, --watch, --help.
 
-import { fullGC } from "bun:jsc";
 import { watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -27,6 +26,7 @@ import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/re
 import { writeRejects } from "./lib/load/rejects.ts";
 import { commitFiles, LedgerMismatchError, type FileResult } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
+import { collectGarbage } from "./lib/memory.ts";
 import { retryWhile } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
@@ -48,12 +48,6 @@ const command = {
 export const GROUP_BYTES = 4 * 1024 * 1024;
 /** ...and at most this many files. */
 export const GROUP_FILES = 200;
-/**
- * Above this resident size, the loader collects garbage as soon as the next group is prepared, while the
- * current group's transaction keeps PostgreSQL busy. Left alone, the runtime lets garbage pile up to about
- * twice the live data before it collects.
- */
-export const COLLECT_ABOVE_BYTES = 160 * 1024 * 1024;
 /** Without --watch, how long the loader waits for PostgreSQL before it gives up. */
 const ONE_SHOT_PATIENCE_MS = 30_000;
 
@@ -159,11 +153,6 @@ interface LoaderOptions {
   readonly watch: boolean;
   readonly log: Logger;
   readonly shutdown: Shutdown;
-}
-
-function collectGarbage<T>(prepared: T): T {
-  if (process.memoryUsage.rss() > COLLECT_ABOVE_BYTES) fullGC();
-  return prepared;
 }
 
 /** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
@@ -274,7 +263,9 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
       for (const [i, names] of groups.entries()) {
         if (shutdown.requested || !next) return false;
         const files = await next;
-        next = groups[i + 1] === undefined ? undefined : prepare(groups[i + 1]!).then(collectGarbage);
+        // Garbage is collected (when due) once the next group is ready, while PostgreSQL works on this one.
+        const after = groups[i + 1];
+        next = after === undefined ? undefined : prepare(after).then((prepared) => (collectGarbage(after.reduce((n, f) => n + f.size, 0)), prepared));
         next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
         const results = await load(files);
         if (results === undefined) return false;
