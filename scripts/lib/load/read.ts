@@ -160,22 +160,22 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
     // Where the row came from. A batch file without our columns (written by hand) names itself.
     const sourceFile = storable(values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile));
     const sourceLine = int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line;
-    const reject = (row: Omit<RejectedRow, "source_file" | "source_line" | "source_lines" | "kafka_topic" | "kafka_partition" | "kafka_offset" | "batch_file">) => {
+    const base = {
+      source_file: sourceFile,
+      source_line: sourceLine,
+      source_lines: int(values._source_lines) ?? 1,
+      kafka_topic: topic === null ? null : storable(topic),
+      kafka_partition: partition,
+      kafka_offset: offset,
+      batch_file: batchFile,
+    };
+    const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
       // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate.
       const at = identity(sourceFile, `line ${sourceLine}`);
       if (rejectedLines.has(at)) duplicates++;
       else {
         rejectedLines.add(at);
-        rejected.push({
-          source_file: sourceFile,
-          source_line: sourceLine,
-          source_lines: int(values._source_lines) ?? 1,
-          kafka_topic: topic === null ? null : storable(topic),
-          kafka_partition: partition,
-          kafka_offset: offset,
-          batch_file: batchFile,
-          ...row,
-        });
+        rejected.push({ ...base, ...row });
       }
     };
     if (values._error) {
@@ -205,16 +205,14 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
       source_file: sourceFile,
       source_row_id: clean.row.rowId ?? sourceLine,
       source_line: sourceLine,
-      kafka_topic: topic === null ? null : storable(topic),
+      kafka_topic: base.kafka_topic,
       kafka_partition: partition,
       kafka_offset: offset,
       batch_file: batchFile,
     } as OrderRow;
     const key = identity(sourceFile, row.source_row_id as number);
     const twin = candidates.get(key);
-    if (twin === undefined) {
-      candidates.set(key, { row, key, fields });
-    }
+    if (twin === undefined) candidates.set(key, { row, key, fields });
     else if (twin.row.row_hash === row.row_hash) duplicates++;
     else {
       reject({
