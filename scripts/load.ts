@@ -21,10 +21,10 @@ import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
-import { describeDatabase, isConnectionError, openDatabase, type Database } from "./lib/db.ts";
+import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
 import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
-import { commitFiles, LedgerMismatchError, type FileResult } from "./lib/load/transaction.ts";
+import { commitFiles, type FileResult } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { retryWhile } from "./lib/retry.ts";
@@ -160,17 +160,21 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
   const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0 };
 
   /**
-   * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again: the
-   * group whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a
-   * stop was asked for meanwhile.
+   * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
+   * does an attempt the server gave up on for its own reasons (cancelled, deadlock, disk full): the group
+   * whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a stop was
+   * asked for meanwhile.
    */
   const persist = <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
-    retryWhile(isConnectionError, attempt, {
+    retryWhile(isRetryable, attempt, {
       backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
       giveUpAfterMs: watch ? undefined : ONE_SHOT_PATIENCE_MS,
       signal: shutdown.signal,
       onRetry: (error, _n, delay) =>
-        log.warn(`waiting for PostgreSQL at ${where} (${(error as Error).message}); ${what} again in ${(delay / 1000).toFixed(1)}s`),
+        log.warn(
+          `${isConnectionError(error) ? "waiting for" : "the attempt failed at"} PostgreSQL at ${where} (${(error as Error).message}); ` +
+            `${what} again in ${(delay / 1000).toFixed(1)}s`,
+        ),
       onRecovered: () => log.info(`PostgreSQL at ${where} answers again; ${what}`),
     }).catch((error: Error) => {
       if (shutdown.requested) return undefined;
@@ -208,21 +212,39 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
     return prepared;
   };
 
-  /** One group: together; after a refusal of data, file by file; a single file then row by row. */
+  /**
+   * One group: together; after a refusal of data, file by file; a single file then row by row. A file that
+   * PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
+   * reason, so the files after it still load. Any other error stops the loader.
+   */
   const load = async (files: PreparedFile[]): Promise<FileResult[] | undefined> => {
     if (files.length === 0) return [];
     const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
     try {
       return await persist(label, () => commitFiles(db, files));
     } catch (error) {
-      if (error instanceof LedgerMismatchError || isConnectionError(error) || !(error as { code?: string }).code) throw error;
+      if (!isDataError(error)) throw error;
       if (files.length > 1) {
         const results: FileResult[] = [];
-        for (const file of files) results.push(...((await load([file])) ?? []));
+        for (const file of files) {
+          const loaded = await load([file]);
+          if (loaded === undefined) return undefined;
+          results.push(...loaded);
+        }
         return results;
       }
-      log.warn(`${files[0]!.name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
-      return persist(`loading ${files[0]!.name} row by row`, () => commitFiles(db, files, { isolate: true }));
+      const { name } = files[0]!;
+      log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
+      try {
+        return await persist(`loading ${name} row by row`, () => commitFiles(db, files, { isolate: true }));
+      } catch (refused) {
+        if (!isDataError(refused)) throw refused;
+        const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
+        totals.failed++;
+        log.error(`${join(dir, name)}: ${reason}; moved to ${dir}/failed/`);
+        await setAside(dir, name, reason);
+        return [];
+      }
     }
   };
 

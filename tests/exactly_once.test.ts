@@ -4,12 +4,12 @@
 // once in orders or once as an open rejection.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import type { DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
-import { createTestDatabase, pipelineEnv, runOk, runPipeline, startScript, tempDir, uniqueName, waitFor, type TestDatabase } from "./helpers.ts";
+import { createTestDatabase, pipelineEnv, runOk, runPipeline, runScript, startScript, tempDir, uniqueName, waitFor, type RunResult, type TestDatabase } from "./helpers.ts";
 
 const HEADER =
   "Row ID,Order ID,Order Date,Ship Date,Ship Mode,Customer ID,Customer Name,Segment,Country,City,State,Postal Code,Region,Product ID,Category,Sub-Category,Product Name,Sales,Quantity,Discount,Profit";
@@ -154,6 +154,101 @@ describe("a rejected line corrected and sent again", () => {
     await run(replay, [], ["--from-beginning"]);
     expect(await where.db.sql`select source_line, status, reason from rejected_rows order by id`).toEqual(before);
     expect(await placement(where)).toEqual(["orders.csv:2 orders", "orders.csv:3 orders", "orders.csv:4 orders", "orders.csv:5 orders"]);
+  });
+});
+
+describe("versions of one line that meet in one load", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let file: string;
+  const rows = (last: string) => csv([line(1), line(2), line(3), line(4), last]);
+  const produce = (content: string) => {
+    writeFileSync(file, content);
+    return runOk("producer.ts", ["--file", file, "--rate", "max"], where.env);
+  };
+
+  beforeAll(async () => {
+    where = await setUp("versions", tmp.path);
+    file = join(where.dir, "v.csv");
+    writeFileSync(file, rows(line(5)));
+    await run(where, [file]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("two new versions of a loaded line in one batch file: recorded once as a conflict, the later one, and the load goes on", async () => {
+    await produce(rows(line(5, { Sales: "111.5" })));
+    await produce(rows(line(5, { Sales: "222.5" })));
+    const summary = await run(where, []);
+    expect(summary).toContain("inserted=0 duplicates=8 rejected=2");
+    const rejected = await where.db.sql<{ status: string; sales: string }[]>`
+      select status, fields->>'Sales' as sales from rejected_rows where source_line = 6
+    `;
+    expect(rejected.map((r) => ({ ...r }))).toEqual([{ status: "conflict", sales: "222.5" }]);
+    const [kept] = await where.db.sql`select sales::text as sales from orders where source_row_id = 5`;
+    expect(kept!.sales).toBe("105.5");
+  });
+
+  test("a broken line, its correction and another broken version, in three files of one group: the line is loaded, nothing open", async () => {
+    const upToLine7 = (last: string) => csv([line(1), line(2), line(3), line(4), line(5), last]);
+    await produce(upToLine7(line(6, { "Row ID": "abc" })));
+    await produce(upToLine7(line(6)));
+    await produce(upToLine7(line(6, { "Row ID": "xyz" })));
+    const summary = await run(where, [], ["--batch-size", "6"]);
+    expect(summary).toContain("files=3 ");
+    expect(await placement(where)).toContain("v.csv:7 orders");
+    expect(await placement(where)).not.toContain("v.csv:7 open");
+    const statuses = await where.db.sql<{ status: string }[]>`select status from rejected_rows where source_line = 7 order by status`;
+    expect(statuses.map((r) => r.status)).toEqual(["conflict", "resolved"]);
+  });
+
+  test("a source name too long for an index entry loads under a shortened name, the same on every load", async () => {
+    const source = `${"long-name/".repeat(300)}sales.csv`;
+    const other = join(where.dir, "other.csv");
+    writeFileSync(other, csv([line(1), line(2)]));
+    for (let i = 0; i < 2; i++) await runOk("producer.ts", ["--file", other, "--rate", "max", "--source", source], where.env);
+    const summary = await run(where, []);
+    expect(summary).toContain("inserted=2 duplicates=2 rejected=0");
+    const stored = await where.db.sql<{ name: string }[]>`select distinct source_file as name from orders where source_file like 'long-name/%'`;
+    expect(stored).toHaveLength(1);
+    expect(Buffer.byteLength(stored[0]!.name)).toBeLessThanOrEqual(1000);
+    expect(stored[0]!.name).toMatch(/^long-name\/long-name\/.*\.\.\.\[sha256 [0-9a-f]{16}\]$/);
+  });
+});
+
+describe("a file PostgreSQL refuses even row by row", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let summary: RunResult;
+
+  beforeAll(async () => {
+    where = await setUp("refusedfile", tmp.path);
+    // Rules of this database alone: orders refuses one product name, and rejected_rows refuses to record why.
+    await where.db.sql`alter table orders add constraint no_bad_product check (product_name <> 'Refused Chair')`;
+    await where.db.sql`alter table rejected_rows add constraint no_bad_reason check (reason not like '%no_bad_product%')`;
+    const bad = join(where.dir, "bad.csv");
+    const good = join(where.dir, "good.csv");
+    writeFileSync(bad, csv([line(1), line(2, { "Product Name": "Refused Chair" })]));
+    writeFileSync(good, csv([line(1), line(2)]));
+    for (const file of [bad, good]) await runOk("producer.ts", ["--file", file, "--rate", "max"], where.env);
+    await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", "--batch-size", "2"], where.env);
+    summary = await runScript("load.ts", [], { ...where.env, LOG_LEVEL: "info" });
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("is set aside with the reason, the files after it load, and the loader says it failed", async () => {
+    expect(summary.code).toBe(1);
+    expect(summary.stderr).toContain("failed_files=1");
+    const failed = readdirSync(join(where.env.BATCHES_DIR!, "failed"));
+    expect(failed.filter((f) => f.endsWith(".csv"))).toHaveLength(1);
+    const reason = readFileSync(join(where.env.BATCHES_DIR!, "failed", failed.find((f) => f.endsWith(".reason.txt"))!), "utf8");
+    expect(reason).toContain("PostgreSQL refused the file even row by row");
+    expect(await placement(where)).toEqual(["good.csv:2 orders", "good.csv:3 orders"]);
   });
 });
 

@@ -4,8 +4,8 @@
 
 import { describe, expect, test } from "bun:test";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
-import { isConnectionError } from "../scripts/lib/db.ts";
-import { BadBatchFileError, copyLine, copyValue, ORDER_COLUMNS, type OrderRow, rowHash, transform } from "../scripts/lib/load/read.ts";
+import { isConnectionError, isDataError, isRetryable } from "../scripts/lib/db.ts";
+import { BadBatchFileError, copyLine, copyValue, MAX_SOURCE_NAME_BYTES, ORDER_COLUMNS, type OrderRow, rowHash, sourceName, transform } from "../scripts/lib/load/read.ts";
 import { isLater, latestBy } from "../scripts/lib/load/transaction.ts";
 import { groupFiles } from "../scripts/load.ts";
 
@@ -498,5 +498,37 @@ describe("transform with NUL characters", () => {
     const row = meta({ _error: "expected 21 fields but got 2", _raw: "x\u0000,y" });
     const result = transform(batch([row]), BATCH);
     expect(result.rejected.map((r) => r.raw_text)).toEqual(["x\\u0000,y"]);
+  });
+});
+
+describe("what the loader does with a server error", () => {
+  const error = (code?: string) => Object.assign(new Error(code ?? "no code"), { code });
+
+  test("a refusal of the data (classes 22, 23, 54) makes a rejection, nothing else does", () => {
+    for (const code of ["22001", "22P02", "23503", "23514", "54000"]) expect([code, isDataError(error(code))]).toEqual([code, true]);
+    for (const code of ["57014", "40P01", "53100", "42P01", "08006", "ECONNRESET", undefined]) expect([code, isDataError(error(code))]).toEqual([code, false]);
+  });
+
+  test("a lost connection, a cancelled statement, a deadlock or a full disk is tried again; a wrong query is not", () => {
+    for (const code of ["ECONNRESET", "08006", "57P01", "57014", "40001", "40P01", "55P03", "53100", "53200"]) {
+      expect([code, isRetryable(error(code))]).toEqual([code, true]);
+    }
+    for (const code of ["22001", "23505", "54000", "42P01", "XX000", undefined]) expect([code, isRetryable(error(code))]).toEqual([code, false]);
+  });
+});
+
+describe("sourceName", () => {
+  test("keeps names that fit an index entry, and cuts longer ones to a stable name that ends in the whole name's hash", () => {
+    expect(sourceName("data/Sample - Superstore.csv")).toBe("data/Sample - Superstore.csv");
+    const fits = "é".repeat(MAX_SOURCE_NAME_BYTES / 2);
+    expect(sourceName(fits)).toBe(fits);
+    for (const long of ["x".repeat(3000), "😀".repeat(800), `${"é".repeat(450)}😀${"a".repeat(2000)}`]) {
+      const stored = sourceName(long);
+      expect(Buffer.byteLength(stored)).toBeLessThanOrEqual(MAX_SOURCE_NAME_BYTES);
+      expect(stored.isWellFormed()).toBe(true);
+      expect(stored).toMatch(/\.\.\.\[sha256 [0-9a-f]{16}\]$/);
+      expect(sourceName(long)).toBe(stored);
+      expect(sourceName(`${long}b`)).not.toBe(stored);
+    }
   });
 });

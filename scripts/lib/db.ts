@@ -104,10 +104,23 @@ export function isConnectionError(error: unknown): boolean {
   return typeof code === "string" && (CONNECTION_CODES.has(code) || code.startsWith("08") || /^57P0[1-3]$/.test(code));
 }
 
-/** SQLSTATE classes of errors about the data itself: 22 data exception, 23 integrity constraint violation. */
+/**
+ * SQLSTATE classes of errors about the data itself: 22 data exception, 23 integrity constraint violation, 54
+ * program limit exceeded (a value too large for an index entry or a row).
+ */
 export function isDataError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && /^2[23]/.test(code);
+  return typeof code === "string" && /^(22|23|54)[0-9A-Z]{3}$/.test(code);
+}
+
+/**
+ * Worth trying again as it was: the server went away (isConnectionError), or it gave up on this attempt for a
+ * reason of its own: a cancelled statement (57014), class 40 (serialization failure, deadlock), a lock not
+ * available (55P03), class 53 (out of disk, memory or connections).
+ */
+export function isRetryable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return isConnectionError(error) || (typeof code === "string" && /^(57014|55P03|40[0-9A-Z]{3}|53[0-9A-Z]{3})$/.test(code));
 }
 
 let guardInstalled = false;

@@ -80,6 +80,26 @@ export function identity(sourceFile: string, rowId: number | string): string {
   return `${sourceFile}\u0000${rowId}`;
 }
 
+/** Source names up to this many bytes are stored as they are; an index entry holds at most 2,704 bytes. */
+export const MAX_SOURCE_NAME_BYTES = 1000;
+
+/**
+ * A source name as stored in source_file: a longer name is cut and ends in a hash of the whole name, so it
+ * stays the same for the same source and differs between sources (a name too long for the identity index
+ * would make every load of the file fail).
+ */
+export function sourceName(name: string): string {
+  if (name.length <= MAX_SOURCE_NAME_BYTES / 3 || Buffer.byteLength(name) <= MAX_SOURCE_NAME_BYTES) return name;
+  if (name === shortened.name) return shortened.stored; // every row of a file names the same source
+  let cut = name.slice(0, MAX_SOURCE_NAME_BYTES - 100);
+  while (Buffer.byteLength(cut) > MAX_SOURCE_NAME_BYTES - 100) cut = cut.slice(0, -1);
+  if (/[\uD800-\uDBFF]$/.test(cut)) cut = cut.slice(0, -1); // not half of a character
+  shortened = { name, stored: `${cut}...[sha256 ${sha256(name).slice(0, 16)}]` };
+  return shortened.stored;
+}
+
+let shortened = { name: "", stored: "" };
+
 /** Fingerprint of a row's cleaned values: the same line sent again has the same one, a changed line another. */
 export function rowHash(values: Record<string, CleanValue>, extra: Extra | null): string {
   return Bun.MD5.hash(JSON.stringify([FIELD_COLUMNS.map((c) => values[c] ?? null), extra]), "hex") as string;
@@ -158,7 +178,7 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
     const partition = int(values._partition);
     const offset = values._offset && /^\d+$/.test(values._offset) && BigInt(values._offset) <= BIGINT_MAX ? values._offset : null;
     // Where the row came from. A batch file without our columns (written by hand) names itself.
-    const sourceFile = storable(values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile));
+    const sourceFile = sourceName(storable(values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile)));
     const sourceLine = int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line;
     const base = {
       source_file: sourceFile,

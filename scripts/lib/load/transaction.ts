@@ -14,7 +14,7 @@
 // still runs in the transaction that began the load. A committed file therefore never lies about its rows.
 // The commit is announced with NOTIFY sales_loaded, for the live dashboard.
 
-import { copyIn, isConnectionError, type Database, type TransactionSql } from "../db.ts";
+import { copyIn, isDataError, type Database, type TransactionSql } from "../db.ts";
 import { copyLine, identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
 
 /** The channel the loader announces commits on (LISTEN sales_loaded). */
@@ -227,6 +227,11 @@ function plan(file: PreparedFile, known: Known): Plan {
     if (at === undefined) {
       result.fresh.push(candidate);
       known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
+      // This insert resolves the line's open rejections, also those an earlier file of the group recorded:
+      // later files must see the line as loaded, as they would in a later run.
+      const line = lineKey(String(row.source_file), Number(row.source_line));
+      const recorded = known.recorded.get(line);
+      if (recorded) known.recorded.set(line, recorded.map((r) => ({ ...r, resolved: true })));
     } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
     else {
       result.rejections.push({
@@ -269,8 +274,17 @@ function plan(file: PreparedFile, known: Known): Plan {
  * content is updated to the latest version. Returns how many rows were written.
  */
 async function recordRejections(tx: TransactionSql, rows: readonly Plan["rejections"][number][]): Promise<number> {
-  let written = 0;
-  for (const part of chunks(rows, REJECTED_COLUMNS.length)) {
+  // One version per line and statement (ON CONFLICT cannot change a row twice in one statement): two versions
+  // of a line in one file, the later one (by Kafka offset) is kept, as a later file's would replace it. Both
+  // count as rejected.
+  const latest = new Map<string, Plan["rejections"][number]>();
+  for (const row of rows) {
+    const key = lineKey(row.source_file, row.source_line);
+    const seen = latest.get(key);
+    if (!seen || !(offsetOf(row) < offsetOf(seen))) latest.set(key, row);
+  }
+  let written = rows.length - latest.size;
+  for (const part of chunks([...latest.values()], REJECTED_COLUMNS.length)) {
     const changed = await tx`
       insert into rejected_rows ${tx(part as unknown as Record<string, never>[], REJECTED_COLUMNS as string[])}
       on conflict (source_file, source_line) where status in ('open', 'conflict') do update set
@@ -283,6 +297,11 @@ async function recordRejections(tx: TransactionSql, rows: readonly Plan["rejecti
     written += changed.length;
   }
   return written;
+}
+
+/** A rejection's Kafka offset, for ordering versions of one line; -1 when it has none. */
+function offsetOf(row: RejectedRow): bigint {
+  return row.kafka_offset === null ? -1n : BigInt(row.kafka_offset);
 }
 
 /** Is any rejection still open for the source files of `rows`? Most loads have none, and skip resolving. */
@@ -350,9 +369,9 @@ async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
       });
       kept.push(candidate);
     } catch (error) {
-      // Only the server's verdict on this row's data makes it a rejection (a SQLSTATE); anything else stops the load.
-      const code = (error as { code?: unknown }).code;
-      if (isConnectionError(error) || typeof code !== "string" || !/^[0-9A-Z]{5}$/.test(code)) throw error;
+      // Only the server's verdict on this row's data makes it a rejection; a cancelled statement, a deadlock or
+      // a full disk says nothing about the row: the load stops and is tried again.
+      if (!isDataError(error)) throw error;
       plan.rejections.push(refused(row, fields, plan.file.name, error));
     }
   }
