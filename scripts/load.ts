@@ -19,6 +19,7 @@
 import { watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
+import { sha256 } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
 import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
@@ -58,26 +59,63 @@ const ONE_SHOT_PATIENCE_MS = 30_000;
  */
 export const SETTLE_MS = 2000;
 
+/** How a file looked: a file put in its place (another size, time or inode) looks different. */
+export interface Stamp {
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly ino: number;
+}
+
 export interface PendingFile {
   readonly name: string;
   readonly size: number;
   /** modified within SETTLE_MS: maybe still being written */
   readonly young: boolean;
+  readonly stamp: Stamp;
+}
+
+/**
+ * Which files of the folder are loaded. A name alone does not say: a file can be replaced by another of the
+ * same name (a batch written by hand, say). A file counts as loaded while it looks as it did when this run
+ * loaded it; a name the ledger knows from an earlier run is checked once, by the hash of its content.
+ */
+export class LoadedFiles {
+  private readonly stamps = new Map<string, Stamp>();
+
+  /** `ledger`: file name -> the sha256 of every content loaded under that name. */
+  constructor(private readonly ledger: ReadonlyMap<string, ReadonlySet<string>>) {}
+
+  loaded(name: string, stamp: Stamp): void {
+    this.stamps.set(name, stamp);
+  }
+
+  async has(dir: string, name: string, stamp: Stamp): Promise<boolean> {
+    const seen = this.stamps.get(name);
+    if (seen) return seen.size === stamp.size && seen.mtimeMs === stamp.mtimeMs && seen.ino === stamp.ino;
+    const hashes = this.ledger.get(name);
+    if (!hashes || !hashes.has(sha256(await Bun.file(join(dir, name)).bytes()))) return false;
+    this.stamps.set(name, stamp);
+    return true;
+  }
 }
 
 /** Batch files waiting in `dir`, oldest name first, with their sizes; dot files (being written) are not ready. */
-export async function pendingFiles(dir: string, done: ReadonlySet<string>, now = Date.now()): Promise<PendingFile[]> {
+export async function pendingFiles(dir: string, done: LoadedFiles, now = Date.now()): Promise<PendingFile[]> {
   const entries = await readdir(dir, { withFileTypes: true });
   const names = entries
-    .filter((d) => d.isFile() && d.name.endsWith(".csv") && !d.name.startsWith(".") && !done.has(d.name))
+    .filter((d) => d.isFile() && d.name.endsWith(".csv") && !d.name.startsWith("."))
     .map((d) => d.name)
     .sort();
-  return Promise.all(
-    names.map(async (name) => {
-      const info = await stat(join(dir, name)).catch(() => ({ size: 0, mtimeMs: 0 }));
-      return { name, size: info.size, young: now - info.mtimeMs < SETTLE_MS };
-    }),
-  );
+  const infos = await Promise.all(names.map((name) => stat(join(dir, name)).catch(() => undefined)));
+  const pending: PendingFile[] = [];
+  for (const [i, name] of names.entries()) {
+    const info = infos[i];
+    if (info === undefined) continue; // gone meanwhile (set aside by another loader)
+    const stamp = { size: info.size, mtimeMs: info.mtimeMs, ino: info.ino };
+    if (await done.has(dir, name, stamp).catch(() => false)) continue;
+    pending.push({ name, size: info.size, young: now - info.mtimeMs < SETTLE_MS, stamp });
+  }
+  return pending;
 }
 
 /** Consecutive files in groups of at most GROUP_BYTES and GROUP_FILES (a bigger file is a group of its own). */
@@ -274,9 +312,10 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
    * one's transaction runs: JavaScript and PostgreSQL work at the same time (each on its own core).
    * Returns false when it stopped early (a stop request while waiting for the database).
    */
-  const loadPending = async (done: Set<string>): Promise<boolean> => {
+  const loadPending = async (done: LoadedFiles): Promise<boolean> => {
     unsettled.clear();
     const pending = await pendingFiles(dir, done);
+    const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
     const groups = groupFiles(pending);
     const progress = createProgress(log, "files", pending.length, 100);
     let next = groups[0] === undefined ? undefined : prepare(groups[0]);
@@ -293,7 +332,7 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
         if (results === undefined) return false;
         for (const result of results) {
           await record(result);
-          done.add(result.name);
+          done.loaded(result.name, stamps.get(result.name)!);
         }
         progress.update((finished += names.length));
       }
@@ -330,8 +369,10 @@ async function main(): Promise<void> {
       const [row] = await db.sql<{ ok: string | null }[]>`select to_regclass('loaded_files')::text as ok`;
       if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
     });
-    const names = await loader.persist("reading the ledger", () => db.sql<{ file_name: string }[]>`select file_name from loaded_files`);
-    const done = new Set((names ?? []).map((r) => r.file_name));
+    const ledger = new Map<string, Set<string>>();
+    const rows = await loader.persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
+    for (const { file_name, sha256 } of rows ?? []) ledger.set(file_name, (ledger.get(file_name) ?? new Set()).add(sha256));
+    const done = new LoadedFiles(ledger);
     log.info(`loading ${dir}/*.csv into ${where}${watch ? " (watching for new files, Ctrl-C to stop)" : ""}`);
     while (!shutdown.requested) {
       if (!(await loader.loadPending(done))) break;

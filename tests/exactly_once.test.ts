@@ -4,7 +4,7 @@
 // once in orders or once as an open rejection.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import type { DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
@@ -215,6 +215,56 @@ describe("versions of one line that meet in one load", () => {
     expect(stored).toHaveLength(1);
     expect(Buffer.byteLength(stored[0]!.name)).toBeLessThanOrEqual(1000);
     expect(stored[0]!.name).toMatch(/^long-name\/long-name\/.*\.\.\.\[sha256 [0-9a-f]{16}\]$/);
+  });
+});
+
+describe("a batch file replaced by another of the same name", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let dir: string;
+  /** Writes a batch by hand, dated a minute back (not "still being written"). */
+  const put = (name: string, ids: number[]) => {
+    const path = join(dir, name);
+    writeFileSync(join(dir, `.${name}`), csv(ids.map((id) => line(id))));
+    renameSync(join(dir, `.${name}`), path); // a new file in the name's place, as a copy tool leaves it
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(path, old, old);
+  };
+  const ids = async () => (await where.db.sql<{ id: string }[]>`select source_row_id::text as id from orders order by 1::int`).map((r) => Number(r.id));
+
+  beforeAll(async () => {
+    where = await setUp("replaced", tmp.path);
+    dir = join(where.dir, "hand");
+    mkdirSync(dir);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("is loaded by the next run: the ledger knows the name, not this content", async () => {
+    put("hand.csv", [1, 2, 3]);
+    await runOk("load.ts", ["--dir", dir], where.env);
+    put("hand.csv", [4, 5, 6]);
+    await runOk("load.ts", ["--dir", dir], where.env);
+    expect(await ids()).toEqual([1, 2, 3, 4, 5, 6]);
+    // The same content again is still a no-op.
+    const again = await runOk("load.ts", ["--dir", dir], { ...where.env, LOG_LEVEL: "info" });
+    expect(again.stderr).toContain("files=0 ");
+  });
+
+  test("is loaded by a running loader too", async () => {
+    const loader = startScript("load.ts", ["--watch", "--dir", dir], where.env);
+    try {
+      put("watched.csv", [10, 11]);
+      await waitFor("rows 10 and 11", async () => (await ids()).includes(11));
+      put("watched.csv", [12, 13]);
+      await waitFor("rows 12 and 13", async () => (await ids()).includes(13));
+    } finally {
+      loader.child.kill("SIGTERM");
+      await loader.finish();
+    }
+    expect((await ids()).filter((id) => id >= 10)).toEqual([10, 11, 12, 13]);
   });
 });
 
