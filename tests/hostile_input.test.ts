@@ -137,6 +137,40 @@ describe("extra columns named like JavaScript's own properties", () => {
   });
 });
 
+describe("sources whose headers spell fields differently, sent to one topic", () => {
+  const tmp = tempDir();
+  let db: TestDatabase;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const env = pipelineEnv({ topic: uniqueName("spelled"), group: uniqueName("g"), dir: join(tmp.path, "batches"), databaseUrl: db.url });
+    const rows = (await superstoreRows()).slice(0, 5);
+    const spelled = COLUMNS.map((c) => (c === "Sub-Category" ? "Sub Category" : c === "Row ID" ? "row_id" : c));
+    const files = [COLUMNS, spelled].map((header, i) => {
+      const file = join(tmp.path, `source${i}.csv`);
+      writeFileSync(file, stringify([header, ...rows.map((r) => COLUMNS.map((c) => r[c]!))]));
+      return file;
+    });
+    // One batch file holds the rows of both, under both spellings.
+    await runPipeline(env, files);
+  });
+  afterAll(async () => {
+    await db?.drop();
+    tmp.remove();
+  });
+
+  test("load every row of both, each field read from the column its source filled", async () => {
+    const source = (await superstoreRows()).slice(0, 5);
+    const rows = await db.sql<{ file: string; id: string; sub: string }[]>`
+      select regexp_replace(source_file, '^.*/', '') as file, source_row_id::text as id, sub_category as sub from orders order by 1, 2::int
+    `;
+    expect(rows.map((r) => [r.file, r.id, r.sub])).toEqual(
+      ["source0.csv", "source1.csv"].flatMap((file) => source.map((r) => [file, r["Row ID"]!, r["Sub-Category"]!])),
+    );
+    expect((await db.sql`select count(*)::int as n from rejected_rows`)[0]!.n).toBe(0);
+  });
+});
+
 describe("input that cannot be read correctly is refused before anything is sent", () => {
   const tmp = tempDir();
   const topic = uniqueName("refused");

@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
 import { byColumn, parseCsv } from "../csv.ts";
-import { cleanRow, FIELDS, mapHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
+import { cleanRow, FIELDS, mapHeader, normalizeHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
 
 /** Source columns the schema does not know, kept in orders.extra (jsonb). */
 export type Extra = Record<string, string>;
@@ -125,6 +125,44 @@ export function copyLine(row: OrderRow): string {
   return `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
 }
 
+/** Columns that mean one field, spelled two or more ways: the first is read, the others fill in for it. */
+interface Spelling {
+  readonly first: string;
+  readonly others: readonly string[];
+}
+
+/**
+ * Columns of one meaning spelled differently ("Sub-Category", "Sub Category"): a batch file holds them when
+ * sources with different headers shared a topic, each row with its value in its own source's column.
+ */
+function spellingsOf(columns: readonly string[]): Spelling[] {
+  const byMeaning = new Map<string, string[]>();
+  for (const column of columns) {
+    const meaning = normalizeHeader(column);
+    if (meaning !== "") byMeaning.set(meaning, [...(byMeaning.get(meaning) ?? []), column]);
+  }
+  return [...byMeaning.values()].filter((c) => c.length > 1).map(([first, ...others]) => ({ first: first!, others }));
+}
+
+/**
+ * The row with each field's spellings merged into the first (the value of whichever column holds one), and
+ * the problem when two of them hold different values.
+ */
+function mergeSpellings(fields: Record<string, string>, spellings: readonly Spelling[]): { merged: Record<string, string>; problem?: string } {
+  const merged = byColumn<string>();
+  Object.assign(merged, fields);
+  let problem: string | undefined;
+  for (const { first, others } of spellings) {
+    const given = [first, ...others].filter((c) => (fields[c] ?? "").trim() !== "");
+    if (new Set(given.map((c) => fields[c]!.trim())).size > 1) {
+      problem ??= `columns ${given.map((c) => JSON.stringify(c)).join(" and ")} mean one field and hold different values`;
+    }
+    merged[first] = given.length > 0 ? fields[given[0]!]! : (fields[first] ?? "");
+    for (const other of others) delete merged[other];
+  }
+  return { merged, problem };
+}
+
 /** The source columns of a parsed record, without the consumer's meta columns. */
 function sourceFields(values: Readonly<Record<string, string>>, sourceColumns: readonly string[]): Record<string, string> {
   const fields = byColumn<string>();
@@ -163,9 +201,10 @@ export function transform(parsed: { columns: readonly string[]; rows: readonly P
 /** transform, one record at a time, so a caller can give the event loop a turn between records. */
 function createTransformer(columns: readonly string[], batchFile: string): { add: (row: ParsedRow) => void; result: () => Transformed } {
   const sourceColumns = columns.filter((c) => !(META_COLUMNS as readonly string[]).includes(c));
+  const spellings = spellingsOf(sourceColumns);
   let header: HeaderMap;
   try {
-    header = mapHeader(sourceColumns);
+    header = mapHeader(sourceColumns.filter((c) => !spellings.some((s) => s.others.includes(c))));
   } catch (error) {
     throw new BadBatchFileError((error as Error).message);
   }
@@ -209,9 +248,10 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
       return;
     }
     const fields = sourceFields(values, sourceColumns);
-    const clean = cleanRow(fields, header);
+    const { merged, problem } = spellings.length === 0 ? { merged: fields, problem: undefined } : mergeSpellings(fields, spellings);
+    const clean = problem === undefined ? cleanRow(merged, header) : { ok: false as const, reason: problem };
     if (!clean.ok) {
-      const id = header.rowId === undefined ? null : int(fields[header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
+      const id = header.rowId === undefined ? null : int(merged[header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
       reject({ source_row_id: id, reason: clean.reason, fields: storableFields(fields), raw_text: null });
       return;
     }
