@@ -157,6 +157,34 @@ describe("a rejected line corrected and sent again", () => {
   });
 });
 
+describe("a record broken across two lines, corrected and sent again", () => {
+  const tmp = tempDir();
+  let where: Where;
+
+  beforeAll(async () => {
+    where = await setUp("twolines", tmp.path);
+    const file = join(where.dir, "t.csv");
+    // A product name with a line break, and one field too many: both of its lines are rejected on their own.
+    writeFileSync(file, csv([`${line(1, { "Product Name": '"Book\ncase"' })},extra`, line(2)]));
+    await run(where, [file]);
+    writeFileSync(file, csv([line(1, { "Product Name": '"Book\ncase"' }), line(2)]));
+    await run(where, [file]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("resolves the rejections of both lines when the record loads", async () => {
+    const rejected = await where.db.sql<{ line: number; status: string }[]>`select source_line as line, status from rejected_rows order by 1`;
+    expect(rejected.map((r) => [r.line, r.status])).toEqual([
+      [2, "resolved"],
+      [3, "resolved"],
+    ]);
+    expect(await placement(where)).toEqual(["t.csv:2 orders", "t.csv:4 orders"]);
+  });
+});
+
 describe("versions of one line that meet in one load", () => {
   const tmp = tempDir();
   let where: Where;

@@ -95,6 +95,7 @@ describe("transform", () => {
       candidates: [
         {
           key: "Sample-Superstore.csv\u00001",
+          lines: 1,
           fields: source(),
           row: {
             ...CLEAN_ORDER,

@@ -54,6 +54,8 @@ export interface Candidate {
   readonly row: OrderRow;
   /** source file + Row ID: the row's identity */
   readonly key: string;
+  /** source lines the record spans (a quoted field with line breaks spans several) */
+  readonly lines: number;
   /** the fields as received, for a rejection found later (a conflict with a loaded row) */
   readonly fields: Record<string, string>;
 }
@@ -272,7 +274,7 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
     } as OrderRow;
     const key = identity(sourceFile, row.source_row_id as number);
     const twin = candidates.get(key);
-    if (twin === undefined) candidates.set(key, { row, key, fields });
+    if (twin === undefined) candidates.set(key, { row, key, lines: base.source_lines, fields });
     else if (twin.row.row_hash === row.row_hash) duplicates++;
     else {
       reject({

@@ -229,9 +229,11 @@ function plan(file: PreparedFile, known: Known): Plan {
       known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
       // This insert resolves the line's open rejections, also those an earlier file of the group recorded:
       // later files must see the line as loaded, as they would in a later run.
-      const line = lineKey(String(row.source_file), Number(row.source_line));
-      const recorded = known.recorded.get(line);
-      if (recorded) known.recorded.set(line, recorded.map((r) => ({ ...r, resolved: true })));
+      for (let n = 0; n < candidate.lines; n++) {
+        const line = lineKey(String(row.source_file), Number(row.source_line) + n);
+        const recorded = known.recorded.get(line);
+        if (recorded) known.recorded.set(line, recorded.map((r) => ({ ...r, resolved: true })));
+      }
     } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
     else {
       result.rejections.push({
@@ -313,15 +315,19 @@ async function anyOpenRejection(tx: TransactionSql, rows: readonly Candidate[]):
   return open?.any === true;
 }
 
-/** Marks open rejections resolved by rows now inserted: same source file and Row ID, or same line. */
+/**
+ * Marks open rejections resolved by rows now inserted: same source file and Row ID, or a line the row spans
+ * (a record broken across lines was rejected line by line).
+ */
 async function resolveRejections(tx: TransactionSql, fresh: readonly Candidate[], batchFile: string): Promise<number> {
   let resolved = 0;
-  for (const part of chunks(fresh.map((c) => c.row), 3)) {
+  for (const part of chunks(fresh, 4)) {
     const done = await tx`
       update rejected_rows r set status = 'resolved', resolved_at = now(), resolved_by = ${batchFile}
-      from unnest(${part.map((r) => String(r.source_file))}::text[], ${part.map((r) => Number(r.source_row_id))}::bigint[],
-                  ${part.map((r) => Number(r.source_line))}::int[]) as k (f, id, line)
-      where r.status = 'open' and r.source_file = k.f and (r.source_row_id = k.id or r.source_line = k.line)
+      from unnest(${part.map((c) => String(c.row.source_file))}::text[], ${part.map((c) => Number(c.row.source_row_id))}::bigint[],
+                  ${part.map((c) => Number(c.row.source_line))}::int[], ${part.map((c) => c.lines)}::int[]) as k (f, id, line, lines)
+      where r.status = 'open' and r.source_file = k.f
+        and (r.source_row_id = k.id or r.source_line between k.line and k.line + k.lines - 1)
       returning 1
     `;
     resolved += done.length;
