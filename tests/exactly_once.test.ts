@@ -296,6 +296,46 @@ describe("a batch file replaced by another of the same name", () => {
   });
 });
 
+describe("a statement PostgreSQL gives up on (a lock it could not get in time)", () => {
+  const tmp = tempDir();
+  let where: Where;
+
+  beforeAll(async () => {
+    where = await setUp("locked", tmp.path);
+    await where.db.sql.unsafe(`alter database "${where.db.name}" set lock_timeout = '200ms'`);
+    const file = join(where.dir, "l.csv");
+    writeFileSync(file, csv([line(1), line(2), line(3)]));
+    await runOk("producer.ts", ["--file", file, "--rate", "max"], where.env);
+    await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2"], where.env);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("is tried again, and the rows load: not one becomes a rejection", async () => {
+    const holder = connect(where.db.target, createLogger("test", "silent"), { max: 1 });
+    const release = Promise.withResolvers<void>();
+    const held = holder.begin(async (tx) => {
+      await tx`lock table orders in access exclusive mode`;
+      await release.promise;
+    });
+    try {
+      await waitFor("the lock to be held", async () => (await where.db.sql`select count(*)::int as n from pg_locks where relation = 'orders'::regclass and granted`)[0]!.n > 0);
+      const loader = startScript("load.ts", [], where.env);
+      await loader.waitForOutput(/the attempt failed at PostgreSQL .*lock timeout.*again in/);
+      release.resolve();
+      await held;
+      const result = await loader.finish();
+      expect(result.code).toBe(0);
+    } finally {
+      release.resolve();
+      await holder.end();
+    }
+    expect(await placement(where)).toEqual(["l.csv:2 orders", "l.csv:3 orders", "l.csv:4 orders"]);
+  });
+});
+
 describe("a file PostgreSQL refuses even row by row", () => {
   const tmp = tempDir();
   let where: Where;
