@@ -153,8 +153,9 @@ export function launchBroker(options: BrokerOptions, log: Logger): number {
     ...args,
   ];
   if (!existsSync(join(dataDir, "meta.properties"))) {
+    // "--cluster-id=...": an id that starts with "-" (one in 64 do) would otherwise be read as an option.
     const clusterId = randomBytes(16).toString("base64url");
-    const format = run("java", java("kafka.tools.StorageTool", ["format", "-t", clusterId, "-c", propsFile]), { quiet: true });
+    const format = run("java", java("kafka.tools.StorageTool", ["format", `--cluster-id=${clusterId}`, "-c", propsFile]), { quiet: true });
     if (!format.ok) throw new Error(`formatting Kafka's storage failed:\n${format.out}`);
     log.info(`formatted KRaft storage in ${dataDir}`);
   }
