@@ -16,10 +16,10 @@
 //
 // Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL. Flags: --dir, --watch, --help.
 
-import { watch, type FSWatcher } from "node:fs";
+import { existsSync, watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { sha256 } from "./lib/batch.ts";
+import { parseBatchFileName, sha256 } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
 import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
@@ -59,10 +59,14 @@ const ONE_SHOT_PATIENCE_MS = 30_000;
  */
 export const SETTLE_MS = 2000;
 
-/** How a file looked: a file put in its place (another size, time or inode) looks different. */
+/**
+ * How a file looked: a file put in its place, or written over, looks different (size, inode, or a change
+ * time, which no tool can set back).
+ */
 export interface Stamp {
   readonly size: number;
   readonly mtimeMs: number;
+  readonly ctimeMs: number;
   readonly ino: number;
 }
 
@@ -91,7 +95,7 @@ export class LoadedFiles {
 
   async has(dir: string, name: string, stamp: Stamp): Promise<boolean> {
     const seen = this.stamps.get(name);
-    if (seen) return seen.size === stamp.size && seen.mtimeMs === stamp.mtimeMs && seen.ino === stamp.ino;
+    if (seen) return seen.size === stamp.size && seen.mtimeMs === stamp.mtimeMs && seen.ctimeMs === stamp.ctimeMs && seen.ino === stamp.ino;
     const hashes = this.ledger.get(name);
     if (!hashes || !hashes.has(sha256(await Bun.file(join(dir, name)).bytes()))) return false;
     this.stamps.set(name, stamp);
@@ -103,7 +107,7 @@ export class LoadedFiles {
 export async function pendingFiles(dir: string, done: LoadedFiles, now = Date.now()): Promise<PendingFile[]> {
   const entries = await readdir(dir, { withFileTypes: true });
   const names = entries
-    .filter((d) => d.isFile() && d.name.endsWith(".csv") && !d.name.startsWith("."))
+    .filter((d) => (d.isFile() || d.isSymbolicLink()) && d.name.endsWith(".csv") && !d.name.startsWith("."))
     .map((d) => d.name)
     .sort();
   const infos = await Promise.all(names.map((name) => stat(join(dir, name)).catch(() => undefined)));
@@ -111,9 +115,11 @@ export async function pendingFiles(dir: string, done: LoadedFiles, now = Date.no
   for (const [i, name] of names.entries()) {
     const info = infos[i];
     if (info === undefined) continue; // gone meanwhile (set aside by another loader)
-    const stamp = { size: info.size, mtimeMs: info.mtimeMs, ino: info.ino };
+    if (!info.isFile()) continue; // a folder named *.csv; a link is followed to what it points to
+    const stamp = { size: info.size, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs, ino: info.ino };
     if (await done.has(dir, name, stamp).catch(() => false)) continue;
-    pending.push({ name, size: info.size, young: now - info.mtimeMs < SETTLE_MS, stamp });
+    // Changed a moment ago (the change time cannot be set back, as a copy tool sets the modification time).
+    pending.push({ name, size: info.size, young: now - Math.max(info.mtimeMs, info.ctimeMs) < SETTLE_MS, stamp });
   }
   return pending;
 }
@@ -160,16 +166,21 @@ function nextChange(dir: string, ms: number, signal: AbortSignal): Promise<void>
   });
 }
 
-/** Moves a bad file to DIR/failed/ with a .reason.txt beside it. */
-async function setAside(dir: string, name: string, reason: string): Promise<void> {
+/**
+ * Moves a bad file to DIR/failed/ with a .reason.txt beside it. A file of the same name set aside before is
+ * kept: this one goes in as NAME.2.csv (then .3, ...).
+ */
+async function setAside(dir: string, file: string, reason: string): Promise<void> {
   const failed = join(dir, "failed");
   await mkdir(failed, { recursive: true });
+  let name = file;
+  for (let n = 2; existsSync(join(failed, name)) || existsSync(join(failed, `${name}.reason.txt`)); n++) name = file.replace(/(\.csv)?$/, `.${n}$1`);
   await Bun.write(
     join(failed, `${name}.reason.txt`),
     `${reason}\nThe file was not loaded. Its records are still in Kafka: replay them with\n` +
       `  bun scripts/consumer_batch_to_csv.ts --from-beginning --group <new group>\n`,
   );
-  await rename(join(dir, name), join(failed, name));
+  await rename(join(dir, file), join(failed, name));
 }
 
 interface Totals {
@@ -226,11 +237,18 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
 
   /**
    * Reads and transforms a group; bad files are set aside (and counted), vanished ones skipped. A file that
-   * fails its checks while it was modified a moment ago is not judged yet: it may still be being copied.
+   * was modified a moment ago is not judged yet, unless its name holds the hash of its content (the
+   * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
+   * look like a good one.
    */
   const prepare = async (files: readonly PendingFile[]): Promise<PreparedFile[]> => {
     const prepared: PreparedFile[] = [];
     for (const { name, young } of files) {
+      if (young && parseBatchFileName(name) === undefined) {
+        log.debug(`${name}: modified a moment ago, looked at again shortly`);
+        unsettled.add(name);
+        continue;
+      }
       try {
         prepared.push(await prepareFile(dir, name));
         unsettled.delete(name);

@@ -4,7 +4,7 @@
 // once in orders or once as an open rejection.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import type { DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
@@ -232,6 +232,33 @@ describe("versions of one line that meet in one load", () => {
     expect(statuses.map((r) => r.status)).toEqual(["conflict", "resolved"]);
   });
 
+  /** Sends `lines` as the source `name` (a file of its own: its lines are apart from the other tests'). */
+  const send = (name: string, lines: string[]) => {
+    const path = join(where.dir, name);
+    writeFileSync(path, csv(lines));
+    return runOk("producer.ts", ["--file", path, "--rate", "max"], where.env);
+  };
+
+  test("two broken versions of a new line in one batch file: the later one is the open rejection", async () => {
+    await send("w.csv", [line(1, { "Order Date": "13/45/2016" })]);
+    await send("w.csv", [line(1, { Quantity: "-5" })]);
+    const summary = await run(where, []);
+    expect(summary).toContain("inserted=0 duplicates=0 rejected=2");
+    const rejected = await where.db.sql<{ status: string; reason: string }[]>`select status, reason from rejected_rows where source_file like ${"%w.csv"}`;
+    expect(rejected.map((r) => [r.status, r.reason])).toEqual([["open", "Quantity: -5 is not a positive count of items"]]);
+  });
+
+  test("a broken version of a new line, then the clean one, in one batch file: loaded, the rejection resolved", async () => {
+    await send("x.csv", [line(1, { "Order Date": "13/45/2016" })]);
+    await send("x.csv", [line(1)]);
+    const summary = await run(where, []);
+    expect(summary).toContain("inserted=1 duplicates=0 rejected=1");
+    expect(summary).toContain("resolved=1");
+    const rejected = await where.db.sql<{ status: string }[]>`select status from rejected_rows where source_file like ${"%x.csv"}`;
+    expect(rejected.map((r) => r.status)).toEqual(["resolved"]);
+    expect((await placement(where)).filter((p) => p.startsWith("x.csv"))).toEqual(["x.csv:2 orders"]);
+  });
+
   test("a source name too long for an index entry loads under a shortened name, the same on every load", async () => {
     const source = `${"long-name/".repeat(300)}sales.csv`;
     const other = join(where.dir, "other.csv");
@@ -281,6 +308,63 @@ describe("a batch file replaced by another of the same name", () => {
     expect(again.stderr).toContain("files=0 ");
   });
 
+  test("is loaded by a running loader when written over in place, same size and its time set back", async () => {
+    const loader = startScript("load.ts", ["--watch", "--dir", dir], where.env);
+    try {
+      put("inplace.csv", [20, 21]);
+      await waitFor("rows 20 and 21", async () => (await ids()).includes(21));
+      const path = join(dir, "inplace.csv");
+      const before = statSync(path);
+      writeFileSync(path, csv([line(22), line(23)])); // same length, same inode
+      utimesSync(path, before.atime, before.mtime);
+      expect([statSync(path).size, statSync(path).ino, statSync(path).mtimeMs]).toEqual([before.size, before.ino, before.mtimeMs]);
+      await waitFor("rows 22 and 23", async () => (await ids()).includes(23));
+    } finally {
+      loader.child.kill("SIGTERM");
+      await loader.finish();
+    }
+  });
+
+  test("a file still being written is judged only once it has been left alone", async () => {
+    const loader = startScript("load.ts", ["--watch", "--dir", dir], where.env);
+    try {
+      const path = join(dir, "growing.csv");
+      const whole = csv([line(30, { Profit: "41.9136" })]);
+      writeFileSync(path, whole.slice(0, whole.indexOf("41.9136") + 2)); // "...,41": a complete-looking row
+      await Bun.sleep(300); // the copy goes on
+      writeFileSync(path, whole);
+      await waitFor("row 30", async () => (await ids()).includes(30));
+    } finally {
+      loader.child.kill("SIGTERM");
+      await loader.finish();
+    }
+    const [row] = await where.db.sql`select profit::text as profit from orders where source_row_id = 30`;
+    expect(row!.profit).toBe("41.9136");
+  });
+
+  test("a link to a batch file elsewhere is loaded like the file", async () => {
+    const elsewhere = join(where.dir, "elsewhere.csv");
+    writeFileSync(elsewhere, csv([line(40)]));
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(elsewhere, old, old);
+    symlinkSync(elsewhere, join(dir, "link.csv"));
+    await runOk("load.ts", ["--dir", dir], where.env);
+    expect(await ids()).toContain(40);
+  });
+
+  test("a bad file set aside does not replace one of the same name set aside before", async () => {
+    const bad = join(where.dir, "bad");
+    mkdirSync(bad);
+    for (const content of ["a,a\n1,2\n", 'x,y\n"open,2\n']) {
+      writeFileSync(join(bad, "bad.csv"), content);
+      utimesSync(join(bad, "bad.csv"), new Date(0), new Date(0));
+      await runScript("load.ts", ["--dir", bad], where.env);
+    }
+    const failed = readdirSync(join(bad, "failed")).sort();
+    expect(failed).toEqual(["bad.2.csv", "bad.2.csv.reason.txt", "bad.csv", "bad.csv.reason.txt"]);
+    expect(readFileSync(join(bad, "failed", "bad.2.csv"), "utf8")).toContain('"open');
+  });
+
   test("is loaded by a running loader too", async () => {
     const loader = startScript("load.ts", ["--watch", "--dir", dir], where.env);
     try {
@@ -292,7 +376,7 @@ describe("a batch file replaced by another of the same name", () => {
       loader.child.kill("SIGTERM");
       await loader.finish();
     }
-    expect((await ids()).filter((id) => id >= 10)).toEqual([10, 11, 12, 13]);
+    expect((await ids()).filter((id) => id >= 10 && id < 20)).toEqual([10, 11, 12, 13]);
   });
 });
 

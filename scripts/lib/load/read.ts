@@ -70,6 +70,8 @@ export interface PreparedFile {
   readonly rejected: readonly RejectedRow[];
   /** records that repeat an earlier record of the same file exactly */
   readonly duplicates: number;
+  /** candidates and rejected rows in the order of the file, which is the order they are judged in */
+  readonly sequence: readonly (Candidate | RejectedRow)[];
 }
 
 /** Thrown for a file that is not a readable batch; the caller sets it aside and goes on. */
@@ -201,7 +203,10 @@ export function transform(parsed: { columns: readonly string[]; rows: readonly P
 }
 
 /** transform, one record at a time, so a caller can give the event loop a turn between records. */
-function createTransformer(columns: readonly string[], batchFile: string): { add: (row: ParsedRow) => void; result: () => Transformed } {
+function createTransformer(
+  columns: readonly string[],
+  batchFile: string,
+): { add: (row: ParsedRow) => void; result: () => Transformed; sequence: readonly (Candidate | RejectedRow)[] } {
   const sourceColumns = columns.filter((c) => !(META_COLUMNS as readonly string[]).includes(c));
   const spellings = spellingsOf(sourceColumns);
   let header: HeaderMap;
@@ -213,6 +218,7 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
   const candidates = new Map<string, Candidate>();
   const rejected: RejectedRow[] = [];
   const rejectedLines = new Set<string>();
+  const sequence: (Candidate | RejectedRow)[] = [];
   let duplicates = 0;
   const add = ({ line, values }: ParsedRow): void => {
     const topic = values._topic || null;
@@ -231,12 +237,15 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
       batch_file: batchFile,
     };
     const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
-      // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate.
-      const at = identity(sourceFile, `line ${sourceLine}`);
+      // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate; another
+      // version of it is a rejection of its own (the later one is kept, as from a later file).
+      const at = `${identity(sourceFile, `line ${sourceLine}`)}\u0000${JSON.stringify([row.fields, row.raw_text])}`;
       if (rejectedLines.has(at)) duplicates++;
       else {
         rejectedLines.add(at);
-        rejected.push({ ...base, ...row });
+        const rejection = { ...base, ...row };
+        rejected.push(rejection);
+        sequence.push(rejection);
       }
     };
     if (values._error) {
@@ -274,7 +283,11 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
     } as OrderRow;
     const key = identity(sourceFile, row.source_row_id as number);
     const twin = candidates.get(key);
-    if (twin === undefined) candidates.set(key, { row, key, lines: base.source_lines, fields });
+    if (twin === undefined) {
+      const candidate = { row, key, lines: base.source_lines, fields };
+      candidates.set(key, candidate);
+      sequence.push(candidate);
+    }
     else if (twin.row.row_hash === row.row_hash) duplicates++;
     else {
       reject({
@@ -285,7 +298,7 @@ function createTransformer(columns: readonly string[], batchFile: string): { add
       });
     }
   };
-  return { add, result: () => ({ candidates: [...candidates.values()], rejected, duplicates }) };
+  return { add, result: () => ({ candidates: [...candidates.values()], rejected, duplicates }), sequence };
 }
 
 /** Records transformed between two turns of the event loop while a file is prepared. */
@@ -313,5 +326,5 @@ export async function prepareFile(dir: string, name: string): Promise<PreparedFi
     transformer.add(row);
     if (i % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((turn) => setImmediate(turn));
   }
-  return { name, hash, records: parsed.rows.length, ...transformer.result() };
+  return { name, hash, records: parsed.rows.length, ...transformer.result(), sequence: transformer.sequence };
 }

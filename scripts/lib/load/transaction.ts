@@ -217,58 +217,67 @@ interface Plan {
   duplicates: number;
 }
 
-/** Sorts each file's records into inserts, rejections and duplicates, against what is known (updated as it goes). */
+/**
+ * Sorts each file's records into inserts, rejections and duplicates, in the order of the file, against what is
+ * known (updated as it goes): two versions of a line in one file end as they would in two runs.
+ */
 function plan(file: PreparedFile, known: Known): Plan {
   const result: Plan = { file, fresh: [], rejections: [], duplicates: file.duplicates };
   const stays = (line: number) => `; the row loaded from line ${line} stays in orders`;
-  for (const candidate of file.candidates) {
-    const { row, fields } = candidate;
-    const at = known.loaded.get(candidate.key);
-    if (at === undefined) {
-      result.fresh.push(candidate);
-      known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
-      // This insert resolves the line's open rejections, also those an earlier file of the group recorded:
-      // later files must see the line as loaded, as they would in a later run.
-      for (let n = 0; n < candidate.lines; n++) {
-        const line = lineKey(String(row.source_file), Number(row.source_line) + n);
-        const recorded = known.recorded.get(line);
-        if (recorded) known.recorded.set(line, recorded.map((r) => ({ ...r, resolved: true })));
-      }
-    } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
-    else {
-      result.rejections.push({
-        status: "conflict",
-        source_file: String(row.source_file),
-        source_line: Number(row.source_line),
-        source_lines: 1,
-        source_row_id: Number(row.source_row_id),
-        reason: `Row ID ${row.source_row_id} is already loaded with other values${stays(at.line)}`,
-        fields,
-        raw_text: null,
-        kafka_topic: row.kafka_topic as string | null,
-        kafka_partition: row.kafka_partition as number | null,
-        kafka_offset: row.kafka_offset as string | null,
-        batch_file: file.name,
-      });
-    }
-  }
-  for (const rejected of file.rejected) {
-    const key = lineKey(rejected.source_file, rejected.source_line);
-    const before = known.recorded.get(key) ?? [];
-    const same = content(rejected);
-    // The same broken line again (a re-sent file, a replayed topic): recorded already.
-    if (before.some((r) => r.content === same)) {
-      result.duplicates++;
-      continue;
-    }
-    known.recorded.set(key, [...before, { content: same, resolved: false }]);
-    const at = rejected.source_row_id === null ? undefined : known.loaded.get(identity(rejected.source_file, rejected.source_row_id));
-    if (at !== undefined) result.rejections.push({ ...rejected, status: "conflict", reason: `${rejected.reason}${stays(at.line)}` });
-    else if (before.some((r) => r.resolved)) {
-      result.rejections.push({ ...rejected, status: "conflict", reason: `${rejected.reason}; this line has loaded since it was first rejected` });
-    } else result.rejections.push({ ...rejected, status: "open" });
+  for (const item of file.sequence) {
+    if ("key" in item) planCandidate(item, file.name, known, result, stays);
+    else planRejected(item, known, result, stays);
   }
   return result;
+}
+
+function planCandidate(candidate: Candidate, batchFile: string, known: Known, result: Plan, stays: (line: number) => string): void {
+  const { row, fields } = candidate;
+  const at = known.loaded.get(candidate.key);
+  if (at === undefined) {
+    result.fresh.push(candidate);
+    known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
+    // This insert resolves the open rejections of the lines it spans, also those an earlier file of the group
+    // recorded: records after it must see the line as loaded, as they would in a later run.
+    for (let n = 0; n < candidate.lines; n++) {
+      const line = lineKey(String(row.source_file), Number(row.source_line) + n);
+      const recorded = known.recorded.get(line);
+      if (recorded) known.recorded.set(line, recorded.map((r) => ({ ...r, resolved: true })));
+    }
+  } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
+  else {
+    result.rejections.push({
+      status: "conflict",
+      source_file: String(row.source_file),
+      source_line: Number(row.source_line),
+      source_lines: 1,
+      source_row_id: Number(row.source_row_id),
+      reason: `Row ID ${row.source_row_id} is already loaded with other values${stays(at.line)}`,
+      fields,
+      raw_text: null,
+      kafka_topic: row.kafka_topic as string | null,
+      kafka_partition: row.kafka_partition as number | null,
+      kafka_offset: row.kafka_offset as string | null,
+      batch_file: batchFile,
+    });
+  }
+}
+
+function planRejected(rejected: RejectedRow, known: Known, result: Plan, stays: (line: number) => string): void {
+  const key = lineKey(rejected.source_file, rejected.source_line);
+  const before = known.recorded.get(key) ?? [];
+  const same = content(rejected);
+  // The same broken line again (a re-sent file, a replayed topic): recorded already.
+  if (before.some((r) => r.content === same)) {
+    result.duplicates++;
+    return;
+  }
+  known.recorded.set(key, [...before, { content: same, resolved: false }]);
+  const at = rejected.source_row_id === null ? undefined : known.loaded.get(identity(rejected.source_file, rejected.source_row_id));
+  if (at !== undefined) result.rejections.push({ ...rejected, status: "conflict", reason: `${rejected.reason}${stays(at.line)}` });
+  else if (before.some((r) => r.resolved)) {
+    result.rejections.push({ ...rejected, status: "conflict", reason: `${rejected.reason}; this line has loaded since it was first rejected` });
+  } else result.rejections.push({ ...rejected, status: "open" });
 }
 
 /**
