@@ -376,7 +376,9 @@ async function main(): Promise<void> {
   // Statements are not prepared: the duplicate check must use the identity index however large orders has grown
   // since it was first planned (a generic plan made while the table was empty scans it whole). Not
   // plan_cache_mode=force_custom_plan: that also re-plans the foreign-key check of every row COPY inserts.
-  const db = openDatabase(config.database, log, { max: 1, prepare: false });
+  // No statement timeout from the server's or role's defaults: a big file's COPY is one statement, and a
+  // timeout would cancel it on every attempt.
+  const db = openDatabase(config.database, log, { max: 1, prepare: false, parameters: { statement_timeout: "0" } });
   const shutdown = createShutdown(log);
   shutdown.onStop("close database connections", () => db.end(5));
   const loader = createLoader({ db, dir, where, watch, log, shutdown });

@@ -418,6 +418,15 @@ describe("a statement PostgreSQL gives up on (a lock it could not get in time)",
     }
     expect(await placement(where)).toEqual(["l.csv:2 orders", "l.csv:3 orders", "l.csv:4 orders"]);
   });
+
+  test("a statement timeout set on the database does not cancel the loader's statements", async () => {
+    // Connections opened from now on start with it; this test's own connection was opened before.
+    await where.db.sql.unsafe(`alter database "${where.db.name}" set statement_timeout = '1ms'`);
+    const file = join(where.dir, "t.csv");
+    writeFileSync(file, csv(Array.from({ length: 300 }, (_, i) => line(i + 1))));
+    await runPipeline(where.env, [file]);
+    expect((await placement(where)).filter((p) => p.startsWith("t.csv"))).toHaveLength(300);
+  });
 });
 
 describe("a file PostgreSQL refuses even row by row", () => {
