@@ -4,11 +4,13 @@
 //
 //   make_data --copies N -> producer | kcat -P -> consumer | kcat -C -> load | psql \copy -> all three at once
 //
-//   make bench                 quick: 99,940 rows (10 copies of the sample), about 3 minutes
+//   make bench                 quick: 99,940 rows (10 copies of the sample), about 2 minutes
 //   make bench SIZE=full       999,400 rows (100 copies)
 //
-// Stages: the producer at --rate max beside kcat -P (acks=all, idempotent) sending the same keyed messages;
-// the consumer writing 100-record and 10,000-record files beside kcat -C writing the topic to one file; the
+// Stages: the producer at --rate max beside kcat -P (acks=all, idempotent) sending the same keyed messages, and
+// beside Kafka's ProducerPerformance sending as many records of their mean size (in local mode, where make up
+// fetched Kafka's jars, tools included); the consumer writing 100-record and 10,000-record files beside kcat -C
+// writing the topic to one file, and beside Kafka's ConsumerPerformance reading it; the
 // loader on 10,000-row files beside psql \copy of the same cleaned rows into the same schema (users and products
 // already there), and on 100-row files beside itself on 10,000-row ones; then producer, consumer (100 per file)
 // and loader --watch at once, CSV to table. Everything runs on topics, groups, databases and folders of its own
@@ -17,7 +19,7 @@
 //
 // Env: KAFKA_BROKERS, DATABASE_URL (the server; databases bench_*), LOG_LEVEL. Flags: --size, --copies, --runs.
 
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
@@ -29,6 +31,8 @@ import type { Admin } from "kafkajs";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
 import { pollUntil } from "./lib/retry.ts";
+import { readCompose } from "./lib/stack/compose.ts";
+import { kafkaJars } from "./lib/stack/kafka.ts";
 import { ensureDatabase, migrate } from "./migrate.ts";
 
 const command = {
@@ -92,7 +96,14 @@ class Bench {
     readonly config: Config,
     readonly rows: number,
     readonly file: string,
+    /** the jars of the local Kafka, tools included; undefined when the stack runs in Docker (no peers from Kafka's tools then) */
+    readonly kafkaTools: string | undefined,
   ) {}
+
+  /** A Kafka tool on the local Kafka's jars. */
+  java(main: string, args: string[]): string[] {
+    return ["java", "-cp", `${this.kafkaTools}/*`, main, ...args];
+  }
 
   name(what: string): string {
     return `bench_${this.id}_${what}_${++this.seq}`;
@@ -190,6 +201,17 @@ async function produce(b: Bench, runs: number, rows: Row[]): Promise<string> {
     const peer = await measure(["kcat", "-P", "-b", b.config.kafkaBrokers[0]!, "-t", peerTopic, "-K", "\t", "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=5", "-l", dump]);
     b.check("kcat -P", await b.topicSize(peerTopic));
     rows.push({ stage: "producer --rate max", ours, peer: { name: "kcat -P (acks=all, idempotent)", cost: peer } });
+    if (b.kafkaTools) {
+      const perfTopic = b.name("perf");
+      await b.createTopic(perfTopic);
+      const size = Math.round(statSync(dump).size / b.rows);
+      const perf = await measure(b.java("org.apache.kafka.tools.ProducerPerformance", [
+        "--topic", perfTopic, "--num-records", String(b.rows), "--record-size", String(size), "--throughput", "-1",
+        "--producer-props", `bootstrap.servers=${b.config.kafkaBrokers.join(",")}`, "acks=all", "enable.idempotence=true",
+      ]));
+      b.check("ProducerPerformance", await b.topicSize(perfTopic));
+      rows.push({ stage: "producer --rate max", ours, peer: { name: `Kafka's ProducerPerformance (${size}-byte records)`, cost: perf } });
+    }
   }
   return source;
 }
@@ -200,6 +222,11 @@ async function consume(b: Bench, topic: string, runs: number, rows: Row[]): Prom
   const idle = 1;
   for (let r = 0; r < runs; r++) {
     const peer = await measure(["kcat", "-C", "-b", b.config.kafkaBrokers[0]!, "-t", topic, "-o", "beginning", "-e", "-q"], {}, join(ROOT, `${b.id}.kcat-out`));
+    const perf = b.kafkaTools
+      ? await measure(b.java("org.apache.kafka.tools.ConsumerPerformance", [
+          "--bootstrap-server", b.config.kafkaBrokers.join(","), "--topic", topic, "--messages", String(b.rows), "--group", b.name("perf"),
+        ]))
+      : undefined;
     for (const size of [100, 10_000]) {
       const dir = join(ROOT, b.name(`files${size}`));
       const cost = await measure(script("consumer_batch_to_csv.ts", ["--until-idle", String(idle), "--batch-size", String(size)]), b.env(topic, b.name("group"), dir));
@@ -207,6 +234,7 @@ async function consume(b: Bench, topic: string, runs: number, rows: Row[]): Prom
       // --until-idle waits `idle` seconds after the last message before it exits: not work, so not counted.
       const ours = { ...cost, ms: cost.ms - idle * 1000 };
       rows.push({ stage: `consumer, ${size.toLocaleString("en")} per file`, ours, peer: { name: "kcat -C into a file", cost: peer } });
+      if (perf) rows.push({ stage: `consumer, ${size.toLocaleString("en")} per file`, ours, peer: { name: "Kafka's ConsumerPerformance", cost: perf } });
       if (size === 100) dirs.small ||= dir;
       else dirs.large ||= dir;
     }
@@ -302,6 +330,17 @@ function table(b: Bench, rows: Row[], started: Date, load: number[]): string {
   return `${lines.join("\n")}\n`;
 }
 
+/** The local Kafka's jars (make up fetched them, tools included), or undefined without Java and Maven. */
+function localKafkaJars(): string | undefined {
+  if (!Bun.which("java")) return undefined;
+  try {
+    return kafkaJars(readCompose(readFileSync("docker-compose.yml", "utf8")).kafkaVersion, quiet);
+  } catch (error) {
+    log.warn(`Kafka's own tools are left out of the comparison: ${(error as Error).message}`);
+    return undefined;
+  }
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -318,7 +357,7 @@ async function main(): Promise<void> {
   if (!existsSync(file)) await measure(script("make_data.ts", ["--out", file, "--copies", String(copies)]));
   const load0 = loadavg();
   const started = new Date();
-  const b = new Bench(config, copies * 9994, file);
+  const b = new Bench(config, copies * 9994, file, localKafkaJars());
   const rows: Row[] = [];
   log.info(`${b.rows} rows, ${runs} run(s) of each stage; load average ${load0.map((l) => l.toFixed(2)).join(" ")}`);
   try {

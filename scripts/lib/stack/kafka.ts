@@ -70,7 +70,7 @@ logger.state.level = warn
 
 function kafkaPom(version: string): string {
   return `<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <!-- Written by scripts/lib/stack/kafka.ts: the Apache Kafka ${version} broker and its runtime jars. -->
+  <!-- Written by scripts/lib/stack/kafka.ts: the Apache Kafka ${version} broker, its tools and their runtime jars. -->
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.sales-stream</groupId>
   <artifactId>kafka-broker-runtime</artifactId>
@@ -78,6 +78,8 @@ function kafkaPom(version: string): string {
   <packaging>pom</packaging>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>${version}</version></dependency>
+    <!-- As in the binary distribution's libs/: Kafka's own tools, for make bench (ProducerPerformance, ConsumerPerformance). -->
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>${version}</version></dependency>
     <!-- The binary distribution logs through log4j2; this binds Kafka's slf4j 1.7 calls to it. -->
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
   </dependencies>
@@ -97,7 +99,7 @@ function javaMajor(): number | undefined {
 export function kafkaJars(version: string, log: Logger): string {
   const home = resolve(STATE_DIR, "kafka", version);
   const libs = join(home, "libs");
-  const marker = join(libs, `.complete-${version}`);
+  const marker = join(libs, `.complete-${version}-with-tools`);
   if (existsSync(marker)) return libs;
   const java = javaMajor();
   if (java === undefined || java < 17) {
@@ -112,7 +114,7 @@ export function kafkaJars(version: string, log: Logger): string {
   log.info(`fetching Apache Kafka ${version} from Maven Central (once)...`);
   rmSync(libs, { recursive: true, force: true });
   const fetched = run("mvn", ["-q", "-B", "-f", join(home, "pom.xml"), "dependency:copy-dependencies", `-DoutputDirectory=${libs}`, "-DincludeScope=runtime"]);
-  if (!fetched.ok) throw new Error(`Maven could not fetch org.apache.kafka:kafka_2.13:${version} (see its output above)`);
+  if (!fetched.ok) throw new Error(`Maven could not fetch org.apache.kafka:kafka_2.13:${version} and kafka-tools (see its output above)`);
   writeFileSync(marker, "");
   return libs;
 }
