@@ -65,7 +65,9 @@ up: install ## Start Kafka and PostgreSQL: Docker Compose if Docker runs, else l
 
 .PHONY: down
 down: ## Stop what `make up` started; all data is kept
-	@if [ -x "$(BUN)" ] || command -v "$(BUN)" >/dev/null; then $(BUN) scripts/local_stack.ts down; else echo "nothing to stop"; fi
+	@if [ -x "$(BUN)" ] || command -v "$(BUN)" >/dev/null; then $(BUN) scripts/local_stack.ts down; \
+	elif [ -f .local/stack.json ]; then echo "make up started services here, but bun is not installed to stop them: make install, then make down" >&2; exit 1; \
+	else echo "nothing to stop"; fi
 
 .PHONY: destroy
 destroy: install ## Stop and DELETE all data (topics, offsets, database); asks first, CONFIRM=1 skips the question
