@@ -232,7 +232,7 @@ function plan(file: PreparedFile, known: Known): Plan {
 }
 
 function planCandidate(candidate: Candidate, batchFile: string, known: Known, result: Plan, stays: (line: number) => string): void {
-  const { row, fields } = candidate;
+  const { row } = candidate;
   const at = known.loaded.get(candidate.key);
   if (at === undefined) {
     result.fresh.push(candidate);
@@ -246,21 +246,27 @@ function planCandidate(candidate: Candidate, batchFile: string, known: Known, re
     }
   } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
   else {
-    result.rejections.push({
-      status: "conflict",
-      source_file: String(row.source_file),
-      source_line: Number(row.source_line),
-      source_lines: 1,
-      source_row_id: Number(row.source_row_id),
-      reason: `Row ID ${row.source_row_id} is already loaded with other values${stays(at.line)}`,
-      fields,
-      raw_text: null,
-      kafka_topic: row.kafka_topic as string | null,
-      kafka_partition: row.kafka_partition as number | null,
-      kafka_offset: row.kafka_offset as string | null,
-      batch_file: batchFile,
-    });
+    result.rejections.push(candidateRejection(candidate, batchFile, "conflict", `Row ID ${row.source_row_id} is already loaded with other values${stays(at.line)}`));
   }
+}
+
+/** A rejection of a candidate, with the fields as the source had them. */
+function candidateRejection<S extends "open" | "conflict">(candidate: Candidate, batchFile: string, status: S, reason: string): RejectedRow & { status: S } {
+  const { row, fields } = candidate;
+  return {
+    status,
+    source_file: String(row.source_file),
+    source_line: Number(row.source_line),
+    source_lines: candidate.lines,
+    source_row_id: Number(row.source_row_id),
+    reason,
+    fields,
+    raw_text: null,
+    kafka_topic: row.kafka_topic as string | null,
+    kafka_partition: row.kafka_partition as number | null,
+    kafka_offset: row.kafka_offset as string | null,
+    batch_file: batchFile,
+  };
 }
 
 function planRejected(rejected: RejectedRow, known: Known, result: Plan, stays: (line: number) => string): void {
@@ -352,30 +358,19 @@ export interface CommitOptions {
   readonly isolate?: boolean;
 }
 
-/** The fields of a row as the source had them, for a rejection of a row that cleaned but failed in PostgreSQL. */
-function refused(row: OrderRow, fields: Record<string, string>, name: string, error: unknown): RejectedRow & { status: "open" } {
+/** The rejection of a row that cleaned but that PostgreSQL refused, with the server's reason. */
+function refused(candidate: Candidate, name: string, error: unknown): RejectedRow & { status: "open" } {
   const detail = error as { message?: string; column_name?: string; code?: string };
-  return {
-    status: "open",
-    source_file: String(row.source_file),
-    source_line: Number(row.source_line),
-    source_lines: 1,
-    source_row_id: Number(row.source_row_id),
-    reason: `PostgreSQL refused the row: ${detail.message ?? String(error)}${detail.column_name ? ` (column ${detail.column_name})` : ""}${detail.code ? ` [${detail.code}]` : ""}`,
-    fields,
-    raw_text: null,
-    kafka_topic: row.kafka_topic as string | null,
-    kafka_partition: row.kafka_partition as number | null,
-    kafka_offset: row.kafka_offset as string | null,
-    batch_file: name,
-  };
+  const column = detail.column_name ? ` (column ${detail.column_name})` : "";
+  const code = detail.code ? ` [${detail.code}]` : "";
+  return candidateRejection(candidate, name, "open", `PostgreSQL refused the row: ${detail.message ?? String(error)}${column}${code}`);
 }
 
 /** Inserts the plan's new rows one by one under savepoints; those PostgreSQL refuses become rejections. */
 async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
   const kept: Candidate[] = [];
   for (const candidate of plan.fresh) {
-    const { row, fields } = candidate;
+    const { row } = candidate;
     try {
       await tx.savepoint(async (sp) => {
         await upsertLatest(sp, "users", "customer_id", USER_COLUMNS, [row]);
@@ -387,7 +382,7 @@ async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
       // Only the server's verdict on this row's data makes it a rejection; a cancelled statement, a deadlock or
       // a full disk says nothing about the row: the load stops and is tried again.
       if (!isDataError(error)) throw error;
-      plan.rejections.push(refused(row, fields, plan.file.name, error));
+      plan.rejections.push(refused(candidate, plan.file.name, error));
     }
   }
   plan.fresh.splice(0, plan.fresh.length, ...kept);
