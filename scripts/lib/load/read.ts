@@ -216,7 +216,6 @@ function createTransformer(
     throw new BadBatchFileError((error as Error).message);
   }
   const candidates = new Map<string, Candidate>();
-  const rejected: RejectedRow[] = [];
   const rejectedLines = new Set<string>();
   const sequence: (Candidate | RejectedRow)[] = [];
   let duplicates = 0;
@@ -243,9 +242,7 @@ function createTransformer(
       if (rejectedLines.has(at)) duplicates++;
       else {
         rejectedLines.add(at);
-        const rejection = { ...base, ...row };
-        rejected.push(rejection);
-        sequence.push(rejection);
+        sequence.push({ ...base, ...row });
       }
     };
     if (values._error) {
@@ -298,7 +295,12 @@ function createTransformer(
       });
     }
   };
-  return { add, result: () => ({ candidates: [...candidates.values()], rejected, duplicates }), sequence };
+  const result = (): Transformed => ({
+    candidates: [...candidates.values()],
+    rejected: sequence.filter((item): item is RejectedRow => !("key" in item)),
+    duplicates,
+  });
+  return { add, result, sequence };
 }
 
 /** Records transformed between two turns of the event loop while a file is prepared. */
