@@ -19,6 +19,13 @@ BUN ?= bun
 BUN_DEP :=
 endif
 
+# Kafka nodes: 1, or 3 for a local cluster (make up KAFKA_NODES=3). Once make up has started a stack, every
+# target follows the number it started (from .local/stack.json) unless KAFKA_NODES is given.
+KAFKA_NODES ?= $(shell sed -n 's/.*"kafkaNodes": *\([0-9]*\).*/\1/p' .local/stack.json 2>/dev/null)
+ifneq ($(KAFKA_NODES),)
+export KAFKA_NODES
+endif
+
 RATE ?= 1
 TEST_TIMEOUT ?= 180000
 TESTS ?= tests/
@@ -60,7 +67,7 @@ node_modules/.installed: package.json bun.lock $(BUN_DEP)
 	@touch $@
 
 .PHONY: up
-up: install ## Start Kafka and PostgreSQL: Docker Compose if Docker runs, else local mode (STACK_MODE=local|docker)
+up: install ## Start Kafka and PostgreSQL: Docker Compose if Docker runs, else local mode; KAFKA_NODES=3 for a cluster
 	$(BUN) scripts/local_stack.ts up
 
 .PHONY: down

@@ -2,8 +2,9 @@
 //
 //   up       Docker can run containers -> `docker compose up -d --wait` (docker-compose.yml).
 //            Otherwise local mode: the same Kafka version as the compose image, from the official Apache
-//            Kafka artifacts on Maven Central, one KRaft node on 127.0.0.1 with compose's settings; PostgreSQL
-//            is the server at DATABASE_URL, started here if it is installed but not running.
+//            Kafka artifacts on Maven Central, one KRaft node on 127.0.0.1 with compose's settings (three with
+//            KAFKA_NODES=3: the compose file's cluster profile); PostgreSQL is the server at DATABASE_URL,
+//            started here if it is installed but not running.
 //   down     stops exactly what `up` started (recorded in .local/stack.json); keeps all data.
 //   destroy  down, then deletes the data: Kafka's log folder (or the compose volumes) and the database.
 //            Asks first unless CONFIRM=1.
@@ -12,7 +13,7 @@
 //   make up | make down | make destroy | make status
 //
 // The how lives in scripts/lib/stack/ (compose, local Kafka, local PostgreSQL, state file, processes); this
-// script keeps the verbs. Env: STACK_MODE, KAFKA_BROKERS, DATABASE_URL, CONFIRM, LOG_LEVEL.
+// script keeps the verbs. Env: STACK_MODE, KAFKA_NODES, KAFKA_BROKERS, DATABASE_URL, CONFIRM, LOG_LEVEL.
 
 import { readFileSync, rmSync } from "node:fs";
 import { createInterface } from "node:readline/promises";
@@ -21,7 +22,7 @@ import { fail, parseCommandLine, UsageError } from "./lib/cli.ts";
 import { parseStackMode, readConfig, type Config, type StackMode } from "./lib/config.ts";
 import { describeDatabase, maintenance } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
-import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose } from "./lib/stack/compose.ts";
+import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, type ComposeFacts } from "./lib/stack/compose.ts";
 import { kafkaAnswers, startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
 import { pidAlive, stopPid, waitForService } from "./lib/stack/process.ts";
@@ -34,8 +35,8 @@ const command = {
   flags: {
     mode: { type: "string", arg: "MODE", help: "auto (default, or $STACK_MODE), docker or local" },
   },
-  env: ["STACK_MODE", "KAFKA_BROKERS", "DATABASE_URL", "CONFIRM", "LOG_LEVEL"],
-  notes: "Run by: make up, make down, make destroy, make status",
+  env: ["STACK_MODE", "KAFKA_NODES", "KAFKA_BROKERS", "DATABASE_URL", "CONFIRM", "LOG_LEVEL"],
+  notes: "Run by: make up (KAFKA_NODES=3 for a three-node cluster), make down, make destroy, make status",
 } as const;
 
 function chooseMode(wanted: StackMode, log: Logger): Mode {
@@ -48,39 +49,54 @@ function chooseMode(wanted: StackMode, log: Logger): Mode {
 const postgresUp = async (config: Config) => (await postgresAnswers(config.database)) !== undefined;
 
 async function up(config: Config, mode: Mode, log: Logger): Promise<void> {
-  const facts = readCompose(readFileSync(COMPOSE_FILE, "utf8"));
-  const state: State = readState() ?? { mode };
+  const facts = readCompose(readFileSync(COMPOSE_FILE, "utf8"), config.kafkaNodes);
+  const state: State = readState() ?? { mode, kafkaNodes: config.kafkaNodes };
   if (state.mode !== mode) throw new Error(`the stack is already up in ${state.mode} mode: run "make down" first`);
+  const nodes = state.kafkaNodes ?? state.kafka?.nodes.length ?? 1;
+  if (nodes !== config.kafkaNodes) {
+    throw new Error(`Kafka is already up with ${nodes} node${nodes === 1 ? "" : "s"}: run "make down" first, then make up KAFKA_NODES=${config.kafkaNodes}`);
+  }
+  state.kafkaNodes = config.kafkaNodes;
   if (mode === "docker") {
     // `--wait` (healthchecks) is Compose v2; with the older docker-compose, wait for the services here.
     const v2 = composeCommand()?.[0] === "docker";
-    if (!compose(["up", "-d", ...(v2 ? ["--wait"] : [])])) throw new Error("docker compose up failed (see above)");
+    if (!compose(["up", "-d", ...(v2 ? ["--wait"] : [])], facts)) throw new Error("docker compose up failed (see above)");
     writeState(state);
     await waitForService("Kafka", () => kafkaAnswers(config), 120);
     await waitForService("PostgreSQL", () => postgresUp(config), 120);
   } else {
-    if (state.kafka && pidAlive(state.kafka.pid) && (await kafkaAnswers(config))) {
-      log.info(`Kafka ${state.kafka.version} already running (pid ${state.kafka.pid})`);
-    } else if (await kafkaAnswers(config)) {
-      log.info(`a Kafka broker already answers at ${config.kafkaBrokers.join(",")}; using it (down will not stop it)`);
-      delete state.kafka;
-    } else {
-      state.kafka = await startLocalKafka(config, facts, log);
-    }
+    await upLocalKafka(config, facts, state, log);
     writeState(state);
-    const version = await postgresAnswers(config.database);
-    if (version) {
-      log.info(`PostgreSQL ${version} answers at ${describeDatabase(config.database)}`);
-      if (Number.parseInt(version) !== facts.postgresMajor) {
-        log.warn(`docker-compose.yml runs PostgreSQL ${facts.postgresMajor}; this server is ${version}`);
-      }
-    } else {
-      state.postgres = startLocalPostgres(config.database, log);
-      writeState(state);
-      await waitForService("PostgreSQL", () => postgresUp(config), 60);
-    }
+    await upLocalPostgres(config, facts, state, log);
   }
   log.info(`up (${mode} mode): Kafka ${config.kafkaBrokers.join(",")}, PostgreSQL ${describeDatabase(config.database)}`);
+}
+
+/** Starts the Kafka nodes of local mode that are not running (all of them the first time). */
+async function upLocalKafka(config: Config, facts: ComposeFacts, state: State, log: Logger): Promise<void> {
+  const alive = state.kafka?.nodes.filter((n) => pidAlive(n.pid)) ?? [];
+  if (state.kafka && alive.length === state.kafka.nodes.length && (await kafkaAnswers(config))) {
+    log.info(`Kafka ${state.kafka.version} already running (${alive.map((n) => `node ${n.id} pid ${n.pid}`).join(", ")})`);
+  } else if (alive.length === 0 && (await kafkaAnswers(config))) {
+    log.info(`a Kafka broker already answers at ${config.kafkaBrokers.join(",")}; using it (down will not stop it)`);
+    delete state.kafka;
+  } else {
+    state.kafka = await startLocalKafka(config, facts, log, alive);
+  }
+}
+
+async function upLocalPostgres(config: Config, facts: ComposeFacts, state: State, log: Logger): Promise<void> {
+  const version = await postgresAnswers(config.database);
+  if (version) {
+    log.info(`PostgreSQL ${version} answers at ${describeDatabase(config.database)}`);
+    if (Number.parseInt(version) !== facts.postgresMajor) {
+      log.warn(`docker-compose.yml runs PostgreSQL ${facts.postgresMajor}; this server is ${version}`);
+    }
+  } else {
+    state.postgres = startLocalPostgres(config.database, log);
+    writeState(state);
+    await waitForService("PostgreSQL", () => postgresUp(config), 60);
+  }
 }
 
 async function down(log: Logger): Promise<State | undefined> {
@@ -89,9 +105,10 @@ async function down(log: Logger): Promise<State | undefined> {
     log.info("nothing to stop (make up did not start anything here)");
     return undefined;
   }
-  if (state.mode === "docker") compose(["down"]);
+  if (state.mode === "docker") compose(["down"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state.kafkaNodes ?? 1));
   else {
-    if (state.kafka) await stopPid(state.kafka.pid, `Kafka ${state.kafka.version}`, log);
+    // All nodes of a cluster at once: one after the other, the last would wait for a quorum that has left.
+    await Promise.all((state.kafka?.nodes ?? []).map((node) => stopPid(node.pid, `Kafka ${state.kafka!.version} node ${node.id}`, log)));
     if (state.postgres) stopPostgres(state.postgres, log);
   }
   writeState(undefined);
@@ -120,7 +137,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
           "    directory, with every loaded row (docker compose down -v)",
         ]
       : [
-          `  - Kafka's data in ${STATE_DIR}/kafka/data: every topic, message and committed offset`,
+          `  - Kafka's data in ${STATE_DIR}/kafka/data and ${STATE_DIR}/kafka-cluster: every topic, message and committed offset`,
           `  - the database "${db}" at ${describeDatabase(config.database)}: users, products, orders, rejected rows,`,
           "    the load ledger and migration history",
           ...(state?.postgres?.how === "pg_ctl" ? [`  - the local PostgreSQL cluster in ${STATE_DIR}/postgres`] : []),
@@ -130,7 +147,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
     throw new UsageError('not confirmed; nothing deleted (answer "yes", or run with CONFIRM=1)');
   }
   if (effective === "docker") {
-    if (!compose(["down", "-v"])) throw new Error("docker compose could not remove the volumes (see above)");
+    if (!compose(["down", "-v"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state?.kafkaNodes ?? 1))) throw new Error("docker compose could not remove the volumes (see above)");
     writeState(undefined);
   } else {
     // The database goes while PostgreSQL still runs; Kafka's folder once the broker has stopped.
@@ -145,6 +162,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
     }
     const stopped = await down(log);
     rmSync(join(STATE_DIR, "kafka", "data"), { recursive: true, force: true });
+    rmSync(join(STATE_DIR, "kafka-cluster"), { recursive: true, force: true });
     if (stopped?.postgres?.how === "pg_ctl") rmSync(stopped.postgres.data, { recursive: true, force: true });
   }
   log.info("deleted; make up starts from empty");
@@ -157,7 +175,10 @@ async function status(config: Config): Promise<void> {
   const out = [
     `mode:       ${state ? `${state.mode} (started by make up)` : "nothing started by make up"}`,
     `kafka:      ${config.kafkaBrokers.join(",")} ${kafka ? "answers" : "DOES NOT ANSWER"}` +
-      (state?.kafka ? ` (local ${state.kafka.version}, pid ${state.kafka.pid})` : ""),
+      (state?.kafka ? ` (local ${state.kafka.version}, ${state.kafka.nodes.length} node${state.kafka.nodes.length === 1 ? "" : "s"})` : ""),
+    ...(state?.kafka?.nodes ?? []).map(
+      (n) => `  node ${n.id} 127.0.0.1:${n.port} pid ${n.pid} ${pidAlive(n.pid) ? "running" : "NOT RUNNING (make up starts it again)"}`,
+    ),
     `postgresql: ${describeDatabase(config.database)} ${pg ? `answers (${pg})` : "DOES NOT ANSWER"}`,
   ];
   process.stdout.write(`${out.join("\n")}\n`);

@@ -10,7 +10,7 @@
 import { fail, parseCli } from "./lib/cli.ts";
 import { parsePositiveNumber, readConfig } from "./lib/config.ts";
 import { connect, describeDatabase } from "./lib/db.ts";
-import { databaseHealth, filesHealth, kafkaHealth, loadedSince } from "./lib/health.ts";
+import { databaseHealth, filesHealth, kafkaHealth, kafkaTopology, loadedSince, underReplicated, type KafkaTopology } from "./lib/health.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
 
 const command = {
@@ -23,18 +23,42 @@ const command = {
   notes: "Run by: make status, make demo",
 } as const;
 
+/**
+ * Brokers, and each partition's leader, replicas and in-sync replicas:
+ *   brokers 1 127.0.0.1:9092, 2 127.0.0.1:9094, 3 127.0.0.1:9096; controller 2
+ *   p0 leader 1 replicas 1,2,3 in sync 1,2,3
+ *   under-replicated: p1 (in sync 1,3 of 1,2,3)
+ */
+export function describeTopology(topology: KafkaTopology): string[] {
+  const brokers = topology.brokers.map((b) => `${b.id} ${b.address}`).join(", ");
+  const lines = [`  brokers ${brokers || "none"}; controller ${topology.controller ?? "none"}`];
+  for (const p of topology.partitions) {
+    lines.push(`  p${p.partition} leader ${p.leader < 0 ? "NONE" : p.leader} replicas ${p.replicas.join(",")} in sync ${p.isr.join(",")}`);
+  }
+  const under = underReplicated(topology.partitions);
+  if (topology.partitions.length > 0) {
+    lines.push(
+      `  under-replicated: ${
+        under.length === 0 ? "none" : under.map((p) => `p${p.partition} (in sync ${p.isr.join(",") || "none"} of ${p.replicas.join(",")})`).join(", ")
+      }`,
+    );
+  }
+  return lines;
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
   const since = flags.since ? parsePositiveNumber(flags.since, "--since") : undefined;
-  const kafka = await kafkaHealth(config);
+  const [kafka, topology] = await Promise.all([kafkaHealth(config), kafkaTopology(config)]);
   const lines: string[] = [
     `kafka:      ${
       kafka.ok
         ? `topic ${kafka.topic}: ${kafka.messages} messages in ${kafka.partitions} partition${kafka.partitions === 1 ? "" : "s"}; group ${kafka.group} lag ${kafka.lag}`
         : kafka.error
     }`,
+    ...(topology.ok ? describeTopology(topology) : []),
   ];
   const sql = connect(config.database, createLogger("status", "silent"), { max: 1 });
   try {

@@ -21,6 +21,7 @@ const COMPOSE_DATABASE = { host: "127.0.0.1", port: 5432, database: "sales", use
 
 const DEFAULTS: Config = {
   kafkaBrokers: ["127.0.0.1:9092"],
+  kafkaNodes: 1,
   kafkaTopic: "sales_topic",
   kafkaGroupId: "sales-batcher",
   kafkaClientId: "sales-pipeline",
@@ -60,6 +61,7 @@ describe("readConfig", () => {
       KAFKA_GROUP_ID: "g1",
       KAFKA_CLIENT_ID: "c1",
       KAFKA_PARTITIONS: "6",
+      KAFKA_NODES: "3",
       DATABASE_URL: "postgresql://u:p@db:5433/x",
       STACK_MODE: "Local",
       CONFIRM: "1",
@@ -76,6 +78,7 @@ describe("readConfig", () => {
     });
     expect(config).toEqual({
       kafkaBrokers: ["kafka-1:9092", "kafka-2:19092"],
+      kafkaNodes: 3,
       kafkaTopic: "sales.v2",
       kafkaGroupId: "g1",
       kafkaClientId: "c1",
@@ -94,6 +97,12 @@ describe("readConfig", () => {
       crashAt: "before-write",
       requireAllTests: true,
     });
+  });
+
+  test("KAFKA_NODES=3 makes the default brokers the three local nodes; KAFKA_BROKERS still wins", () => {
+    expect(readConfig({ KAFKA_NODES: "3" }).kafkaBrokers).toEqual(["127.0.0.1:9092", "127.0.0.1:9094", "127.0.0.1:9096"]);
+    expect(readConfig({ KAFKA_NODES: "3", KAFKA_BROKERS: "b:1" }).kafkaBrokers).toEqual(["b:1"]);
+    expect(() => readConfig({ KAFKA_NODES: "2" })).toThrow('KAFKA_NODES must be 1 or 3 (a cluster), got "2"');
   });
 
   test("returns a frozen object with a frozen broker list", () => {
@@ -280,6 +289,7 @@ describe("ENV_DOCS", () => {
         "KAFKA_BROKERS",
         "KAFKA_CLIENT_ID",
         "KAFKA_GROUP_ID",
+        "KAFKA_NODES",
         "KAFKA_PARTITIONS",
         "KAFKA_TOPIC",
         "LOG_LEVEL",

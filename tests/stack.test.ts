@@ -9,7 +9,7 @@ import { DEFAULT_DATABASE_URL, readConfig } from "../scripts/lib/config.ts";
 import { maintenance } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { composeCommand, readCompose } from "../scripts/lib/stack/compose.ts";
-import { localServerProperties, NETWORK_PROPERTIES, propertyName } from "../scripts/lib/stack/kafka.ts";
+import { localServerProperties, NETWORK_PROPERTIES, propertyName, quorumVoters } from "../scripts/lib/stack/kafka.ts";
 import { BASE, ROOT } from "./helpers.ts";
 
 const composeText = readFileSync(join(ROOT, "docker-compose.yml"), "utf8");
@@ -46,6 +46,42 @@ describe("docker-compose.yml", () => {
     expect(facts.kafkaEnv.KAFKA_ADVERTISED_LISTENERS).toBe("PLAINTEXT://kafka:19092,PLAINTEXT_HOST://127.0.0.1:9092");
   });
 
+  test("has a cluster profile: three nodes, three replicas, two in sync for a write, no unclean election", () => {
+    const cluster = readCompose(composeText, 3);
+    expect(cluster.kafkaNodes.map((n) => [n.service, n.env.KAFKA_NODE_ID, n.port])).toEqual([
+      ["kafka", "1", 9092],
+      ["kafka-2", "2", 9094],
+      ["kafka-3", "3", 9096],
+    ]);
+    for (const node of cluster.kafkaNodes) {
+      expect(node.env).toMatchObject({
+        KAFKA_CONTROLLER_QUORUM_VOTERS: "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+        KAFKA_DEFAULT_REPLICATION_FACTOR: "3",
+        KAFKA_MIN_INSYNC_REPLICAS: "2",
+        KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR: "3",
+        KAFKA_TRANSACTION_STATE_LOG_MIN_ISR: "2",
+        KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE: "false",
+        CLUSTER_ID: facts.kafkaEnv.CLUSTER_ID,
+      });
+    }
+    // Without the profile, the same file is one node: every ${...} falls back to its default.
+    expect(facts.kafkaNodes).toHaveLength(1);
+    expect(facts.kafkaEnv).toMatchObject({ KAFKA_CONTROLLER_QUORUM_VOTERS: "1@kafka:9093", KAFKA_MIN_INSYNC_REPLICAS: "1", KAFKA_DEFAULT_REPLICATION_FACTOR: "1" });
+    expect(readConfig({ KAFKA_NODES: "3" }).kafkaBrokers).toEqual(cluster.kafkaNodes.map((n) => `127.0.0.1:${n.port}`));
+  });
+
+  test.skipIf(compose === undefined)("is valid for docker compose with the cluster profile and its variables", () => {
+    const cluster = readCompose(composeText, 3);
+    const result = spawnSync(compose![0]!, [...compose!.slice(1), "--profile", "cluster", "config"], {
+      cwd: ROOT,
+      encoding: "utf8",
+      env: { ...process.env, ...cluster.variables },
+    });
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain("kafka-3");
+    expect(result.stdout).toContain("KAFKA_MIN_INSYNC_REPLICAS: '2'");
+  });
+
   test("publishes ports on 127.0.0.1 only, with a healthcheck and a named volume for every service", () => {
     for (const [name, service] of Object.entries(doc.services)) {
       for (const port of service.ports ?? []) expect(port).toStartWith("127.0.0.1:");
@@ -69,7 +105,23 @@ describe("docker-compose.yml", () => {
 });
 
 describe("local mode", () => {
-  const props = localServerProperties(facts, { host: "127.0.0.1", port: 9092, controllerPort: 9093, logDir: "/tmp/x" });
+  const props = localServerProperties(facts.kafkaEnv, { host: "127.0.0.1", port: 9092, controllerPort: 9093, logDir: "/tmp/x" });
+
+  test("runs each node of a cluster with its compose service's settings and a quorum of all three", () => {
+    const cluster = readCompose(composeText, 3);
+    const nodes = cluster.kafkaNodes.map((n) => ({ id: Number(n.env.KAFKA_NODE_ID), port: n.port, controllerPort: n.port + 1 }));
+    const voters = quorumVoters("127.0.0.1", nodes);
+    expect(voters).toBe("1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097");
+    const second = localServerProperties(cluster.kafkaNodes[1]!.env, { host: "127.0.0.1", port: 9094, controllerPort: 9095, logDir: "/tmp/x", voters });
+    expect(second).toMatchObject({
+      "node.id": "2",
+      "controller.quorum.voters": voters,
+      listeners: "PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095",
+      "default.replication.factor": "3",
+      "min.insync.replicas": "2",
+      "unclean.leader.election.enable": "false",
+    });
+  });
 
   test("translates KAFKA_* variables to broker properties as the apache/kafka image does", () => {
     expect(propertyName("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR")).toBe("offsets.topic.replication.factor");

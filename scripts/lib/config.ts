@@ -22,6 +22,8 @@ export interface DatabaseTarget {
 
 export interface Config {
   readonly kafkaBrokers: readonly string[];
+  /** Kafka nodes `make up` runs: 1, or 3 (a cluster); the default KAFKA_BROKERS follows it */
+  readonly kafkaNodes: number;
   readonly kafkaTopic: string;
   readonly kafkaGroupId: string;
   readonly kafkaClientId: string;
@@ -50,7 +52,8 @@ export const DEFAULT_DATABASE_URL = "postgres://postgres:postgres@127.0.0.1:5432
 
 /** Every variable a script may read, with its default, for `--help`. */
 export const ENV_DOCS: Readonly<Record<string, string>> = {
-  KAFKA_BROKERS: "127.0.0.1:9092 (comma-separated host:port list)",
+  KAFKA_BROKERS: "127.0.0.1:9092 (comma-separated host:port list; with KAFKA_NODES=3: 127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096)",
+  KAFKA_NODES: "1 (make up: 1 Kafka node, or 3 for a cluster)",
   KAFKA_TOPIC: "sales_topic",
   KAFKA_GROUP_ID: "sales-batcher",
   KAFKA_CLIENT_ID: "sales-pipeline",
@@ -179,6 +182,16 @@ export function parseDatabase(env: Env): DatabaseTarget {
   });
 }
 
+/** The addresses of `make up`'s Kafka nodes on this machine: 9092, 9094, 9096 (compose's ports). */
+export function localKafkaBrokers(nodes: number): string[] {
+  return Array.from({ length: nodes }, (_, i) => `127.0.0.1:${9092 + 2 * i}`);
+}
+
+export function parseKafkaNodes(value: string, name: string): number {
+  if (value.trim() !== "1" && value.trim() !== "3") throw new Error(`${name} must be 1 or 3 (a cluster), got "${value}"`);
+  return Number(value);
+}
+
 export function parseStackMode(value: string, name: string): StackMode {
   const mode = value.toLowerCase();
   if (mode === "auto" || mode === "docker" || mode === "local") return mode;
@@ -196,8 +209,10 @@ export function readConfig(env: Env = process.env): Config {
   if (!isLevel(logLevel)) throw new Error(`LOG_LEVEL must be error, warn, info or debug, got "${logLevel}"`);
   const biReaderPassword = env.BI_READER_PASSWORD || undefined;
   if (biReaderPassword) addSecret(biReaderPassword);
+  const kafkaNodes = parseKafkaNodes(text(env, "KAFKA_NODES", "1"), "KAFKA_NODES");
   return Object.freeze({
-    kafkaBrokers: Object.freeze(parseBrokers(text(env, "KAFKA_BROKERS", "127.0.0.1:9092"), "KAFKA_BROKERS")),
+    kafkaBrokers: Object.freeze(parseBrokers(text(env, "KAFKA_BROKERS", localKafkaBrokers(kafkaNodes).join(",")), "KAFKA_BROKERS")),
+    kafkaNodes,
     kafkaTopic: parseTopic(text(env, "KAFKA_TOPIC", "sales_topic"), "KAFKA_TOPIC"),
     kafkaGroupId: parseGroupId(text(env, "KAFKA_GROUP_ID", "sales-batcher"), "KAFKA_GROUP_ID"),
     kafkaClientId: text(env, "KAFKA_CLIENT_ID", "sales-pipeline"),

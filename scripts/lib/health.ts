@@ -57,6 +57,48 @@ export async function kafkaHealth(config: Config): Promise<Part<KafkaHealth>> {
   }
 }
 
+export interface PartitionPlacement {
+  readonly partition: number;
+  /** node id of the leader; -1 while none (every replica in sync is down) */
+  readonly leader: number;
+  readonly replicas: readonly number[];
+  /** replicas in sync with the leader */
+  readonly isr: readonly number[];
+}
+
+export interface KafkaTopology {
+  /** brokers the cluster counts as alive, by node id */
+  readonly brokers: readonly { readonly id: number; readonly address: string }[];
+  readonly controller: number | null;
+  /** the topic's partitions; empty when the topic does not exist */
+  readonly partitions: readonly PartitionPlacement[];
+}
+
+/** Brokers alive, the active controller, and where each partition of the topic leads and replicates. */
+export async function kafkaTopology(config: Config): Promise<Part<KafkaTopology>> {
+  const admin = createKafka(config, createLogger("health", "silent"), { probe: true }).admin();
+  try {
+    await admin.connect();
+    const cluster = await admin.describeCluster();
+    const brokers = cluster.brokers.map((b) => ({ id: b.nodeId, address: `${b.host}:${b.port}` })).sort((a, b) => a.id - b.id);
+    const exists = (await admin.listTopics()).includes(config.kafkaTopic);
+    const metadata = exists ? await admin.fetchTopicMetadata({ topics: [config.kafkaTopic] }) : { topics: [] };
+    const partitions = (metadata.topics[0]?.partitions ?? [])
+      .map((p) => ({ partition: p.partitionId, leader: p.leader, replicas: p.replicas, isr: p.isr }))
+      .sort((a, b) => a.partition - b.partition);
+    return { ok: true, brokers, controller: cluster.controller, partitions };
+  } catch (error) {
+    return { ok: false, error: `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${message(error)})` };
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** Partitions with fewer replicas in sync than assigned, or without a leader. */
+export function underReplicated(partitions: readonly PartitionPlacement[]): PartitionPlacement[] {
+  return partitions.filter((p) => p.leader < 0 || p.isr.length < p.replicas.length);
+}
+
 /** What PostgreSQL has loaded, from v_pipeline_health (one statement). */
 export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<DatabaseHealth>> {
   try {

@@ -5,7 +5,7 @@ import type { Admin, Kafka, LogEntry, logCreator, PartitionerArgs } from "kafkaj
 import type { Config } from "./config.ts";
 import { loadKafkajs } from "./kafkajs_fixes.ts";
 import type { Logger } from "./log.ts";
-import { GaveUpError, retryWhile } from "./retry.ts";
+import { GaveUpError, pollUntil, retryWhile } from "./retry.ts";
 
 const { Kafka: KafkaClient, logLevel, CompressionTypes } = loadKafkajs();
 /** For scripts, which must not load kafkajs themselves (it would load before the fixes are in place). */
@@ -71,7 +71,7 @@ function kafkaLogs(log: Logger): logCreator {
 
 export interface KafkaOptions {
   clientId?: string;
-  /** a single quick attempt, for "does a broker answer?" probes */
+  /** a single quick attempt, for "does a broker answer?" probes: a broker that hangs fails it in seconds too */
   probe?: boolean;
 }
 
@@ -83,19 +83,32 @@ export function createKafka(config: Config, log: Logger, options: KafkaOptions =
     logCreator: kafkaLogs(log),
     // Fail in seconds, not minutes, when nothing listens: the message names the brokers tried.
     connectionTimeout: options.probe ? 1000 : 3000,
+    ...(options.probe ? { requestTimeout: 3000 } : {}),
     retry: options.probe ? { retries: 0 } : { retries: 8, initialRetryTime: 300, maxRetryTime: 5000 },
   });
 }
 
-/** Creates `topic` with `partitions` partitions unless it exists. Returns true when it was created. */
+/**
+ * Creates `topic` with `partitions` partitions and the cluster's default replication unless it exists, and
+ * waits until the broker answering metadata knows a leader for every partition. Returns true when it was
+ * created here.
+ */
 export async function ensureTopic(admin: Admin, topic: string, partitions: number): Promise<boolean> {
   const existing = await admin.listTopics();
   if (existing.includes(topic)) return false;
   // createTopics answers false when another client created it first: either way it exists afterwards.
-  return admin.createTopics({
-    topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }],
-    waitForLeaders: true,
-  });
+  const created = await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }] });
+  // On a cluster the other brokers learn of a new topic a moment later, and until then answer "unknown
+  // topic" (kafkajs' waitForLeaders gives up on that): wait until the metadata has it, leaders included.
+  await pollUntil(
+    async () => {
+      const metadata = await admin.fetchTopicMetadata({ topics: [topic] }).catch(() => undefined);
+      const found = metadata?.topics[0]?.partitions ?? [];
+      return found.length > 0 && found.every((p) => p.leader >= 0);
+    },
+    { timeout: 30_000, every: 100, what: `the new topic ${topic} to have a leader for every partition` },
+  );
+  return created;
 }
 
 /** Message lag of `groupId` on `topic`: log end offset minus committed offset, summed over partitions. */

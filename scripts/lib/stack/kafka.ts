@@ -1,6 +1,7 @@
-// The local Kafka broker: the Apache Kafka version of the compose image, from the official artifacts on Maven
-// Central (Java 17 + Maven), one KRaft node that is broker and controller, on 127.0.0.1. Its settings are the
-// compose file's KAFKA_* variables; only where it listens is replaced.
+// Local Kafka: the Apache Kafka version of the compose image, from the official artifacts on Maven Central
+// (Java 17 + Maven), on 127.0.0.1: one KRaft node that is broker and controller, or three such nodes (the
+// compose file's cluster profile, KAFKA_NODES=3). Each node's settings are its compose service's KAFKA_*
+// variables; only where it listens is replaced.
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -35,13 +36,28 @@ export const NETWORK_PROPERTIES = [
   "log.dirs",
 ] as const;
 
-/** The broker's server.properties for local mode: compose's settings, listening on host:port only. */
+/** One node of a local cluster: its id, the port clients use, the port of its controller. */
+export interface LocalNode {
+  readonly id: number;
+  readonly port: number;
+  readonly controllerPort: number;
+}
+
+/** controller.quorum.voters for nodes on `host`: "1@127.0.0.1:9093,2@127.0.0.1:9095,...". */
+export function quorumVoters(host: string, nodes: readonly LocalNode[]): string {
+  return nodes.map((n) => `${n.id}@${host}:${n.controllerPort}`).join(",");
+}
+
+/**
+ * A node's server.properties for local mode: its compose service's settings (`env`, the KAFKA_* variables),
+ * listening on host:port only; `voters` lists the quorum when the node is one of a cluster.
+ */
 export function localServerProperties(
-  facts: ComposeFacts,
-  where: { host: string; port: number; controllerPort: number; logDir: string },
+  env: Readonly<Record<string, string>>,
+  where: { host: string; port: number; controllerPort: number; logDir: string; voters?: string },
 ): Record<string, string> {
   const props: Record<string, string> = {};
-  for (const [variable, value] of Object.entries(facts.kafkaEnv)) {
+  for (const [variable, value] of Object.entries(env)) {
     if (variable.startsWith("KAFKA_")) props[propertyName(variable)] = value;
   }
   return {
@@ -51,7 +67,7 @@ export function localServerProperties(
     "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
     "inter.broker.listener.name": "PLAINTEXT",
     "controller.listener.names": "CONTROLLER",
-    "controller.quorum.voters": `${props["node.id"] ?? "1"}@${where.host}:${where.controllerPort}`,
+    "controller.quorum.voters": where.voters ?? `${props["node.id"] ?? "1"}@${where.host}:${where.controllerPort}`,
     "log.dirs": where.logDir,
   };
 }
@@ -126,7 +142,12 @@ export interface BrokerOptions {
   readonly libs: string;
   readonly port: number;
   readonly controllerPort: number;
-  readonly facts: ComposeFacts;
+  /** the node's compose environment (ComposeFacts.kafkaNodes[i].env) */
+  readonly env: Readonly<Record<string, string>>;
+  /** the quorum, for a node of a cluster (quorumVoters); one node alone is its own quorum */
+  readonly voters?: string;
+  /** properties that replace the ones derived from compose (a test's extra listener, say) */
+  readonly overrides?: Readonly<Record<string, string>>;
   /** JVM heap, e.g. "1g" */
   readonly heap?: string;
 }
@@ -136,10 +157,10 @@ export interface BrokerOptions {
  * first time; returns the pid at once (see waitForBroker). The process outlives this script.
  */
 export function launchBroker(options: BrokerOptions, log: Logger): number {
-  const { dir, libs, port, controllerPort, facts } = options;
+  const { dir, libs, port, controllerPort, env, voters } = options;
   mkdirSync(dir, { recursive: true });
   const dataDir = join(dir, "data");
-  const properties = localServerProperties(facts, { host: "127.0.0.1", port, controllerPort, logDir: dataDir });
+  const properties = { ...localServerProperties(env, { host: "127.0.0.1", port, controllerPort, logDir: dataDir, voters }), ...options.overrides };
   const propsFile = join(dir, "server.properties");
   const lines = Object.entries(properties).map(([k, v]) => `${k}=${v}`);
   writeFileSync(propsFile, `# Written by scripts/lib/stack/kafka.ts from ${COMPOSE_FILE}; edit that file, not this one.\n${lines.join("\n")}\n`);
@@ -155,8 +176,9 @@ export function launchBroker(options: BrokerOptions, log: Logger): number {
     ...args,
   ];
   if (!existsSync(join(dataDir, "meta.properties"))) {
-    // "--cluster-id=...": an id that starts with "-" (one in 64 do) would otherwise be read as an option.
-    const clusterId = randomBytes(16).toString("base64url");
+    // Every node of a cluster is formatted with the same id: compose's CLUSTER_ID, as the image does.
+    // "--cluster-id=...": an id that starts with "-" (one in 64 random ones do) would otherwise be read as an option.
+    const clusterId = env.CLUSTER_ID || randomBytes(16).toString("base64url");
     const format = run("java", java("kafka.tools.StorageTool", ["format", `--cluster-id=${clusterId}`, "-c", propsFile]), { quiet: true });
     if (!format.ok) throw new Error(`formatting Kafka's storage failed:\n${format.out}`);
     log.info(`formatted KRaft storage in ${dataDir}`);
@@ -188,16 +210,57 @@ export async function waitForBroker(config: Config, pid: number, dir: string, se
   );
 }
 
-/** Local mode: the broker for KAFKA_BROKERS' first address, which must be on this machine. */
-export async function startLocalKafka(config: Config, facts: ComposeFacts, log: Logger): Promise<{ pid: number; version: string; home: string }> {
-  const [host, port] = config.kafkaBrokers[0]!.split(":") as [string, string];
-  if (!["127.0.0.1", "localhost"].includes(host)) {
-    throw new Error(`local mode runs Kafka on this machine, but KAFKA_BROKERS points at ${host}:${port}`);
+/** A node local mode started: enough to stop it and to say where it is. */
+export interface StartedNode {
+  readonly id: number;
+  readonly pid: number;
+  readonly port: number;
+}
+
+/** Where local mode keeps a node: .local/kafka for one node (as always), .local/kafka-cluster/node-N for a cluster. */
+export function localNodeDir(id: number, nodes: number): string {
+  return nodes === 1 ? resolve(STATE_DIR, "kafka") : resolve(STATE_DIR, "kafka-cluster", `node-${id}`);
+}
+
+/**
+ * Local mode: the compose file's Kafka nodes on 127.0.0.1. One node listens where KAFKA_BROKERS says; a
+ * cluster's three on their compose ports (9092, 9094, 9096), each with its controller one port up, and
+ * KAFKA_BROKERS may name only those. Nodes in `running` are up already and are left alone.
+ */
+export async function startLocalKafka(
+  config: Config,
+  facts: ComposeFacts,
+  log: Logger,
+  running: readonly StartedNode[] = [],
+): Promise<{ version: string; /** the jars' home, .local/kafka */ home: string; nodes: StartedNode[] }> {
+  const count = facts.kafkaNodes.length;
+  const firstPort = config.kafkaBrokers[0]!.split(":")[1]!;
+  const ports = count === 1 ? [Number(firstPort)] : facts.kafkaNodes.map((n) => n.port);
+  const foreign = config.kafkaBrokers.filter((b) => {
+    const [h, p] = b.split(":") as [string, string];
+    return !["127.0.0.1", "localhost"].includes(h) || (count > 1 && !ports.includes(Number(p)));
+  });
+  if (foreign.length > 0) {
+    throw new Error(
+      `local mode runs Kafka on this machine${count > 1 ? ` at ${ports.map((p) => `127.0.0.1:${p}`).join(",")}` : ""}, ` +
+        `but KAFKA_BROKERS points at ${foreign.join(",")}${count > 1 ? " (unset it: KAFKA_NODES=3 names the three)" : ""}`,
+    );
   }
-  const home = resolve(STATE_DIR, "kafka");
   const libs = kafkaJars(facts.kafkaVersion, log);
-  const pid = launchBroker({ dir: home, libs, port: Number(port), controllerPort: Number(port) + 1, facts }, log);
-  log.info(`starting Kafka ${facts.kafkaVersion} (pid ${pid}) on 127.0.0.1:${port}, logs in ${home}/server.log`);
-  await waitForBroker(config, pid, home);
-  return { pid, version: facts.kafkaVersion, home };
+  const nodes = facts.kafkaNodes.map((n, i) => ({ id: Number(n.env.KAFKA_NODE_ID), port: ports[i]!, controllerPort: ports[i]! + 1, env: n.env }));
+  const voters = count > 1 ? quorumVoters("127.0.0.1", nodes) : undefined;
+  const started = nodes.map((node) => {
+    const up = running.find((r) => r.id === node.id);
+    if (up) return { ...up, dir: localNodeDir(node.id, count) };
+    const dir = localNodeDir(node.id, count);
+    const heap = count > 1 ? "512m" : "1g";
+    const pid = launchBroker({ dir, libs, port: node.port, controllerPort: node.controllerPort, env: node.env, voters, heap }, log);
+    log.info(`starting Kafka ${facts.kafkaVersion} node ${node.id} (pid ${pid}) on 127.0.0.1:${node.port}, logs in ${dir}/server.log`);
+    return { id: node.id, pid, port: node.port, dir };
+  });
+  // A cluster's nodes answer only once a quorum of controllers is up: they are started first, then waited for.
+  await Promise.all(
+    started.map((n) => waitForBroker({ ...config, kafkaBrokers: [`127.0.0.1:${n.port}`] }, n.pid, n.dir, count > 1 ? 120 : 90)),
+  );
+  return { version: facts.kafkaVersion, home: resolve(STATE_DIR, "kafka"), nodes: started.map(({ id, pid, port }) => ({ id, pid, port })) };
 }

@@ -15,10 +15,15 @@ export interface RunResult {
 }
 
 /** Runs a command to completion; `quiet` collects its output instead of showing it. */
-export function run(cmd: string, args: string[], options: { quiet?: boolean; timeout?: number } = {}): RunResult {
+export function run(
+  cmd: string,
+  args: string[],
+  options: { quiet?: boolean; timeout?: number; env?: Readonly<Record<string, string>> } = {},
+): RunResult {
   const result = spawnSync(cmd, args, {
     stdio: options.quiet ? "pipe" : ["ignore", "inherit", "inherit"],
     timeout: options.timeout,
+    env: options.env ? { ...process.env, ...options.env } : undefined,
     encoding: "utf8",
   });
   return { ok: result.status === 0, out: `${result.stdout ?? ""}${result.stderr ?? ""}`, missing: result.error !== undefined };

@@ -14,14 +14,30 @@ export type PostgresState =
   | { how: "pg_ctlcluster"; version: string; cluster: string }
   | { how: "pg_ctl"; bin: string; data: string; user?: string };
 
+/** The Kafka nodes local mode started (one, or a cluster's three) and the jars' home. */
+export interface KafkaState {
+  version: string;
+  home: string;
+  nodes: { id: number; pid: number; port: number }[];
+}
+
 export interface State {
   mode: Mode;
-  kafka?: { pid: number; version: string; home: string };
+  kafka?: KafkaState;
+  /** Kafka nodes of the stack (1, or 3 for the cluster profile) */
+  kafkaNodes?: number;
   postgres?: PostgresState;
 }
 
 export function readState(): State | undefined {
-  return existsSync(STATE_FILE) ? (JSON.parse(readFileSync(STATE_FILE, "utf8")) as State) : undefined;
+  if (!existsSync(STATE_FILE)) return undefined;
+  const state = JSON.parse(readFileSync(STATE_FILE, "utf8")) as State & { kafka?: { pid?: number } };
+  // Written before clusters: one node, its pid at the top.
+  if (state.kafka?.pid !== undefined) {
+    const { pid, version, home } = state.kafka as { pid: number; version: string; home: string };
+    state.kafka = { version, home, nodes: [{ id: 1, pid, port: 9092 }] };
+  }
+  return state;
 }
 
 /** Records `state`; undefined removes the file (nothing is running any more). */
