@@ -15,13 +15,16 @@
 //   the data folder (or its absolute path outside it, or --source), so two files never share an identity.
 // - A record the CSV parser cannot split is not dropped and does not stop the run: it is sent with its raw
 //   text and a parse_error header, and the loader records it as rejected with its line number.
-// - acks from all in-sync replicas and the idempotent producer: an acknowledged message is not lost or doubled.
+// - acks from all in-sync replicas and the idempotent producer. A row counts as sent once the cluster has
+//   acknowledged it, partition by partition (lib/kafkajs_send.ts); the run exits 0 only when every row is
+//   acknowledged. If sending cannot go on, it exits 1 naming the first line not acknowledged: every line
+//   before it is in Kafka, and --from-line resumes there.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
-// Flags: --file, --topic, --rate, --limit, --encoding, --source, --help.
+// Flags: --file, --topic, --rate, --limit, --from-line, --encoding, --source, --help.
 
 import { dirname, isAbsolute, relative, resolve } from "node:path";
-import type { Message, Producer } from "kafkajs";
+import type { Message, Producer, RecordMetadata } from "kafkajs";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
 import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
@@ -56,6 +59,7 @@ const command = {
     topic: { type: "string", short: "t", arg: "TOPIC", help: "topic (default $KAFKA_TOPIC); created if missing" },
     rate: { type: "string", short: "r", arg: "N|max", help: "messages per second (default $PRODUCER_RATE = 1)" },
     limit: { type: "string", short: "n", arg: "N", help: "stop after N records" },
+    "from-line": { type: "string", arg: "LINE", help: "skip the records before this line of the file (resume where a stopped run says)" },
     encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8, windows-1252, utf-16le or utf-16be" },
     source: { type: "string", arg: "NAME", help: "name of the source in lineage (default: path relative to the data folder; stdin: \"stdin\")" },
   },
@@ -138,24 +142,54 @@ export function dueAt(start: number, index: number, rate: number): number {
   return rate === Infinity ? start : start + (index * 1000) / rate;
 }
 
+/** Messages the cluster acknowledged in a send's answer (lib/kafkajs_send.ts counts them per partition). */
+export function acknowledgedCount(answer: readonly RecordMetadata[]): number {
+  return answer.reduce((n, partition) => n + ((partition as { messageCount?: number }).messageCount ?? 0), 0);
+}
+
+/** Sending stopped for good: names the first line not acknowledged, where a rerun resumes. */
+export class SendStoppedError extends Error {
+  override name = "SendStoppedError";
+}
+
+/** Where a rerun resumes when the send of `messages` (the first not acknowledged) failed with `cause`. */
+export function stoppedAt(messages: readonly Message[], file: string, cause: Error): SendStoppedError {
+  const line = String(messages[0]?.headers?.source_line ?? "?");
+  return new SendStoppedError(
+    `${cause.message}\n${file}: line ${line} is the first line not acknowledged by Kafka; every line before it is ` +
+      `in the topic. Run again with --from-line ${line} to resume (or send the whole file again: rows already ` +
+      "loaded count as duplicates).",
+    { cause },
+  );
+}
+
 /**
  * Batches messages and keeps one send in flight (the idempotent producer allows no more) while the next batch
  * is built. acks -1: the broker answers once every in-sync replica has the messages. While the broker is away
- * (a restart), the same messages are sent again when it is back: at worst twice, never lost.
+ * (a restart), the same messages are sent again when it is back: at worst twice, never lost. Only messages the
+ * cluster acknowledged are counted as sent.
  */
-function createSender(producer: Producer, topic: string, log: Logger, signal: AbortSignal) {
+function createSender(producer: Producer, topic: string, file: string, log: Logger, signal: AbortSignal) {
   let buffer: Message[] = [];
   let bufferBytes = 0;
   let inFlight: Promise<void> | undefined;
   const state = { sent: 0 };
   const send = async (messages: Message[]) => {
-    await whileKafkaUnavailable(
-      `sending ${messages.length} messages`,
-      () => producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None }),
-      log,
-      signal,
-    );
-    state.sent += messages.length;
+    try {
+      const answer = await whileKafkaUnavailable(
+        `sending ${messages.length} messages`,
+        () => producer.send({ topic, acks: -1, messages, compression: CompressionTypes.None }),
+        log,
+        signal,
+      );
+      const acknowledged = acknowledgedCount(answer);
+      if (acknowledged !== messages.length) {
+        throw new Error(`Kafka acknowledged ${acknowledged} of the ${messages.length} messages of a send to ${topic}`);
+      }
+      state.sent += acknowledged;
+    } catch (error) {
+      throw stoppedAt(messages, file, error as Error);
+    }
   };
   /** Waits for the send in flight, then starts one with what is buffered. */
   const flush = async () => {
@@ -196,6 +230,7 @@ async function main(): Promise<void> {
   const topic = flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic");
   const rate = flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate");
   const limit = flags.limit === undefined ? Infinity : parsePositiveInt(flags.limit, "--limit");
+  const fromLine = flags["from-line"] === undefined ? 0 : parsePositiveInt(flags["from-line"], "--from-line");
   const forced = parseEncoding(flags.encoding);
   const source = flags.source ?? sourceName(file, dirname(config.dataFile));
   const input = await openInput(file).catch((error: Error) => {
@@ -216,7 +251,7 @@ async function main(): Promise<void> {
     );
 
     const producer = await connectProducer(config, topic, log);
-    const sender = createSender(producer, topic, log, shutdown.signal);
+    const sender = createSender(producer, topic, file, log, shutdown.signal);
     shutdown.onStop("flush messages in flight", () => sender.drain());
     shutdown.onStop("disconnect producer", () => producer.disconnect());
     const progress = createProgress(log, "sent", Math.min(Math.max(detected.lines - 1, 0), limit) || undefined, 1000);
@@ -224,6 +259,7 @@ async function main(): Promise<void> {
     let count = 0;
     let broken = 0;
     for (let next = await records.next(); !next.done && count < limit && !shutdown.requested; next = await records.next()) {
+      if (next.value.line < fromLine) continue;
       // Wait for this message's slot; send what is buffered first so it leaves on time.
       const due = dueAt(started, count, rate);
       if (due > performance.now()) {
@@ -246,7 +282,9 @@ async function main(): Promise<void> {
     }
     progress.done();
     await shutdown.run();
-    if (count === 0 && !shutdown.requested) throw new UnreadableInputError(`${file}: no rows after the header: nothing was sent`);
+    if (count === 0 && !shutdown.requested) {
+      throw new UnreadableInputError(`${file}: no rows ${fromLine > 0 ? `at or after line ${fromLine}` : "after the header"}: nothing was sent`);
+    }
     const ms = performance.now() - started;
     log.info(
       `done: sent=${sender.state.sent} rows=${sender.state.sent - broken} unsplittable=${broken} topic=${topic} ` +

@@ -375,6 +375,62 @@ export function startScript(script: string, args: string[], env: Record<string, 
   };
 }
 
+// --- kcat (librdkafka): the standard client beside ours, as a control and as an independent reader.
+
+/** What the cluster tests need besides Bun: Java and Maven for the brokers, kcat for the controls. */
+export function clusterPrerequisites(): string[] {
+  const missing = ["java", "mvn", "kcat"].filter((tool) => !Bun.which(tool));
+  if (missing.length > 0) {
+    const why = `the cluster tests start three brokers and compare with kcat, and need ${missing.join(", ")}`;
+    if (readConfig().requireAllTests) throw new Error(why);
+    console.warn(`skipping: ${why}`);
+  }
+  return missing;
+}
+
+/** Every message's key in `topic`, read from the start to the current end of each partition by kcat. */
+export async function topicKeys(brokers: string, topic: string, timeoutMs = 60_000): Promise<string[]> {
+  const child = Bun.spawn(["kcat", "-C", "-b", brokers, "-t", topic, "-e", "-q", "-f", "%k\n"], { stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`kcat -C ${topic} exited ${code}: ${err}`);
+  return out.split("\n").filter((line) => line !== "");
+}
+
+/**
+ * kcat -P (librdkafka's idempotent producer, acks=all) sending `messages` (key TAB value lines) to `topic`;
+ * resolves once kcat has delivered every one and exited 0. kcat reads its whole input before it sends, so a
+ * stream through kcat is a series of these.
+ */
+export async function kcatSend(brokers: string, topic: string, messages: readonly { key: string; value: string }[], timeoutMs = 300_000): Promise<void> {
+  const args = ["-P", "-b", brokers, "-t", topic, "-K", "\t", "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=5"];
+  const child = Bun.spawn(["kcat", ...args], { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
+  const stdin = child.stdin as import("bun").FileSink;
+  stdin.write(messages.map((m) => `${m.key}\t${m.value}\n`).join(""));
+  await stdin.end();
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const [err, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`kcat -P ${topic} exited ${code}: ${err}`);
+}
+
+/** Each topic's partition leaders, indexed by partition, as one broker's metadata says (a quick probe). */
+export async function partitionLeaders(broker: string, topics: string[]): Promise<number[][]> {
+  const admin = createKafka(readConfig({ KAFKA_BROKERS: broker }), quiet, { probe: true }).admin();
+  await admin.connect();
+  try {
+    const { topics: metadata } = await admin.fetchTopicMetadata({ topics });
+    return topics.map((name) => {
+      const leaders: number[] = [];
+      for (const p of metadata.find((t) => t.name === name)?.partitions ?? []) leaders[p.partitionId] = p.leader;
+      return leaders;
+    });
+  } finally {
+    await admin.disconnect();
+  }
+}
+
 // --- Kafka facts for assertions.
 
 async function withAdmin<T>(brokers: string, fn: (admin: import("kafkajs").Admin) => Promise<T>): Promise<T> {

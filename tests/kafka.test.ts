@@ -6,7 +6,9 @@ import { createRequire } from "node:module";
 import type { Message, PartitionMetadata } from "kafkajs";
 import { readConfig } from "../scripts/lib/config.ts";
 import { createKafka, ensureTopic, isKafkaUnavailable, keyPartitioner, murmur2, whileKafkaUnavailable } from "../scripts/lib/kafka.ts";
-import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED } from "../scripts/lib/kafkajs_fixes.ts";
+import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
+import { PRODUCE_RESPONSES } from "../scripts/lib/kafkajs_send.ts";
+import { acknowledgedCount } from "../scripts/producer.ts";
 import { BROKERS, uniqueName } from "./helpers.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 
@@ -226,14 +228,65 @@ describe("a real send through the fixes", () => {
       await ensureTopic(admin, topic, 3);
       const messages: Message[] = Array.from({ length: 300 }, (_, i) => ({ key: `s.csv:${i}`, value: String(i) }));
       const before = grouping.calls;
-      await producer.send({ topic, acks: -1, messages });
+      const answer = await producer.send({ topic, acks: -1, messages });
       expect(grouping.calls).toBeGreaterThan(before);
+      expect(acknowledgedCount(answer)).toBe(300); // every partition's answer counts what it acknowledged
       const expected = [0, 0, 0];
       for (const message of messages) expected[kafkajsDefault({ topic, partitionMetadata: partitions(3), message })]!++;
       const offsets = await admin.fetchTopicOffsets(topic);
       expect(offsets.map((p) => [p.partition, Number(p.high)]).sort()).toEqual(expected.map((n, i) => [i, n]));
     } finally {
       await producer.disconnect();
+      await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+      await admin.disconnect();
+    }
+  });
+});
+
+describe("sendMessages (lib/kafkajs_send.ts)", () => {
+  test("is the one kafkajs' producer uses, and every produce response keeps each partition's answer", () => {
+    loadKafkajs();
+    expect(require(SEND_MESSAGES)).toBe(sendMessages);
+    const answer = { topics: [{ topicName: "t", partitions: [{ partition: 0, errorCode: 6 }, { partition: 1, errorCode: 0 }] }] };
+    for (const path of PRODUCE_RESPONSES) {
+      // kafkajs' own parse throws the first partition's error; ours returns all of them for sendMessages to judge.
+      expect((require(path) as { parse: (d: unknown) => Promise<unknown> }).parse(answer)).resolves.toBe(answer);
+    }
+  });
+
+  // The broker refuses a sequence number that skips ahead (OUT_OF_ORDER_SEQUENCE_NUMBER): here three numbers
+  // are skipped by hand, as a lost batch would. The send must take a new producer id and still deliver.
+  test("a producer id whose sequence the broker refuses is replaced, and the partition is sent again", async () => {
+    loadKafkajs();
+    const { createLogger: kafkajsLogger, LEVELS } = require("kafkajs/src/loggers/index.js");
+    const Cluster = require("kafkajs/src/cluster/index.js");
+    const createEosManager = require("kafkajs/src/producer/eosManager/index.js");
+    const createRetry = require("kafkajs/src/retry/index.js");
+    const warnings: string[] = [];
+    const logger = kafkajsLogger({ level: LEVELS.WARN, logCreator: () => ({ log }: { log: { message: string } }) => warnings.push(log.message) });
+    const socketFactory = require("kafkajs/src/network/socketFactory.js")();
+    const cluster = new Cluster({ logger, socketFactory, brokers: BROKERS.split(","), clientId: "test", connectionTimeout: 3000, retry: { retries: 5 } });
+    const topic = uniqueName("sequence");
+    const admin = createKafka(readConfig({ KAFKA_BROKERS: BROKERS }), createLogger("test", "silent")).admin();
+    await admin.connect();
+    await cluster.connect();
+    try {
+      await ensureTopic(admin, topic, 2);
+      const eosManager = createEosManager({ logger, cluster, transactional: false });
+      await eosManager.initProducerId();
+      const send = sendMessages({ logger, cluster, partitioner: keyPartitioner(), eosManager, retrier: createRetry({ retries: 5, initialRetryTime: 100 }) });
+      const batch = (from: number) => Array.from({ length: 100 }, (_, i) => ({ key: `s.csv:${from + i}`, value: String(from + i) }));
+      await send({ acks: -1, topicMessages: [{ topic, messages: batch(0) }] });
+      const firstId = eosManager.getProducerId();
+      eosManager.updateSequence(topic, 0, 3);
+      const answer = await send({ acks: -1, topicMessages: [{ topic, messages: batch(100) }] });
+      expect(acknowledgedCount(answer)).toBe(100);
+      expect(eosManager.getProducerId()).not.toBe(firstId);
+      expect(warnings.join("\n")).toContain("taking a new producer id");
+      const offsets = await admin.fetchTopicOffsets(topic);
+      expect(offsets.reduce((n, p) => n + Number(p.high), 0)).toBe(200);
+    } finally {
+      await cluster.disconnect();
       await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
       await admin.disconnect();
     }

@@ -377,6 +377,17 @@ describe("producer pace", () => {
     expect(at).toHaveLength(150);
     for (const [i, t] of at.entries()) expect(t - launched).toBeGreaterThanOrEqual(i * 20);
   });
+
+  test("--from-line resumes at that line of the file: lines before it are not sent", async () => {
+    const resumed = { ...env, KAFKA_TOPIC: uniqueName("resume"), BATCHES_DIR: join(tmp.path, "resumed") };
+    await runOk("producer.ts", ["--file", join(tmp.path, "data.csv"), "--rate", "max", "--from-line", "191"], resumed);
+    await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2"], resumed);
+    const lines: number[] = [];
+    for (const name of readdirSync(resumed.BATCHES_DIR).filter((f) => f.endsWith(".csv"))) {
+      for (const { values } of parseCsv(await Bun.file(join(resumed.BATCHES_DIR, name)).text(), name).rows) lines.push(Number(values._source_line));
+    }
+    expect(lines.sort((a, b) => a - b)).toEqual(Array.from({ length: 11 }, (_, i) => 191 + i)); // the header is line 1, rows 2-201
+  });
 });
 
 describe("loader", () => {

@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import type { CsvRecord } from "../scripts/lib/csv.ts";
 import { UsageError } from "../scripts/lib/cli.ts";
-import { dueAt, jsonKeys, MAX_MESSAGE_BYTES, parseEncoding, toMessage } from "../scripts/producer.ts";
+import { acknowledgedCount, dueAt, jsonKeys, MAX_MESSAGE_BYTES, parseEncoding, stoppedAt, toMessage } from "../scripts/producer.ts";
 
 const KEYS = ["Row ID", "Order ID", "Product Name"];
 
@@ -136,5 +136,26 @@ describe("dueAt", () => {
 
   test("sends everything at once at rate Infinity", () => {
     expect([0, 1, 1_000_000].map((i) => dueAt(42, i, Infinity))).toEqual([42, 42, 42]);
+  });
+});
+
+describe("acknowledgement", () => {
+  test("counts only what each partition's answer says it acknowledged", () => {
+    const answer = [
+      { topicName: "t", partition: 0, errorCode: 0, messageCount: 120 },
+      { topicName: "t", partition: 1, errorCode: 0, messageCount: 80 },
+    ];
+    expect(acknowledgedCount(answer)).toBe(200);
+    // An answer without counts (kafkajs' own sendMessages) acknowledges nothing the producer can count.
+    expect(acknowledgedCount([{ topicName: "t", partition: 0, errorCode: 0 }])).toBe(0);
+  });
+
+  test("a send that cannot go on names the first line not acknowledged and how to resume there", () => {
+    const messages = [{ key: "s.csv:41", value: "{}", headers: { source_file: "s.csv", source_line: "42" } }];
+    const error = stoppedAt(messages, "data/s.csv", new Error("Kafka has not answered for 120s"));
+    expect(error.message).toBe(
+      "Kafka has not answered for 120s\ndata/s.csv: line 42 is the first line not acknowledged by Kafka; every line before it " +
+        "is in the topic. Run again with --from-line 42 to resume (or send the whole file again: rows already loaded count as duplicates).",
+    );
   });
 });

@@ -1,6 +1,8 @@
-// The places where kafkajs 2.2.4 needs help on Bun 1.4.5, kept in one file so they are easy to drop when a
-// release fixes them. lib/kafka.ts is the only module that loads kafkajs, through loadKafkajs() below.
+// The places where kafkajs 2.2.4 needs help, kept in one place so they are easy to drop when a release fixes
+// them. lib/kafka.ts is the only module that loads kafkajs, through loadKafkajs() below.
 //
+// 0. Its sendMessages can resolve a send while a partition whose leader moved was never written (kafkajs
+//    issue #1303): replaced by lib/kafkajs_send.ts, which acknowledges partition by partition.
 // 1. groupMessagesPerPartition copies the partition's whole array for every message (`[...current, message]`):
 //    quadratic in the batch, the producer's largest cost at 2,000 messages per send. The replacement groups the
 //    same messages into the same partitions in one pass, in the same order.
@@ -11,6 +13,7 @@
 // 4. CRC-32C of each record batch is computed a byte at a time; ours takes eight bytes at a time (same values).
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
+import { createSendMessages, keepEveryPartitionsAnswer } from "./kafkajs_send.ts";
 
 const require = createRequire(import.meta.url);
 
@@ -139,21 +142,33 @@ export function crc32c(buffer: Uint8Array): number {
 
 let loaded: typeof KafkaJS | undefined;
 
-/** kafkajs with the fixes in place. Grouping and CRC-32C must be in the module cache before kafkajs loads. */
+/** kafkajs' sendMessages module, replaced by lib/kafkajs_send.ts. */
+export const SEND_MESSAGES = "kafkajs/src/producer/sendMessages.js";
+/** Ours, as kafkajs' producer finds it in the module cache. */
+export const sendMessages = createSendMessages(groupMessagesPerPartition);
+
+/** Puts `exports` in the module cache as kafkajs module `specifier`, unless it is loaded already; returns its path. */
+function replaceModule(specifier: string, exports: unknown): string {
+  const path = require.resolve(specifier);
+  if (require.cache[path] === undefined) {
+    require.cache[path] = { id: path, filename: path, loaded: true, exports } as unknown as NodeJS.Module;
+  }
+  return path;
+}
+
+/** kafkajs with the fixes in place. Replaced modules must be in the module cache before kafkajs loads. */
 export function loadKafkajs(): typeof KafkaJS {
   if (loaded) return loaded;
-  const path = require.resolve("kafkajs/src/producer/groupMessagesPerPartition.js");
-  if (require.cache[path] === undefined) {
-    require.cache[path] = { id: path, filename: path, loaded: true, exports: groupMessagesPerPartition } as unknown as NodeJS.Module;
-  }
-  const crcPath = require.resolve("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js");
-  if (require.cache[crcPath] === undefined) {
-    require.cache[crcPath] = { id: crcPath, filename: crcPath, loaded: true, exports: crc32c } as unknown as NodeJS.Module;
-  }
+  const replaced = new Map<string, unknown>([
+    [replaceModule("kafkajs/src/producer/groupMessagesPerPartition.js", groupMessagesPerPartition), groupMessagesPerPartition],
+    [replaceModule("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js", crc32c), crc32c],
+    [replaceModule(SEND_MESSAGES, sendMessages), sendMessages],
+  ]);
   patchEncoder(require(ENCODER));
+  keepEveryPartitionsAnswer();
   clampNegativeTimeouts();
   loaded = require("kafkajs") as typeof KafkaJS;
-  if (require(path) !== groupMessagesPerPartition || require(crcPath) !== crc32c) {
+  if ([...replaced].some(([path, ours]) => require(path) !== ours)) {
     throw new Error("kafkajs was loaded before lib/kafkajs_fixes.ts could patch it: import kafkajs values only through lib/kafka.ts");
   }
   return loaded;
