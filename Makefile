@@ -48,6 +48,13 @@ demo: up migrate data ## Everything on a fresh machine: install, start, migrate,
 test: up ## Run every test against the real Kafka and PostgreSQL (starts them), fault tests included
 	$(BUN) test --timeout $(TEST_TIMEOUT) $(TESTS)
 
+CHAOS_RUNS ?= 3
+CHAOS_ROWS ?= 60000
+
+.PHONY: chaos
+chaos: up ## The cluster fault suite in full: three brokers of its own, each fault CHAOS_RUNS times with CHAOS_ROWS rows
+	CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_ROWS=$(CHAOS_ROWS) $(BUN) test --timeout 1800000 tests/cluster.test.ts
+
 .PHONY: test-faults
 test-faults: up ## Only the fault-injection tests (they start and kill a broker and a PostgreSQL of their own)
 	$(BUN) test --timeout $(TEST_TIMEOUT) tests/faults.test.ts

@@ -6,18 +6,29 @@
 // them CHAOS_RUNS times with CHAOS_ROWS rows.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { join } from "node:path";
 import type * as KafkaJS from "kafkajs";
 import { readConfig } from "../scripts/lib/config.ts";
-import { createKafka, keyPartitioner } from "../scripts/lib/kafka.ts";
+import { createKafka, ensureTopic, keyPartitioner } from "../scripts/lib/kafka.ts";
+import { pidAlive } from "../scripts/lib/stack/process.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import {
+  BASE,
   clusterPrerequisites,
+  createDatabaseOn,
+  groupLag,
+  runOk,
+  startScript,
+  type Running,
+  type TestDatabase,
   kcatSend,
   partitionLeaders,
   startPrivateCluster,
   tempDir,
   topicKeys,
+  topicSize,
   uniqueName,
   waitFor,
   type PrivateCluster,
@@ -25,6 +36,9 @@ import {
 
 const require = createRequire(import.meta.url);
 const missing = clusterPrerequisites();
+const { chaosRuns: RUNS, chaosRows: ROWS } = readConfig();
+/** Rows per second: at least ten seconds of stream, so a fault lands in the middle of it; at most 2,000/s. */
+const RATE = Math.max(100, Math.min(2000, Math.round(ROWS / 10)));
 
 /** kafkajs 2.2.4 as published: a module graph of its own, loaded aside from the patched one and put back. */
 function publishedKafkajs(): typeof KafkaJS {
@@ -39,7 +53,7 @@ function publishedKafkajs(): typeof KafkaJS {
   }
 }
 
-describe.skipIf(missing.length > 0)("a leader that moves mid-send", () => {
+describe.skipIf(missing.length > 0)("on three brokers", () => {
   let tmp: ReturnType<typeof tempDir>;
   let cluster: PrivateCluster;
 
@@ -107,7 +121,188 @@ describe.skipIf(missing.length > 0)("a leader that moves mid-send", () => {
       await cluster.waitInSync();
     }
   });
+
+  /** A topic of six partitions, its group, a database, and three "hosts": each a batch folder of its own. */
+  async function stream(name: string): Promise<Stream> {
+    const id = uniqueName(name);
+    const dir = join(tmp.path, id);
+    mkdirSync(dir);
+    const db = await createDatabaseOn(BASE.database, "cluster");
+    const file = join(dir, "input.csv");
+    await runOk("make_data.ts", ["--out", file, "--rows", String(ROWS)], {});
+    const env = { KAFKA_BROKERS: cluster.brokers, KAFKA_TOPIC: id, KAFKA_GROUP_ID: `${id}-g`, KAFKA_PARTITIONS: "6", DATABASE_URL: db.url };
+    const hosts = [1, 2, 3].map((host) => join(dir, `host-${host}`));
+    return { id, env, db, file, hosts, kcatTopic: `${id}-kcat`, consumers: [], loaders: [] };
+  }
+
+  /** On each host, a consumer writing its batch folder and a loader watching it, as three machines would run them. */
+  function startHosts(s: Stream): void {
+    for (const dir of s.hosts) {
+      s.consumers.push(startScript("consumer_batch_to_csv.ts", ["--quiet", "2"], { ...s.env, BATCHES_DIR: dir }));
+      s.loaders.push(startScript("load.ts", ["--watch"], { ...s.env, BATCHES_DIR: dir }));
+    }
+  }
+
+  /** Our producer at RATE rows/s, and beside it kcat sending the same rows to a topic of its own, at the same pace. */
+  function startProducers(s: Stream): { ours: Running; kcat: Promise<void> } {
+    const ours = startScript("producer.ts", ["--file", s.file, "--rate", String(RATE)], { ...s.env, LOG_LEVEL: "info" });
+    const lines = readFileSync(s.file, "latin1").split("\r\n").slice(1, ROWS + 1);
+    return { ours, kcat: kcatStream(s.kcatTopic, lines) };
+  }
+
+  /** kcat through the same fault: a chunk of lines every tenth of the stream, each chunk delivered before the next. */
+  async function kcatStream(topic: string, lines: string[]): Promise<void> {
+    await createTopic(topic);
+    const chunk = Math.ceil(lines.length / 10);
+    for (let from = 0; from < lines.length; from += chunk) {
+      const started = performance.now();
+      await kcatSend(cluster.brokers, topic, lines.slice(from, from + chunk).map((value, i) => ({ key: `line:${from + i + 2}`, value })));
+      await waitFor("the next kcat chunk's turn", () => performance.now() - started >= (chunk * 1000) / RATE, 60_000, 20);
+    }
+  }
+
+  async function createTopic(topic: string): Promise<void> {
+    const admin = createKafka(readConfig({ KAFKA_BROKERS: cluster.brokers }), createLogger("test", "silent")).admin();
+    await admin.connect();
+    try {
+      await ensureTopic(admin, topic, 6);
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  const inTopic = (s: Stream) => topicSize(cluster.brokers, s.id).catch(() => 0);
+
+  /**
+   * The end of every case: both producers finished, every row reached orders once (or rejected_rows), the
+   * hosts stop cleanly and the group has no lag; ours and kcat each left every row in their topic.
+   */
+  async function expectExactlyOnce(s: Stream, producers: { ours: Running; kcat: Promise<void> }): Promise<void> {
+    const produced = await producers.ours.finish(600_000);
+    expect({ code: produced.code, summary: /done: sent=(\d+)/.exec(produced.stderr)?.[1] }).toEqual({ code: 0, summary: String(ROWS) });
+    await producers.kcat;
+    await waitFor(
+      () => `all ${ROWS} rows in PostgreSQL\n${s.loaders.map((l) => l.output()).join("\n")}`,
+      async () => (await s.db.sql`select (select count(*) from orders) + (select count(*) from rejected_rows) as n`)[0]!.n >= ROWS,
+      300_000,
+      500,
+    );
+    for (const p of [...s.consumers, ...s.loaders]) if (p.child.exitCode === null) p.child.kill("SIGTERM");
+    for (const p of [...s.consumers, ...s.loaders]) {
+      const { code, stderr } = await p.finish(60_000);
+      expect(code === 0 || code === 137, `exit ${code} (137: the consumer a case killed on purpose)\n${stderr}`).toBe(true);
+    }
+    const lines = await s.db.sql<{ line: number }[]>`
+      select source_line as line from orders union all select source_line from rejected_rows order by 1
+    `;
+    expect(lines.map((r) => r.line)).toEqual(Array.from({ length: ROWS }, (_, i) => i + 2));
+    expect(new Set(await topicKeys(cluster.brokers, s.id)).size).toBe(ROWS);
+    expect(new Set(await topicKeys(cluster.brokers, s.kcatTopic)).size).toBe(ROWS);
+    expect(await groupLag(cluster.brokers, s.env.KAFKA_GROUP_ID!, s.id)).toBe(0);
+  }
+
+  async function afterCase(s: Stream): Promise<void> {
+    for (const p of [...s.consumers, ...s.loaders]) p.child.kill("SIGKILL");
+    await s.db.drop();
+    await Promise.all(cluster.nodes.map((n) => (pidAlive(n.pid) ? undefined : cluster.start(n.id))));
+    await cluster.waitInSync();
+  }
+
+  for (let run = 1; run <= RUNS; run++) {
+    const tag = RUNS > 1 ? ` (run ${run} of ${RUNS})` : "";
+
+    test(`the leader of a partition killed mid-stream and started again: every row once${tag}`, async () => {
+      const s = await stream("leader_kill");
+      try {
+        startHosts(s);
+        const producers = startProducers(s);
+        await waitFor("a quarter of the rows in the topic", async () => (await inTopic(s)) >= ROWS / 4, 120_000, 200);
+        const [leader] = (await partitionLeaders(cluster.brokers, [s.id]))[0]!;
+        cluster.kill(leader!);
+        const survivor = cluster.nodes.find((n) => n.id !== leader)!;
+        await waitFor("partition 0 to have another leader", async () => {
+          const [now] = (await partitionLeaders(`127.0.0.1:${survivor.port}`, [s.id]))[0]!;
+          return now !== undefined && now >= 0 && now !== leader;
+        }, 60_000, 250);
+        await cluster.start(leader!);
+        await expectExactlyOnce(s, producers);
+      } finally {
+        await afterCase(s);
+      }
+    });
+
+    test(`a rolling restart mid-stream, each node stopped with SIGTERM and started again in turn: every row once${tag}`, async () => {
+      const s = await stream("rolling");
+      try {
+        startHosts(s);
+        const producers = startProducers(s);
+        await waitFor("a tenth of the rows in the topic", async () => (await inTopic(s)) >= ROWS / 10, 120_000, 200);
+        for (const node of cluster.nodes) {
+          await cluster.stop(node.id);
+          await cluster.start(node.id);
+          await cluster.waitInSync();
+        }
+        await expectExactlyOnce(s, producers);
+      } finally {
+        await afterCase(s);
+      }
+    });
+
+    test(`a consumer killed on one host mid-stream: the others take over its partitions, every row once${tag}`, async () => {
+      const s = await stream("consumer_kill");
+      try {
+        startHosts(s);
+        const producers = startProducers(s);
+        await waitFor("host 2 to have written a batch file", () => batchPartitions(s.hosts[1]!).size > 0, 120_000, 200);
+        s.consumers[1]!.child.kill("SIGKILL");
+        const hadPartitions = batchPartitions(s.hosts[1]!);
+        await expectExactlyOnce(s, producers);
+        // The control: the partitions host 2 was writing were taken over (the fault bit), not left idle.
+        const others = new Set([...batchPartitions(s.hosts[0]!), ...batchPartitions(s.hosts[2]!)]);
+        expect([...hadPartitions].filter((p) => others.has(p))).toEqual([...hadPartitions]);
+      } finally {
+        await afterCase(s);
+      }
+    });
+
+    test(`two brokers down, so min.insync.replicas cannot be met: the producer waits, then finishes, every row once${tag}`, async () => {
+      const s = await stream("min_isr");
+      try {
+        startHosts(s);
+        const producers = startProducers(s);
+        await waitFor("a quarter of the rows in the topic", async () => (await inTopic(s)) >= ROWS / 4, 120_000, 200);
+        cluster.kill(2);
+        cluster.kill(3);
+        // Nothing can be acknowledged now: the producer must wait (not exit, not count rows as sent).
+        await producers.ours.waitForOutput(/Failed to send messages|Kafka unavailable/, 120_000);
+        expect(producers.ours.child.exitCode).toBeNull();
+        await Promise.all([cluster.start(2), cluster.start(3)]);
+        await expectExactlyOnce(s, producers);
+      } finally {
+        await afterCase(s);
+      }
+    });
+  }
+
 });
+
+interface Stream {
+  readonly id: string;
+  readonly env: Record<string, string>;
+  readonly db: TestDatabase;
+  readonly file: string;
+  /** each host's batch folder */
+  readonly hosts: string[];
+  readonly kcatTopic: string;
+  readonly consumers: Running[];
+  readonly loaders: Running[];
+}
+
+/** Partitions a host's consumer has written batch files for (their names say: topic_p3_...). */
+function batchPartitions(dir: string): Set<number> {
+  if (!existsSync(dir)) return new Set();
+  return new Set(readdirSync(dir).flatMap((f) => /_p(\d+)_\d+-\d+_[0-9a-f]+\.csv$/.exec(f)?.[1] ?? []).map(Number));
+}
 
 /** Two partitions whose leaders the test chooses: partition 0 on node 1, partition 1 on node 2 then node 1. */
 async function createPinnedTopics(broker: string, topics: string[]): Promise<void> {

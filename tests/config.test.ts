@@ -39,6 +39,8 @@ const DEFAULTS: Config = {
   biReaderPassword: undefined,
   crashAt: undefined,
   requireAllTests: false,
+  chaosRuns: 1,
+  chaosRows: 6000,
 };
 
 describe("readConfig", () => {
@@ -69,6 +71,8 @@ describe("readConfig", () => {
       BI_READER_PASSWORD: "reader-secret",
       SALES_CRASH_AT: "before-write",
       REQUIRE_ALL_TESTS: "1",
+      CHAOS_RUNS: "3",
+      CHAOS_ROWS: "60000",
       DATA_FILE: "data/other.csv",
       BATCHES_DIR: "/tmp/b",
       BATCH_SIZE: " 250 ",
@@ -96,6 +100,8 @@ describe("readConfig", () => {
       biReaderPassword: "reader-secret",
       crashAt: "before-write",
       requireAllTests: true,
+      chaosRuns: 3,
+      chaosRows: 60000,
     });
   });
 

@@ -46,6 +46,9 @@ export interface Config {
   readonly crashAt: string | undefined;
   /** CI's switch (REQUIRE_ALL_TESTS=1): tests whose tools are missing (Java, a browser, xmllint) fail instead of skipping */
   readonly requireAllTests: boolean;
+  /** the cluster fault tests: runs of each case (CHAOS_RUNS, make chaos) and rows per run (CHAOS_ROWS) */
+  readonly chaosRuns: number;
+  readonly chaosRows: number;
 }
 
 export const DEFAULT_DATABASE_URL = "postgres://postgres:postgres@127.0.0.1:5432/sales";
@@ -230,5 +233,7 @@ export function readConfig(env: Env = process.env): Config {
     biReaderPassword,
     crashAt: text(env, "SALES_CRASH_AT", "") || undefined,
     requireAllTests: text(env, "REQUIRE_ALL_TESTS", "") === "1",
+    chaosRuns: parsePositiveInt(text(env, "CHAOS_RUNS", "1"), "CHAOS_RUNS", 100),
+    chaosRows: parsePositiveInt(text(env, "CHAOS_ROWS", "6000"), "CHAOS_ROWS", 10_000_000),
   });
 }
