@@ -148,6 +148,8 @@ export interface BrokerOptions {
   readonly voters?: string;
   /** properties that replace the ones derived from compose (a test's extra listener, say) */
   readonly overrides?: Readonly<Record<string, string>>;
+  /** more arguments for the first `kafka-storage format` (a test's SCRAM users: "--add-scram", "SCRAM-SHA-256=[...]") */
+  readonly formatArgs?: readonly string[];
   /** JVM heap, e.g. "1g" */
   readonly heap?: string;
 }
@@ -179,7 +181,7 @@ export function launchBroker(options: BrokerOptions, log: Logger): number {
     // Every node of a cluster is formatted with the same id: compose's CLUSTER_ID, as the image does.
     // "--cluster-id=...": an id that starts with "-" (one in 64 random ones do) would otherwise be read as an option.
     const clusterId = env.CLUSTER_ID || randomBytes(16).toString("base64url");
-    const format = run("java", java("kafka.tools.StorageTool", ["format", `--cluster-id=${clusterId}`, "-c", propsFile]), { quiet: true });
+    const format = run("java", java("kafka.tools.StorageTool", ["format", `--cluster-id=${clusterId}`, "-c", propsFile, ...(options.formatArgs ?? [])]), { quiet: true });
     if (!format.ok) throw new Error(`formatting Kafka's storage failed:\n${format.out}`);
     log.info(`formatted KRaft storage in ${dataDir}`);
   }
