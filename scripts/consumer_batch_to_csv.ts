@@ -28,7 +28,7 @@ import { Batcher, batchColumns, messageToRow, type Batch } from "./lib/batcher.t
 import { fail, parseCli } from "./lib/cli.ts";
 import { parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
-import { createKafka, describeBrokers, ensureTopic, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
+import { connectAdmin, createKafka, ensureTopic, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { backoffDelay } from "./lib/retry.ts";
@@ -67,10 +67,7 @@ class BatchWriteError extends Error {
 
 /** Creates the topic if needed (the consumer may start before the producer) and, for a replay, rewinds the group. */
 async function prepareTopic(kafka: Kafka, config: Config, topic: string, groupId: string, fromBeginning: boolean, log: Logger) {
-  const admin = kafka.admin();
-  await admin.connect().catch((error: Error) => {
-    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
-  });
+  const admin = await connectAdmin(kafka, config);
   try {
     if (await ensureTopic(admin, topic, config.kafkaPartitions)) log.info(`created topic ${topic}`);
     if (fromBeginning) {
@@ -335,7 +332,7 @@ async function main(): Promise<void> {
     log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file)`);
     await shutdown.whenRequested;
   } catch (error) {
-    run.fail(error as Error);
+    run.fail((await explainKafkaFailure(error, config)) ?? (error as Error));
   } finally {
     run.stopProgress();
     await shutdown.run();

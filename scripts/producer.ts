@@ -26,7 +26,7 @@ import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
 import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
-import { CompressionTypes, createKafka, describeBrokers, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
+import { CompressionTypes, connectAdmin, createKafka, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { findRowIdColumn, headerProblem } from "./lib/record.ts";
 import { sleep } from "./lib/retry.ts";
@@ -268,13 +268,10 @@ async function readHeader(records: AsyncIterator<CsvRecord>, file: string): Prom
   return keys;
 }
 
-/** Creates the topic if needed and connects an idempotent producer. */
+/** Creates the topic if needed and connects an idempotent producer; a refused login stops before either. */
 async function connectProducer(config: ReturnType<typeof readConfig>, topic: string, log: Logger): Promise<Producer> {
   const kafka = createKafka(config, log);
-  const admin = kafka.admin();
-  await admin.connect().catch((error: Error) => {
-    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
-  });
+  const admin = await connectAdmin(kafka, config);
   try {
     if (await ensureTopic(admin, topic, config.kafkaPartitions)) log.info(`created topic ${topic} with ${config.kafkaPartitions} partitions`);
   } finally {
