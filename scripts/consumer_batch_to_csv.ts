@@ -14,9 +14,9 @@
 // real time), and on shutdown. SIGINT/SIGTERM: write what is buffered, commit, disconnect, exit 0.
 // The batching itself (which rows form which file) is scripts/lib/batcher.ts.
 //
-// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, BATCHES_DIR, BATCH_SIZE,
-// BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group, --batch-size, --dir, --quiet, --until-idle,
-// --from-beginning, --help.
+// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
+// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
+// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
@@ -26,7 +26,7 @@ import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { batchFileName, syncFolder, writeFileDurably } from "./lib/batch.ts";
 import { Batcher, batchColumns, messageToRow, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
-import { parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
 import { connectAdmin, createKafka, ensureTopic, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
@@ -49,7 +49,18 @@ const command = {
     "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long" },
     "from-beginning": { type: "boolean", help: "replay: move the group back to the start of the topic first" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", "BATCHES_DIR", "BATCH_SIZE", "BATCH_QUIET_SECONDS", "LOG_LEVEL"],
+  env: [
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
+    "KAFKA_GROUP_ID",
+    "KAFKA_CLIENT_ID",
+    "KAFKA_PARTITIONS",
+    ...KAFKA_SECURITY_ENV,
+    "BATCHES_DIR",
+    "BATCH_SIZE",
+    "BATCH_QUIET_SECONDS",
+    "LOG_LEVEL",
+  ],
   notes: [
     "Examples:",
     "  bun scripts/consumer_batch_to_csv.ts                    # run until Ctrl-C",

@@ -17,13 +17,14 @@
 //   text and a parse_error header, and the loader records it as rejected with its line number.
 // - acks from all in-sync replicas and the idempotent producer: an acknowledged message is not lost or doubled.
 //
-// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
+// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_* (TLS and the
+// SASL login), DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
 // Flags: --file, --topic, --rate, --limit, --encoding, --source, --help.
 
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Message, Producer } from "kafkajs";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
 import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
 import { CompressionTypes, connectAdmin, createKafka, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
@@ -59,7 +60,7 @@ const command = {
     encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8, windows-1252, utf-16le or utf-16be" },
     source: { type: "string", arg: "NAME", help: "name of the source in lineage (default: path relative to the data folder; stdin: \"stdin\")" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
+  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", ...KAFKA_SECURITY_ENV, "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
   notes: [
     "Examples:",
     "  bun scripts/producer.ts                      # the seed's pace, 1 row per second",
