@@ -248,6 +248,11 @@ export async function startLocalKafka(
         `but KAFKA_BROKERS points at ${foreign.join(",")}${count > 1 ? " (unset it: KAFKA_NODES=3 names the three)" : ""}`,
     );
   }
+  if (config.kafkaSsl || config.kafkaSasl) {
+    const set = [config.kafkaSsl && "KAFKA_SSL", config.kafkaSasl && "KAFKA_SASL_MECHANISM"].filter(Boolean);
+    const both = set.length > 1;
+    throw new Error(`local mode runs Kafka without TLS or SASL, as compose does, but ${set.join(" and ")} ${both ? "are" : "is"} set: unset ${both ? "them" : "it"} for make up`);
+  }
   const libs = kafkaJars(facts.kafkaVersion, log);
   const nodes = facts.kafkaNodes.map((n, i) => ({ id: Number(n.env.KAFKA_NODE_ID), port: ports[i]!, controllerPort: ports[i]! + 1, env: n.env }));
   const voters = count > 1 ? quorumVoters("127.0.0.1", nodes) : undefined;
