@@ -14,9 +14,9 @@
 // real time), and on shutdown. SIGINT/SIGTERM: write what is buffered, commit, disconnect, exit 0.
 // The batching itself (which rows form which file) is scripts/lib/batcher.ts.
 //
-// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, BATCHES_DIR, BATCH_SIZE,
-// BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group, --batch-size, --dir, --quiet, --until-idle,
-// --from-beginning, --help.
+// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
+// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
+// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
@@ -26,9 +26,9 @@ import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { batchFileName, syncFolder, writeFileDurably } from "./lib/batch.ts";
 import { Batcher, batchColumns, messageToRow, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
-import { parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
-import { createKafka, describeBrokers, ensureTopic, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
+import { connectAdmin, createKafka, ensureTopic, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { backoffDelay } from "./lib/retry.ts";
@@ -49,7 +49,18 @@ const command = {
     "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long" },
     "from-beginning": { type: "boolean", help: "replay: move the group back to the start of the topic first" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", "BATCHES_DIR", "BATCH_SIZE", "BATCH_QUIET_SECONDS", "LOG_LEVEL"],
+  env: [
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
+    "KAFKA_GROUP_ID",
+    "KAFKA_CLIENT_ID",
+    "KAFKA_PARTITIONS",
+    ...KAFKA_SECURITY_ENV,
+    "BATCHES_DIR",
+    "BATCH_SIZE",
+    "BATCH_QUIET_SECONDS",
+    "LOG_LEVEL",
+  ],
   notes: [
     "Examples:",
     "  bun scripts/consumer_batch_to_csv.ts                    # run until Ctrl-C",
@@ -67,10 +78,7 @@ class BatchWriteError extends Error {
 
 /** Creates the topic if needed (the consumer may start before the producer) and, for a replay, rewinds the group. */
 async function prepareTopic(kafka: Kafka, config: Config, topic: string, groupId: string, fromBeginning: boolean, log: Logger) {
-  const admin = kafka.admin();
-  await admin.connect().catch((error: Error) => {
-    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
-  });
+  const admin = await connectAdmin(kafka, config);
   try {
     if (await ensureTopic(admin, topic, config.kafkaPartitions)) log.info(`created topic ${topic}`);
     if (fromBeginning) {
@@ -335,7 +343,7 @@ async function main(): Promise<void> {
     log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file)`);
     await shutdown.whenRequested;
   } catch (error) {
-    run.fail(error as Error);
+    run.fail((await explainKafkaFailure(error, config)) ?? (error as Error));
   } finally {
     run.stopProgress();
     await shutdown.run();

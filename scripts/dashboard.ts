@@ -10,12 +10,13 @@
 // (cheap, and not the database). The page, its script and the chart library (Apache ECharts, from
 // node_modules) are served from here: it works offline.
 //
-// Env: DASHBOARD_PORT, DATABASE_URL (or PG*), KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, BATCHES_DIR, LOG_LEVEL.
+// Env: DASHBOARD_PORT, DATABASE_URL (or PG*), KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*,
+// BATCHES_DIR, LOG_LEVEL.
 // Flags: --port, --help.
 
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { parsePort, readConfig, type Config } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config } from "./lib/config.ts";
 import { connect, describeDatabase, isConnectionError, type Sql } from "./lib/db.ts";
 import { databaseHealth, filesHealth, kafkaHealth, loadedSince, type DatabaseHealth, type FilesHealth, type KafkaHealth, type Part } from "./lib/health.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
@@ -29,7 +30,7 @@ const command = {
   flags: {
     port: { type: "string", short: "p", arg: "PORT", help: "port (default $DASHBOARD_PORT = 8050)" },
   },
-  env: ["DASHBOARD_PORT", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "BATCHES_DIR", "LOG_LEVEL"],
+  env: ["DASHBOARD_PORT", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", ...KAFKA_SECURITY_ENV, "BATCHES_DIR", "LOG_LEVEL"],
   notes: "Run by: make dashboard (and make stream, beside the three scripts)",
 } as const;
 

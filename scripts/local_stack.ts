@@ -13,13 +13,14 @@
 //   make up | make down | make destroy | make status
 //
 // The how lives in scripts/lib/stack/ (compose, local Kafka, local PostgreSQL, state file, processes); this
-// script keeps the verbs. Env: STACK_MODE, KAFKA_NODES, KAFKA_BROKERS, DATABASE_URL, CONFIRM, LOG_LEVEL.
+// script keeps the verbs. Env: STACK_MODE, KAFKA_NODES, KAFKA_BROKERS, KAFKA_SSL*, KAFKA_SASL_* (to ask a broker
+// that is already up), DATABASE_URL, CONFIRM, LOG_LEVEL.
 
 import { readFileSync, rmSync } from "node:fs";
 import { createInterface } from "node:readline/promises";
 import { join } from "node:path";
 import { fail, parseCommandLine, UsageError } from "./lib/cli.ts";
-import { parseStackMode, readConfig, type Config, type StackMode } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parseStackMode, readConfig, type Config, type StackMode } from "./lib/config.ts";
 import { describeDatabase, maintenance } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, type ComposeFacts } from "./lib/stack/compose.ts";
@@ -35,7 +36,7 @@ const command = {
   flags: {
     mode: { type: "string", arg: "MODE", help: "auto (default, or $STACK_MODE), docker or local" },
   },
-  env: ["STACK_MODE", "KAFKA_NODES", "KAFKA_BROKERS", "DATABASE_URL", "CONFIRM", "LOG_LEVEL"],
+  env: ["STACK_MODE", "KAFKA_NODES", "KAFKA_BROKERS", ...KAFKA_SECURITY_ENV, "DATABASE_URL", "CONFIRM", "LOG_LEVEL"],
   notes: "Run by: make up (KAFKA_NODES=3 for a three-node cluster), make down, make destroy, make status",
 } as const;
 

@@ -20,16 +20,17 @@
 //   acknowledged. If sending cannot go on, it exits 1 naming the first line not acknowledged: every line
 //   before it is in Kafka, and --from-line resumes there.
 //
-// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
+// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_* (TLS and the
+// SASL login), DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
 // Flags: --file, --topic, --rate, --limit, --from-line, --encoding, --source, --help.
 
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Message, Producer, RecordMetadata } from "kafkajs";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
 import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
-import { CompressionTypes, createKafka, describeBrokers, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
+import { CompressionTypes, connectAdmin, createKafka, ensureTopic, keyPartitioner, whileKafkaUnavailable } from "./lib/kafka.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { findRowIdColumn, headerProblem } from "./lib/record.ts";
 import { sleep } from "./lib/retry.ts";
@@ -63,7 +64,7 @@ const command = {
     encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8, windows-1252, utf-16le or utf-16be" },
     source: { type: "string", arg: "NAME", help: "name of the source in lineage (default: path relative to the data folder; stdin: \"stdin\")" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
+  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", ...KAFKA_SECURITY_ENV, "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
   notes: [
     "Examples:",
     "  bun scripts/producer.ts                      # the seed's pace, 1 row per second",
@@ -306,13 +307,10 @@ async function readHeader(records: AsyncIterator<CsvRecord>, file: string): Prom
   return keys;
 }
 
-/** Creates the topic if needed and connects an idempotent producer. */
+/** Creates the topic if needed and connects an idempotent producer; a refused login stops before either. */
 async function connectProducer(config: ReturnType<typeof readConfig>, topic: string, log: Logger): Promise<Producer> {
   const kafka = createKafka(config, log);
-  const admin = kafka.admin();
-  await admin.connect().catch((error: Error) => {
-    throw new Error(`cannot reach Kafka at ${describeBrokers(config)}: ${error.message} (is it up? make up)`);
-  });
+  const admin = await connectAdmin(kafka, config);
   try {
     if (await ensureTopic(admin, topic, config.kafkaPartitions)) log.info(`created topic ${topic} with ${config.kafkaPartitions} partitions`);
   } finally {

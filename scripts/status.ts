@@ -4,11 +4,11 @@
 //
 //   Kafka + batches/ + PostgreSQL  ->  a short report on stdout          make status (and the end of make demo)
 //
-// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, DATABASE_URL, BATCHES_DIR, LOG_LEVEL.
+// Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*, DATABASE_URL, BATCHES_DIR, LOG_LEVEL.
 // Flags: --since SECONDS (adds "took Ns" to the report), --help.
 
 import { fail, parseCli } from "./lib/cli.ts";
-import { parsePositiveNumber, readConfig } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parsePositiveNumber, readConfig } from "./lib/config.ts";
 import { connect, describeDatabase } from "./lib/db.ts";
 import { databaseHealth, filesHealth, kafkaHealth, kafkaTopology, loadedSince, underReplicated, type KafkaTopology } from "./lib/health.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
@@ -19,7 +19,7 @@ const command = {
   flags: {
     since: { type: "string", arg: "EPOCH_SECONDS", help: "start time of a run, to report how long it took" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL"],
+  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", ...KAFKA_SECURITY_ENV, "DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL"],
   notes: "Run by: make status, make demo",
 } as const;
 

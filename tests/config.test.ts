@@ -1,6 +1,10 @@
 // Unit tests for scripts/lib/config.ts: defaults, overrides and start-up errors that name the variable.
+// (Reading real certificates made with keytool is tests/kafka_security.test.ts's part.)
 
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import {
   type Config,
   DEFAULT_DATABASE_URL,
@@ -16,11 +20,14 @@ import {
 } from "../scripts/lib/config.ts";
 import { databaseUrl } from "../scripts/lib/db.ts";
 import { redact } from "../scripts/lib/log.ts";
+import { tempDir } from "./helpers.ts";
 
 const COMPOSE_DATABASE = { host: "127.0.0.1", port: 5432, database: "sales", user: "postgres", password: "postgres", ssl: undefined };
 
 const DEFAULTS: Config = {
   kafkaBrokers: ["127.0.0.1:9092"],
+  kafkaSsl: undefined,
+  kafkaSasl: undefined,
   kafkaNodes: 1,
   kafkaTopic: "sales_topic",
   kafkaGroupId: "sales-batcher",
@@ -82,6 +89,8 @@ describe("readConfig", () => {
     });
     expect(config).toEqual({
       kafkaBrokers: ["kafka-1:9092", "kafka-2:19092"],
+      kafkaSsl: undefined,
+      kafkaSasl: undefined,
       kafkaNodes: 3,
       kafkaTopic: "sales.v2",
       kafkaGroupId: "g1",
@@ -208,6 +217,96 @@ describe("readConfig", () => {
   });
 });
 
+describe("Kafka TLS and SASL settings", () => {
+  const tmp = tempDir("sales-config-");
+  afterAll(() => tmp.remove());
+  const file = (name: string, content: string) => {
+    const path = join(tmp.path, name);
+    writeFileSync(path, content);
+    return path;
+  };
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const key = file("client.key", privateKey.export({ type: "pkcs8", format: "pem" }) as string);
+  const encrypted = file(
+    "encrypted.key",
+    privateKey.export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase: "key-passphrase" }) as string,
+  );
+  const notPem = file("notes.txt", "just some text\n");
+  const brokenCertificate = file("broken.pem", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
+  const missing = join(tmp.path, "missing.pem");
+  const folder = join(tmp.path, "folder.pem");
+  mkdirSync(folder);
+
+  test("are off unless set: plaintext, no login", () => {
+    expect(readConfig({})).toMatchObject({ kafkaSsl: undefined, kafkaSasl: undefined });
+    expect(readConfig({ KAFKA_SSL: "false" }).kafkaSsl).toBeUndefined();
+  });
+
+  test("KAFKA_SSL=true alone trusts the public CAs; a CA file alone turns TLS on (and is read)", () => {
+    const none = { caFile: undefined, ca: undefined, certFile: undefined, cert: undefined, key: undefined };
+    for (const value of ["true", "TRUE", "1", " true "]) expect(readConfig({ KAFKA_SSL: value }).kafkaSsl).toEqual(none);
+    expect(() => readConfig({ KAFKA_SSL_CA_FILE: missing })).toThrow("KAFKA_SSL_CA_FILE: cannot read");
+  });
+
+  test("reads a SASL login, the mechanism in any case, and keeps the password as it is", () => {
+    const config = readConfig({ KAFKA_SASL_MECHANISM: "SCRAM-SHA-512", KAFKA_SASL_USERNAME: " alice ", KAFKA_SASL_PASSWORD: " p w " });
+    expect(config.kafkaSasl).toEqual({ mechanism: "scram-sha-512", username: "alice", password: " p w " });
+    expect(Object.isFrozen(config.kafkaSasl)).toBe(true);
+    for (const mechanism of ["plain", "scram-sha-256"] as const) {
+      expect(readConfig({ KAFKA_SASL_MECHANISM: mechanism, KAFKA_SASL_USERNAME: "u", KAFKA_SASL_PASSWORD: "p" }).kafkaSasl?.mechanism).toBe(mechanism);
+    }
+  });
+
+  const refusals: [Record<string, string>, string][] = [
+    [{ KAFKA_SSL: "maybe" }, 'KAFKA_SSL must be true or false, got "maybe"'],
+    [{ KAFKA_SSL: "false", KAFKA_SSL_CA_FILE: "ca.pem" }, "KAFKA_SSL is false, but KAFKA_SSL_CA_FILE is set (used only over TLS): set KAFKA_SSL=true, or unset KAFKA_SSL_CA_FILE"],
+    [{ KAFKA_SSL_CA_FILE: missing }, `KAFKA_SSL_CA_FILE: cannot read ${missing} (no such file)`],
+    [{ KAFKA_SSL_CA_FILE: folder }, `KAFKA_SSL_CA_FILE: cannot read ${folder} (it is a folder)`],
+    [{ KAFKA_SSL_CA_FILE: notPem }, `KAFKA_SSL_CA_FILE: ${notPem} is not a PEM certificate file (no "-----BEGIN CERTIFICATE-----" block)`],
+    [{ KAFKA_SSL_CA_FILE: brokenCertificate }, `KAFKA_SSL_CA_FILE: ${brokenCertificate}: certificate 1 of 1 is not a valid X.509 certificate`],
+    [{ KAFKA_SSL_CERT_FILE: brokenCertificate }, "KAFKA_SSL_CERT_FILE is set without KAFKA_SSL_KEY_FILE: mutual TLS needs both, the client certificate and its private key"],
+    [{ KAFKA_SSL_KEY_FILE: key }, "KAFKA_SSL_KEY_FILE is set without KAFKA_SSL_CERT_FILE: mutual TLS needs both"],
+    [{ KAFKA_SSL_CERT_FILE: notPem, KAFKA_SSL_KEY_FILE: key }, `KAFKA_SSL_CERT_FILE: ${notPem} is not a PEM certificate file`],
+    [{ KAFKA_SSL_CERT_FILE: brokenCertificate, KAFKA_SSL_KEY_FILE: notPem }, `KAFKA_SSL_KEY_FILE: ${notPem} is not a PEM private key`],
+    [{ KAFKA_SSL_CERT_FILE: brokenCertificate, KAFKA_SSL_KEY_FILE: encrypted }, `KAFKA_SSL_KEY_FILE: ${encrypted} is encrypted with a passphrase`],
+    [{ KAFKA_SASL_MECHANISM: "gssapi" }, 'KAFKA_SASL_MECHANISM must be plain, scram-sha-256 or scram-sha-512, got "gssapi"'],
+    [{ KAFKA_SASL_MECHANISM: "plain" }, "KAFKA_SASL_MECHANISM=plain needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"],
+    [{ KAFKA_SASL_MECHANISM: "scram-sha-256", KAFKA_SASL_USERNAME: "alice" }, "KAFKA_SASL_MECHANISM=scram-sha-256 needs KAFKA_SASL_PASSWORD"],
+    [{ KAFKA_SASL_USERNAME: "alice" }, "KAFKA_SASL_USERNAME is set, but KAFKA_SASL_MECHANISM is not: set it to plain, scram-sha-256 or scram-sha-512"],
+  ];
+  const label = (env: Record<string, string>) =>
+    Object.entries(env)
+      .map(([name, value]) => `${name}=${value.replace(tmp.path, "...")}`)
+      .join(" ");
+  test.each(refusals.map(([env, message]) => [label(env), env, message] as const))("refuses %s, naming the variable", (_label, env, message) => {
+    expect(() => readConfig(env)).toThrow(message);
+  });
+
+  test("takes relative file paths from the working directory", () => {
+    expect(() => readConfig({ KAFKA_SSL_CA_FILE: "no/such/ca.pem" })).toThrow(`cannot read ${resolve("no/such/ca.pem")} (no such file)`);
+  });
+
+  test("never prints the SASL password or the key, and masks the password in every log line", () => {
+    const password = "Sasl-Pa55word-91";
+    const messageOf = (env: Record<string, string>) => {
+      try {
+        readConfig(env);
+      } catch (error) {
+        return (error as Error).message;
+      }
+      throw new Error("readConfig accepted a bad setting");
+    };
+    const messages = [
+      messageOf({ KAFKA_SASL_PASSWORD: password }),
+      messageOf({ KAFKA_SASL_MECHANISM: "kerberos", KAFKA_SASL_USERNAME: "alice", KAFKA_SASL_PASSWORD: password }),
+      messageOf({ KAFKA_SASL_MECHANISM: "plain", KAFKA_SASL_PASSWORD: password }),
+      messageOf({ KAFKA_SSL_CERT_FILE: brokenCertificate, KAFKA_SSL_KEY_FILE: encrypted }),
+    ];
+    expect(messages.join("\n")).not.toMatch(new RegExp(`${password}|PRIVATE KEY|key-passphrase`));
+    expect(redact(`login as alice with ${password} failed`)).toBe("login as alice with *** failed");
+  });
+});
+
 describe("redact", () => {
   test("masks the password of any URL in a message", () => {
     expect(redact("cannot reach postgres://u:s3cr3t@db:5432/sales (refused)")).toBe("cannot reach postgres://u:***@db:5432/sales (refused)");
@@ -298,6 +397,13 @@ describe("ENV_DOCS", () => {
         "KAFKA_NODES",
         "KAFKA_PARTITIONS",
         "KAFKA_TOPIC",
+        "KAFKA_SSL",
+        "KAFKA_SSL_CA_FILE",
+        "KAFKA_SSL_CERT_FILE",
+        "KAFKA_SSL_KEY_FILE",
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
         "LOG_LEVEL",
         "PRODUCER_RATE",
         "STACK_MODE",

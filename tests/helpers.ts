@@ -1,11 +1,14 @@
 // Shared by the integration tests: unique names, a migrated database per test, temp folders, running the
 // pipeline scripts as the user would (a child process with its own environment), and waiting on conditions.
+// Private services for the fault and security tests: a broker, a cluster, a broker with TLS and SASL listeners
+// (certificates made with keytool), and a PostgreSQL.
 
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
-import { parseDatabase, readConfig, type DatabaseTarget } from "../scripts/lib/config.ts";
+import { parseDatabase, readConfig, type DatabaseTarget, type SaslMechanism } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { consumerLag, createKafka } from "../scripts/lib/kafka.ts";
 import { createLogger } from "../scripts/lib/log.ts";
@@ -13,7 +16,7 @@ import { pollUntil, type Truthy } from "../scripts/lib/retry.ts";
 import { readCompose } from "../scripts/lib/stack/compose.ts";
 import { kafkaJars, launchBroker, quorumVoters, waitForBroker } from "../scripts/lib/stack/kafka.ts";
 import { launchPostgres, startCluster, stopPostgres } from "../scripts/lib/stack/postgres.ts";
-import { pidAlive, stopPid } from "../scripts/lib/stack/process.ts";
+import { pidAlive, run, stopPid } from "../scripts/lib/stack/process.ts";
 import { ensureDatabase, migrate } from "../scripts/migrate.ts";
 
 export const ROOT = join(import.meta.dir, "..");
@@ -201,6 +204,158 @@ export async function startPrivateKafka(dir: string): Promise<PrivateKafka> {
       pid = launchBroker(options, quiet);
       await waitForBroker(config, pid, dir, 60);
     },
+    stop: () => stopPid(pid, "test broker", quiet),
+  };
+}
+
+/** Certificates for a broker with TLS, made with keytool in one folder (PEM for clients, PKCS12 for the broker). */
+export interface TestCertificates {
+  /** the CA that signed the broker's and the client's certificates (PEM) */
+  readonly ca: string;
+  /** a second CA, which signed nothing the broker shows (PEM) */
+  readonly otherCa: string;
+  /** the broker's key and certificate chain, and a truststore with the CA (to check client certificates) */
+  readonly keystore: string;
+  readonly truststore: string;
+  readonly storePassword: string;
+  /** a client certificate the CA signed, and its key without a passphrase (PEM), for mutual TLS */
+  readonly clientCert: string;
+  readonly clientKey: string;
+}
+
+function runTool(cmd: string, args: string[]): void {
+  const result = run(cmd, args, { quiet: true, timeout: 60_000 });
+  if (!result.ok) throw new Error(`${cmd} ${args.slice(0, 2).join(" ")} failed:\n${result.out}`);
+}
+
+/**
+ * A CA, a broker certificate it signed for 127.0.0.1 and localhost (subject alternative names), a client
+ * certificate it signed, and a second CA, in `dir`. Valid for two days: long enough for any test run.
+ */
+export function makeCertificates(dir: string): TestCertificates {
+  mkdirSync(dir, { recursive: true });
+  const storePassword = "test-store-pass";
+  const file = (name: string) => join(dir, name);
+  const keytool = (...args: string[]) => runTool("keytool", [...args, "-storetype", "PKCS12", "-storepass", storePassword, "-noprompt"]);
+  const keypair = (name: string, dname: string, ...ext: string[]) =>
+    keytool("-genkeypair", "-alias", name, "-keyalg", "RSA", "-keysize", "2048", "-validity", "2", "-dname", dname, ...ext, "-keystore", file(`${name}.p12`));
+  const exportPem = (name: string) => keytool("-exportcert", "-rfc", "-alias", name, "-keystore", file(`${name}.p12`), "-file", file(`${name}.pem`));
+  // The CA signs `name`'s key; its keystore then holds the chain (the CA's certificate, then its own).
+  const sign = (name: string, ...ext: string[]) => {
+    keytool("-certreq", "-alias", name, "-keystore", file(`${name}.p12`), "-file", file(`${name}.csr`));
+    keytool("-gencert", "-rfc", "-alias", "ca", "-keystore", file("ca.p12"), "-validity", "2", ...ext, "-infile", file(`${name}.csr`), "-outfile", file(`${name}.pem`));
+    keytool("-importcert", "-alias", "ca", "-file", file("ca.pem"), "-keystore", file(`${name}.p12`));
+    keytool("-importcert", "-alias", name, "-file", file(`${name}.pem`), "-keystore", file(`${name}.p12`));
+  };
+  keypair("ca", "CN=sales-test-ca", "-ext", "bc:c");
+  exportPem("ca");
+  keypair("other-ca", "CN=sales-other-ca", "-ext", "bc:c");
+  exportPem("other-ca");
+  keypair("broker", "CN=localhost");
+  sign("broker", "-ext", "SAN=dns:localhost,ip:127.0.0.1");
+  keypair("client", "CN=sales-test-client");
+  sign("client");
+  keytool("-importcert", "-alias", "ca", "-file", file("ca.pem"), "-keystore", file("truststore.p12"));
+  // keytool cannot write a private key out; openssl reads it from the client's PKCS12 store.
+  runTool("openssl", ["pkcs12", "-in", file("client.p12"), "-nocerts", "-nodes", "-passin", `pass:${storePassword}`, "-out", file("client.key")]);
+  return {
+    ca: file("ca.pem"),
+    otherCa: file("other-ca.pem"),
+    keystore: file("broker.p12"),
+    truststore: file("truststore.p12"),
+    storePassword,
+    clientCert: file("client.pem"),
+    clientKey: file("client.key"),
+  };
+}
+
+interface SecurePorts {
+  readonly plaintext: number;
+  readonly controller: number;
+  readonly saslSsl: number;
+  readonly mtls: number;
+}
+
+/**
+ * The broker's listeners: SASL_SSL (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for `user`), MTLS (TLS that requires
+ * a client certificate the CA signed), PLAINTEXT (no TLS, no login: for the tests' own checks) and the controller.
+ */
+function secureListeners(certs: TestCertificates, ports: SecurePorts, user: string, password: string): Record<string, string> {
+  const at = (name: string, port: number) => `${name}://127.0.0.1:${port}`;
+  const clients = [at("PLAINTEXT", ports.plaintext), at("SASL_SSL", ports.saslSsl), at("MTLS", ports.mtls)];
+  const scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+  return {
+    listeners: [...clients, at("CONTROLLER", ports.controller)].join(","),
+    "advertised.listeners": clients.join(","),
+    "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL",
+    "listener.name.sasl_ssl.sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+    "listener.name.sasl_ssl.plain.sasl.jaas.config": `org.apache.kafka.common.security.plain.PlainLoginModule required user_${user}="${password}";`,
+    "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+    "listener.name.mtls.ssl.client.auth": "required",
+    "ssl.keystore.type": "PKCS12",
+    "ssl.keystore.location": certs.keystore,
+    "ssl.keystore.password": certs.storePassword,
+    "ssl.key.password": certs.storePassword,
+    "ssl.truststore.type": "PKCS12",
+    "ssl.truststore.location": certs.truststore,
+    "ssl.truststore.password": certs.storePassword,
+  };
+}
+
+export interface SecureKafka {
+  /** the SASL_SSL listener, "127.0.0.1:port" */
+  readonly saslSsl: string;
+  /** the TLS listener that requires a client certificate */
+  readonly mtls: string;
+  /** the PLAINTEXT listener: no TLS, no login */
+  readonly plaintext: string;
+  readonly certs: TestCertificates;
+  /** the broker's jars (Kafka's own Java client is among them) */
+  readonly libs: string;
+  /** the user the broker knows for every mechanism, and its password */
+  readonly user: string;
+  readonly password: string;
+  /** a script's environment for the SASL_SSL listener: TLS trusting the test CA, the login with `mechanism` */
+  env(mechanism: SaslMechanism): Record<string, string>;
+  stop(): Promise<void>;
+}
+
+/** One KRaft broker with compose's settings and the listeners of secureListeners, on free ports, data in `dir`. */
+export async function startSecureKafka(dir: string): Promise<SecureKafka> {
+  const certs = makeCertificates(join(dir, "certs"));
+  const facts = readCompose(readFileSync(join(ROOT, "docker-compose.yml"), "utf8"));
+  const libs = kafkaJars(facts.kafkaVersion, quiet);
+  const [plaintext, controller, saslSsl, mtls] = freePorts(4) as [number, number, number, number];
+  const user = "alice";
+  const password = `alice-${randomBytes(6).toString("hex")}`;
+  // SCRAM credentials live in the cluster's metadata: written when the storage is formatted.
+  const scramUsers = ["SCRAM-SHA-256", "SCRAM-SHA-512"].flatMap((m) => ["--add-scram", `${m}=[name=${user},password=${password}]`]);
+  const overrides = secureListeners(certs, { plaintext, controller, saslSsl, mtls }, user, password);
+  const brokerDir = join(dir, "broker");
+  const options = { dir: brokerDir, libs, port: plaintext, controllerPort: controller, env: facts.kafkaEnv, heap: "512m", overrides, formatArgs: scramUsers };
+  const pid = launchBroker(options, quiet);
+  const env = (mechanism: SaslMechanism) => ({
+    KAFKA_BROKERS: `127.0.0.1:${saslSsl}`,
+    KAFKA_SSL_CA_FILE: certs.ca,
+    KAFKA_SASL_MECHANISM: mechanism,
+    KAFKA_SASL_USERNAME: user,
+    KAFKA_SASL_PASSWORD: password,
+  });
+  // Ready once a SCRAM login over TLS works: the listener, the certificate and the users are all in place.
+  await waitForBroker(readConfig(env("scram-sha-512")), pid, brokerDir, 90).catch(async (error: Error) => {
+    await stopPid(pid, "test broker", quiet);
+    throw error;
+  });
+  return {
+    saslSsl: `127.0.0.1:${saslSsl}`,
+    mtls: `127.0.0.1:${mtls}`,
+    plaintext: `127.0.0.1:${plaintext}`,
+    certs,
+    libs,
+    user,
+    password,
+    env,
     stop: () => stopPid(pid, "test broker", quiet),
   };
 }
@@ -449,6 +604,11 @@ export function topicSize(brokers: string, topic: string): Promise<number> {
     const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
     return offsets.reduce((n, p) => n + Number(p.high), 0);
   });
+}
+
+/** Does `topic` exist? (A script that stopped before creating it leaves none.) */
+export function topicExists(brokers: string, topic: string): Promise<boolean> {
+  return withAdmin(brokers, async (admin) => (await admin.listTopics()).includes(topic));
 }
 
 /** Messages of `topic` the group has not committed. */

@@ -1,11 +1,21 @@
 // Unit tests for the pure parts of scripts/lib/kafka.ts: telling an unreachable broker from a wrong request,
-// waiting for the broker to come back, and the partitioner, grouping, encoder and CRC that replace kafkajs' slow ones.
+// turning a refused login or certificate into a message that names the setting, waiting for the broker to come
+// back, and the partitioner, grouping, encoder and CRC that replace kafkajs' slow ones.
 
 import { describe, expect, test } from "bun:test";
 import { createRequire } from "node:module";
 import type { Message, PartitionMetadata } from "kafkajs";
-import { readConfig } from "../scripts/lib/config.ts";
-import { createKafka, ensureTopic, isKafkaUnavailable, keyPartitioner, murmur2, whileKafkaUnavailable } from "../scripts/lib/kafka.ts";
+import { readConfig, type Config } from "../scripts/lib/config.ts";
+import {
+  createKafka,
+  ensureTopic,
+  isKafkaUnavailable,
+  kafkaAccessError,
+  kafkaSecurity,
+  keyPartitioner,
+  murmur2,
+  whileKafkaUnavailable,
+} from "../scripts/lib/kafka.ts";
 import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
 import { PRODUCE_RESPONSES } from "../scripts/lib/kafkajs_send.ts";
 import { acknowledgedCount } from "../scripts/producer.ts";
@@ -32,6 +42,74 @@ describe("isKafkaUnavailable", () => {
     expect(isKafkaUnavailable(kafkaError("KafkaJSProtocolError", { retriable: false }))).toBe(false);
     expect(isKafkaUnavailable(new TypeError("x is undefined"))).toBe(false);
     expect(isKafkaUnavailable(undefined)).toBe(false);
+  });
+});
+
+describe("kafkaAccessError", () => {
+  // kafkajs' own error classes, built as its connection and retry code builds them.
+  const { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded, KafkaJSSASLAuthenticationError } = loadKafkajs();
+  // kafkajs' types leave out the message its authenticators pass.
+  const SaslError = KafkaJSSASLAuthenticationError as unknown as new (message: string) => Error;
+  const tlsFailure = (message: string, code: string) => {
+    const failed = new KafkaJSConnectionError(`Connection error: ${message}`, { broker: "b-1.example.com:9096", code });
+    // As kafkajs' retrier throws it once retries run out: the connection error as its cause (not in its types).
+    const metadata = { retryCount: 0, retryTime: 300, cause: failed };
+    return new KafkaJSNumberOfRetriesExceeded(failed, metadata);
+  };
+  const config: Config = {
+    ...readConfig({ KAFKA_BROKERS: "b-1.example.com:9096", KAFKA_SASL_MECHANISM: "scram-sha-512", KAFKA_SASL_USERNAME: "svc", KAFKA_SASL_PASSWORD: "Pw-2208-x" }),
+    kafkaSsl: { caFile: "/etc/kafka/ca.pem", ca: "(pem)", certFile: undefined, cert: undefined, key: undefined },
+  };
+
+  test("names the user, the mechanism and the variables of a refused login, never the password", () => {
+    const error = new SaslError("SASL SCRAM SHA512 authentication failed: Invalid username or password");
+    expect(kafkaAccessError(error, config)?.message).toBe(
+      'Kafka at b-1.example.com:9096 refused the SASL login of user "svc" (KAFKA_SASL_MECHANISM=scram-sha-512): check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD',
+    );
+    expect(isKafkaUnavailable(error)).toBe(false);
+  });
+
+  test("names KAFKA_SSL_CA_FILE for a certificate it did not sign, through kafkajs' retry wrapper", () => {
+    const error = tlsFailure("unable to verify the first certificate", "UNABLE_TO_VERIFY_LEAF_SIGNATURE");
+    expect(kafkaAccessError(error, config)?.message).toBe(
+      "the TLS certificate of Kafka at b-1.example.com:9096 is not trusted (unable to verify the first certificate): " +
+        "KAFKA_SSL_CA_FILE=/etc/kafka/ca.pem did not sign it; set KAFKA_SSL_CA_FILE to the CA that did",
+    );
+    expect(isKafkaUnavailable(error)).toBe(false);
+  });
+
+  test("tells an expired certificate, one for other names and a refused client certificate apart", () => {
+    const message = (text: string, code: string) => kafkaAccessError(tlsFailure(text, code), config)?.message;
+    expect(message("certificate has expired", "CERT_HAS_EXPIRED")).toBe(
+      "the TLS certificate of Kafka at b-1.example.com:9096 is not valid now (certificate has expired): the broker needs a new certificate, or this machine's clock is wrong",
+    );
+    expect(message("Hostname/IP does not match certificate's altnames", "ERR_TLS_CERT_ALTNAME_INVALID")).toBe(
+      "the TLS certificate of Kafka at b-1.example.com:9096 is for other names (Hostname/IP does not match certificate's altnames): use a broker address the certificate names in KAFKA_BROKERS",
+    );
+    expect(message("tlsv13 alert certificate required", "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED")).toBe(
+      "Kafka at b-1.example.com:9096 asks for a TLS client certificate (tlsv13 alert certificate required): set KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE",
+    );
+  });
+
+  test("leaves a broker that is away to the usual waiting", () => {
+    const away = tlsFailure("connect ECONNREFUSED 10.0.0.7:9096", "ECONNREFUSED");
+    expect(kafkaAccessError(away, config)).toBeUndefined();
+    expect(isKafkaUnavailable(away)).toBe(true);
+  });
+});
+
+describe("kafkaSecurity", () => {
+  test("verifies the broker's certificate with the CA given, and logs in with the mechanism given", () => {
+    const config: Config = {
+      ...readConfig({ KAFKA_SASL_MECHANISM: "plain", KAFKA_SASL_USERNAME: "svc", KAFKA_SASL_PASSWORD: "Pw-2208-x" }),
+      kafkaSsl: { caFile: "/ca.pem", ca: "CA PEM", certFile: "/c.pem", cert: "CERT PEM", key: "KEY PEM" },
+    };
+    expect(kafkaSecurity(config)).toEqual({
+      ssl: { rejectUnauthorized: true, ca: ["CA PEM"], cert: "CERT PEM", key: "KEY PEM" },
+      sasl: { mechanism: "plain", username: "svc", password: "Pw-2208-x" },
+    });
+    expect(kafkaSecurity(readConfig({ KAFKA_SSL: "true" }))).toEqual({ ssl: { rejectUnauthorized: true } });
+    expect(kafkaSecurity(readConfig({}))).toEqual({});
   });
 });
 

@@ -2,7 +2,12 @@
 // and local mode, so nothing needs to be set for the walkthrough. A bad value stops the script at start-up
 // and names the variable; a value that may hold a password is never printed back. Bun loads `.env` by itself
 // (see .env.example); flags override these per run and are checked by the same parse* functions.
+// Kafka's TLS and SASL settings (KAFKA_SSL*, KAFKA_SASL_*) are checked here too: the certificate and key files
+// are read once, and a file that is missing or not PEM stops the script before it connects.
 
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { addSecret, isLevel, type Level } from "./log.ts";
 
 export type StackMode = "auto" | "docker" | "local";
@@ -20,8 +25,35 @@ export interface DatabaseTarget {
   readonly ssl: string | undefined;
 }
 
+export const SASL_MECHANISMS = ["plain", "scram-sha-256", "scram-sha-512"] as const;
+export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
+
+/** TLS to the brokers (KAFKA_SSL, KAFKA_SSL_*_FILE): the files' PEM text, read once. */
+export interface KafkaTls {
+  /** KAFKA_SSL_CA_FILE, resolved; undefined: the public CAs Bun trusts */
+  readonly caFile: string | undefined;
+  readonly ca: string | undefined;
+  /** KAFKA_SSL_CERT_FILE, resolved: the client certificate for mutual TLS */
+  readonly certFile: string | undefined;
+  readonly cert: string | undefined;
+  /** the client certificate's private key (KAFKA_SSL_KEY_FILE); secret */
+  readonly key: string | undefined;
+}
+
+/** The SASL login (KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD). */
+export interface KafkaSasl {
+  readonly mechanism: SaslMechanism;
+  readonly username: string;
+  /** secret: never logged (the logger masks it) */
+  readonly password: string;
+}
+
 export interface Config {
   readonly kafkaBrokers: readonly string[];
+  /** TLS to Kafka; undefined: plaintext */
+  readonly kafkaSsl: KafkaTls | undefined;
+  /** SASL login to Kafka; undefined: none */
+  readonly kafkaSasl: KafkaSasl | undefined;
   /** Kafka nodes `make up` runs: 1, or 3 (a cluster); the default KAFKA_BROKERS follows it */
   readonly kafkaNodes: number;
   readonly kafkaTopic: string;
@@ -61,6 +93,13 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   KAFKA_GROUP_ID: "sales-batcher",
   KAFKA_CLIENT_ID: "sales-pipeline",
   KAFKA_PARTITIONS: "1 (used when the producer or consumer creates the topic)",
+  KAFKA_SSL: "false (true: TLS to the brokers; implied by KAFKA_SSL_CA_FILE)",
+  KAFKA_SSL_CA_FILE: "unset: the public CAs Bun trusts (PEM file of the CA that signed the brokers' certificates)",
+  KAFKA_SSL_CERT_FILE: "unset (PEM client certificate for mutual TLS, with KAFKA_SSL_KEY_FILE)",
+  KAFKA_SSL_KEY_FILE: "unset (PEM private key of KAFKA_SSL_CERT_FILE, not encrypted)",
+  KAFKA_SASL_MECHANISM: "unset: no SASL login (plain | scram-sha-256 | scram-sha-512)",
+  KAFKA_SASL_USERNAME: "unset (the SASL user)",
+  KAFKA_SASL_PASSWORD: "unset (the SASL password; never printed)",
   DATABASE_URL: `${DEFAULT_DATABASE_URL.replace(":postgres@", ":***@")} (or PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)`,
   DATA_FILE: "data/Sample-Superstore.csv",
   BATCHES_DIR: "batches",
@@ -73,6 +112,17 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   DASHBOARD_PORT: "8050",
   BI_READER_PASSWORD: "unset (set it to create the read-only login bi_reader)",
 };
+
+/** The TLS and SASL variables, for the --help of every script that talks to Kafka. */
+export const KAFKA_SECURITY_ENV = [
+  "KAFKA_SSL",
+  "KAFKA_SSL_CA_FILE",
+  "KAFKA_SSL_CERT_FILE",
+  "KAFKA_SSL_KEY_FILE",
+  "KAFKA_SASL_MECHANISM",
+  "KAFKA_SASL_USERNAME",
+  "KAFKA_SASL_PASSWORD",
+] as const;
 
 type Env = Record<string, string | undefined>;
 
@@ -201,6 +251,112 @@ export function parseStackMode(value: string, name: string): StackMode {
   throw new Error(`${name} must be auto, docker or local, got "${value}"`);
 }
 
+export function parseBoolean(value: string, name: string): boolean {
+  const v = value.trim().toLowerCase();
+  if (v === "true" || v === "1") return true;
+  if (v === "false" || v === "0") return false;
+  throw new Error(`${name} must be true or false, got "${value}"`);
+}
+
+/** "plain, scram-sha-256 or scram-sha-512", for messages. */
+const MECHANISM_CHOICES = `${SASL_MECHANISMS.slice(0, -1).join(", ")} or ${SASL_MECHANISMS.at(-1)}`;
+
+export function parseSaslMechanism(value: string, name: string): SaslMechanism {
+  const mechanism = value.trim().toLowerCase();
+  if ((SASL_MECHANISMS as readonly string[]).includes(mechanism)) return mechanism as SaslMechanism;
+  throw new Error(`${name} must be ${MECHANISM_CHOICES}, got "${value}"`);
+}
+
+/** The text of the file `name` points at, with a message naming the variable when it cannot be read. */
+function readSettingFile(path: string, name: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "it is a folder" : code;
+    throw new Error(`${name}: cannot read ${path} (${why})`);
+  }
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+
+/** A PEM file of one or more certificates (a CA bundle, or a client certificate and its chain), each checked. */
+export function readCertificates(path: string, name: string): string {
+  const text = readSettingFile(path, name);
+  const blocks = text.match(PEM_CERTIFICATE) ?? [];
+  if (blocks.length === 0) throw new Error(`${name}: ${path} is not a PEM certificate file (no "-----BEGIN CERTIFICATE-----" block)`);
+  blocks.forEach((block, i) => {
+    try {
+      new X509Certificate(block);
+    } catch {
+      throw new Error(`${name}: ${path}: certificate ${i + 1} of ${blocks.length} is not a valid X.509 certificate`);
+    }
+  });
+  return text;
+}
+
+/** An unencrypted PEM private key; its text never appears in a message. */
+export function readPrivateKey(path: string, name: string): string {
+  const text = readSettingFile(path, name);
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(text)) {
+    throw new Error(`${name}: ${path} is encrypted with a passphrase; give the key without one (openssl pkey -in key.pem -out plain.pem)`);
+  }
+  if (!/-----BEGIN (RSA |EC )?PRIVATE KEY-----/.test(text)) {
+    throw new Error(`${name}: ${path} is not a PEM private key (no "-----BEGIN PRIVATE KEY-----" block)`);
+  }
+  try {
+    createPrivateKey(text);
+  } catch {
+    throw new Error(`${name}: ${path} holds a private key that cannot be read`);
+  }
+  addSecret(text);
+  return text;
+}
+
+/** KAFKA_SSL and its files: undefined for plaintext. A CA or a client certificate implies TLS. */
+export function parseKafkaTls(env: Env): KafkaTls | undefined {
+  // Relative paths are taken from the working directory, as a shell user would expect of a path they typed.
+  const file = (name: string) => (text(env, name, "") ? resolve(text(env, name, "")) : undefined);
+  const [caFile, certFile, keyFile] = [file("KAFKA_SSL_CA_FILE"), file("KAFKA_SSL_CERT_FILE"), file("KAFKA_SSL_KEY_FILE")];
+  const files = ["KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE"].filter((name) => file(name));
+  const flag = text(env, "KAFKA_SSL", "");
+  const on = flag ? parseBoolean(flag, "KAFKA_SSL") : files.length > 0;
+  if (!on && files.length > 0) {
+    const named = files.join(" and ");
+    throw new Error(`KAFKA_SSL is false, but ${named} ${files.length > 1 ? "are" : "is"} set (used only over TLS): set KAFKA_SSL=true, or unset ${named}`);
+  }
+  if (!on) return undefined;
+  if (Boolean(certFile) !== Boolean(keyFile)) {
+    const [set, unset] = certFile ? ["KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE"] : ["KAFKA_SSL_KEY_FILE", "KAFKA_SSL_CERT_FILE"];
+    throw new Error(`${set} is set without ${unset}: mutual TLS needs both, the client certificate and its private key`);
+  }
+  const key = keyFile ? readPrivateKey(keyFile, "KAFKA_SSL_KEY_FILE") : undefined;
+  const cert = certFile ? readCertificates(certFile, "KAFKA_SSL_CERT_FILE") : undefined;
+  if (cert && key && !new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
+    throw new Error(`KAFKA_SSL_KEY_FILE (${keyFile}) is not the private key of the certificate in KAFKA_SSL_CERT_FILE (${certFile})`);
+  }
+  const ca = caFile ? readCertificates(caFile, "KAFKA_SSL_CA_FILE") : undefined;
+  return Object.freeze({ caFile, ca, certFile, cert, key });
+}
+
+/** KAFKA_SASL_*: undefined when no mechanism is set; a mechanism needs a user name and a password. */
+export function parseKafkaSasl(env: Env): KafkaSasl | undefined {
+  const mechanismText = text(env, "KAFKA_SASL_MECHANISM", "");
+  const username = text(env, "KAFKA_SASL_USERNAME", "");
+  // A password is taken as it is: spaces at either end may be part of it.
+  const password = env.KAFKA_SASL_PASSWORD ?? "";
+  if (password) addSecret(password);
+  if (!mechanismText) {
+    const stray = [username && "KAFKA_SASL_USERNAME", password && "KAFKA_SASL_PASSWORD"].filter(Boolean);
+    if (stray.length === 0) return undefined;
+    throw new Error(`${stray.join(" and ")} ${stray.length > 1 ? "are" : "is"} set, but KAFKA_SASL_MECHANISM is not: set it to ${MECHANISM_CHOICES}`);
+  }
+  const mechanism = parseSaslMechanism(mechanismText, "KAFKA_SASL_MECHANISM");
+  const missing = [!username && "KAFKA_SASL_USERNAME", !password && "KAFKA_SASL_PASSWORD"].filter(Boolean);
+  if (missing.length > 0) throw new Error(`KAFKA_SASL_MECHANISM=${mechanism} needs ${missing.join(" and ")}`);
+  return Object.freeze({ mechanism, username, password });
+}
+
 /** LOG_LEVEL without failing, for the logger and error printer that run before (or without) readConfig. */
 export function envLogLevel(env: Env = process.env): Level {
   const value = (env.LOG_LEVEL ?? "").trim().toLowerCase();
@@ -212,9 +368,13 @@ export function readConfig(env: Env = process.env): Config {
   if (!isLevel(logLevel)) throw new Error(`LOG_LEVEL must be error, warn, info or debug, got "${logLevel}"`);
   const biReaderPassword = env.BI_READER_PASSWORD || undefined;
   if (biReaderPassword) addSecret(biReaderPassword);
+  // First of the Kafka checks: the password is registered with the logger before any of them can fail.
+  const kafkaSasl = parseKafkaSasl(env);
   const kafkaNodes = parseKafkaNodes(text(env, "KAFKA_NODES", "1"), "KAFKA_NODES");
   return Object.freeze({
     kafkaBrokers: Object.freeze(parseBrokers(text(env, "KAFKA_BROKERS", localKafkaBrokers(kafkaNodes).join(",")), "KAFKA_BROKERS")),
+    kafkaSsl: parseKafkaTls(env),
+    kafkaSasl,
     kafkaNodes,
     kafkaTopic: parseTopic(text(env, "KAFKA_TOPIC", "sales_topic"), "KAFKA_TOPIC"),
     kafkaGroupId: parseGroupId(text(env, "KAFKA_GROUP_ID", "sales-batcher"), "KAFKA_GROUP_ID"),

@@ -6,7 +6,7 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "./config.ts";
 import type { Sql, TransactionSql } from "./db.ts";
-import { consumerLag, createKafka } from "./kafka.ts";
+import { consumerLag, createKafka, explainKafkaFailure } from "./kafka.ts";
 import { createLogger } from "./log.ts";
 
 export type Part<T> = ({ readonly ok: true } & T) | { readonly ok: false; readonly error: string };
@@ -39,6 +39,12 @@ export interface FilesHealth {
 
 const message = (error: unknown) => (error as Error).message;
 
+/** Why Kafka's part is missing: a refused login or an untrusted certificate says which setting to fix. */
+async function kafkaProblem(error: unknown, config: Config): Promise<string> {
+  const access = await explainKafkaFailure(error, config);
+  return access ? access.message : `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${message(error)})`;
+}
+
 /** Messages in the topic and the group's lag; a quick probe that fails fast when the broker is away. */
 export async function kafkaHealth(config: Config): Promise<Part<KafkaHealth>> {
   const admin = createKafka(config, createLogger("health", "silent"), { probe: true }).admin();
@@ -51,7 +57,7 @@ export async function kafkaHealth(config: Config): Promise<Part<KafkaHealth>> {
     const messages = offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
     return { ok: true, topic, group, messages, partitions: offsets.length, lag: await consumerLag(admin, group, topic) };
   } catch (error) {
-    return { ok: false, error: `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${message(error)})` };
+    return { ok: false, error: await kafkaProblem(error, config) };
   } finally {
     await admin.disconnect().catch(() => undefined);
   }
@@ -88,7 +94,7 @@ export async function kafkaTopology(config: Config): Promise<Part<KafkaTopology>
       .sort((a, b) => a.partition - b.partition);
     return { ok: true, brokers, controller: cluster.controller, partitions };
   } catch (error) {
-    return { ok: false, error: `Kafka at ${config.kafkaBrokers.join(",")} does not answer (${message(error)})` };
+    return { ok: false, error: await kafkaProblem(error, config) };
   } finally {
     await admin.disconnect().catch(() => undefined);
   }

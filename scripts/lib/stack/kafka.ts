@@ -148,6 +148,8 @@ export interface BrokerOptions {
   readonly voters?: string;
   /** properties that replace the ones derived from compose (a test's extra listener, say) */
   readonly overrides?: Readonly<Record<string, string>>;
+  /** more arguments for the first `kafka-storage format` (a test's SCRAM users: "--add-scram", "SCRAM-SHA-256=[...]") */
+  readonly formatArgs?: readonly string[];
   /** JVM heap, e.g. "1g" */
   readonly heap?: string;
 }
@@ -179,7 +181,7 @@ export function launchBroker(options: BrokerOptions, log: Logger): number {
     // Every node of a cluster is formatted with the same id: compose's CLUSTER_ID, as the image does.
     // "--cluster-id=...": an id that starts with "-" (one in 64 random ones do) would otherwise be read as an option.
     const clusterId = env.CLUSTER_ID || randomBytes(16).toString("base64url");
-    const format = run("java", java("kafka.tools.StorageTool", ["format", `--cluster-id=${clusterId}`, "-c", propsFile]), { quiet: true });
+    const format = run("java", java("kafka.tools.StorageTool", ["format", `--cluster-id=${clusterId}`, "-c", propsFile, ...(options.formatArgs ?? [])]), { quiet: true });
     if (!format.ok) throw new Error(`formatting Kafka's storage failed:\n${format.out}`);
     log.info(`formatted KRaft storage in ${dataDir}`);
   }
@@ -245,6 +247,11 @@ export async function startLocalKafka(
       `local mode runs Kafka on this machine${count > 1 ? ` at ${ports.map((p) => `127.0.0.1:${p}`).join(",")}` : ""}, ` +
         `but KAFKA_BROKERS points at ${foreign.join(",")}${count > 1 ? " (unset it: KAFKA_NODES=3 names the three)" : ""}`,
     );
+  }
+  if (config.kafkaSsl || config.kafkaSasl) {
+    const set = [config.kafkaSsl && "KAFKA_SSL", config.kafkaSasl && "KAFKA_SASL_MECHANISM"].filter(Boolean);
+    const both = set.length > 1;
+    throw new Error(`local mode runs Kafka without TLS or SASL, as compose does, but ${set.join(" and ")} ${both ? "are" : "is"} set: unset ${both ? "them" : "it"} for make up`);
   }
   const libs = kafkaJars(facts.kafkaVersion, log);
   const nodes = facts.kafkaNodes.map((n, i) => ({ id: Number(n.env.KAFKA_NODE_ID), port: ports[i]!, controllerPort: ports[i]! + 1, env: n.env }));
