@@ -28,7 +28,8 @@ import { Batcher, batchColumns, messageToRow, type Batch } from "./lib/batcher.t
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
-import { connectAdmin, createKafka, ensureTopic, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka.ts";
+import { createKafka, ensureTopic } from "./lib/kafka.ts";
+import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka_errors.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { backoffDelay } from "./lib/retry.ts";

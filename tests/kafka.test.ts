@@ -6,16 +6,8 @@ import { describe, expect, test } from "bun:test";
 import { createRequire } from "node:module";
 import type { Message, PartitionMetadata } from "kafkajs";
 import { readConfig, type Config } from "../scripts/lib/config.ts";
-import {
-  createKafka,
-  ensureTopic,
-  isKafkaUnavailable,
-  kafkaAccessError,
-  kafkaSecurity,
-  keyPartitioner,
-  murmur2,
-  whileKafkaUnavailable,
-} from "../scripts/lib/kafka.ts";
+import { createKafka, ensureTopic, kafkaSecurity, keyPartitioner, murmur2 } from "../scripts/lib/kafka.ts";
+import { isKafkaUnavailable, kafkaAccessError, whileKafkaUnavailable } from "../scripts/lib/kafka_errors.ts";
 import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
 import { PRODUCE_RESPONSES } from "../scripts/lib/kafkajs_send.ts";
 import { acknowledgedCount } from "../scripts/producer.ts";

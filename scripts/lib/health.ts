@@ -6,7 +6,8 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "./config.ts";
 import type { Sql, TransactionSql } from "./db.ts";
-import { consumerLag, createKafka, explainKafkaFailure } from "./kafka.ts";
+import { consumerLag, createKafka } from "./kafka.ts";
+import { explainKafkaFailure } from "./kafka_errors.ts";
 import { createLogger } from "./log.ts";
 
 export type Part<T> = ({ readonly ok: true } & T) | { readonly ok: false; readonly error: string };
