@@ -1,9 +1,11 @@
-// Unit tests for scripts/lib/batcher.ts: a message becomes a batch row, rows become batch files.
+// Unit tests for scripts/lib/batcher.ts: a message becomes a batch row (whatever it holds), rows become batch
+// files.
 
 import { describe, expect, test } from "bun:test";
 import type { IHeaders, KafkaMessage } from "kafkajs";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
-import { Batcher, batchColumns, type BatchRow, messageToRow } from "../scripts/lib/batcher.ts";
+import { Batcher, batchColumns, type BatchRow, MAX_HEADER_BYTES, MAX_VALUE_BYTES, messageToRow } from "../scripts/lib/batcher.ts";
+import { KEPT_CHARS } from "../scripts/lib/input.ts";
 
 function message(value: Buffer | null, headers: IHeaders = { source_file: Buffer.from("a.csv") }): KafkaMessage {
   return {
@@ -135,6 +137,47 @@ describe("messageToRow", () => {
       ...META,
     });
   });
+});
+
+describe("messageToRow with what no producer of ours writes", () => {
+  const value = Buffer.from('{"Row ID":"1"}');
+
+  test("takes a header without a value (Kafka allows one) as not given", () => {
+    const headers = { source_file: null, source_line: [null, Buffer.from("3")], parse_error: null } as unknown as IHeaders;
+    expect(messageToRow(message(value, headers), "sales_topic", 1)).toEqual({ "Row ID": "1", ...META, _source_file: null, _source_line: null });
+  });
+
+  test("rejects a provenance header that is not UTF-8, or longer than MAX_HEADER_BYTES, keeping the value", () => {
+    const latin = messageToRow(message(value, { ...HEADERS, source_file: Buffer.from([0x63, 0xe9, 0x2e]) }), "sales_topic", 1);
+    expect([latin._error, latin._raw, latin._source_file]).toEqual(["header source_file is not UTF-8 text", '{"Row ID":"1"}', null]);
+    const long = messageToRow(message(value, { ...HEADERS, source_line: Buffer.alloc(MAX_HEADER_BYTES + 1, "9") }), "t", 0);
+    expect(long._error).toBe(`header source_line is ${MAX_HEADER_BYTES + 1} bytes, more than ${MAX_HEADER_BYTES}`);
+  });
+
+  test("rejects a value that is not UTF-8, keeping it readable in _raw", () => {
+    const row = messageToRow(message(Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xe9, 0x22, 0x7d]), HEADERS), "sales_topic", 1);
+    expect({ error: row._error, raw: row._raw }).toEqual({ error: "message value is not UTF-8 text", raw: '{"a":"\uFFFD"}' });
+  });
+
+  test("rejects a value longer than MAX_VALUE_BYTES, keeping its first KEPT_CHARS bytes", () => {
+    const row = messageToRow(message(Buffer.alloc(MAX_VALUE_BYTES + 1, "x"), HEADERS), "sales_topic", 1);
+    expect(row._error).toBe(`message value is ${MAX_VALUE_BYTES + 1} bytes, more than ${MAX_VALUE_BYTES}; its first ${KEPT_CHARS} bytes are kept`);
+    expect(row._raw).toHaveLength(KEPT_CHARS);
+  });
+
+  test("writes a missing timestamp (-1) as empty and one outside the calendar as its number", () => {
+    const at = (timestamp: string) => messageToRow({ ...message(value, HEADERS), timestamp }, "t", 0)._timestamp;
+    expect([at("-1"), at("9999999999999999"), at("0")]).toEqual([null, "9999999999999999", "1970-01-01T00:00:00.000Z"]);
+  });
+
+  test("rejects JSON nested too deeply to turn back into text instead of throwing", () => {
+    const deep = `{"Tags":${"[".repeat(100_000)}${"]".repeat(100_000)}}`;
+    let row: BatchRow | undefined;
+    expect(() => (row = messageToRow(message(Buffer.from(deep), HEADERS), "t", 0))).not.toThrow();
+    expect(row?._error).toMatch(/^message value (cannot be read as fields|is not a JSON object)/);
+    expect(row?.Tags).toBeUndefined();
+  }, 60_000); // the engine takes about a second to give up on the stack
+
 });
 
 describe("batchColumns", () => {

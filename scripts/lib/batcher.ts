@@ -2,19 +2,69 @@
 // partition's rows are handed out as one batch file when BATCH_SIZE is reached, when the partition has been
 // quiet for a while, or when everything is drained at shutdown. Pure state, unit-tested on its own; the
 // consumer script does the I/O (writing files, committing offsets).
+//
+// No message can stop the consumer: a value that is not a JSON object, not UTF-8 or too large, and headers
+// without a value, not UTF-8 or too large, make a row with the reason in _error and the value in _raw, which
+// the loader records as a rejection.
 
 import type { IHeaders, KafkaMessage } from "kafkajs";
 import { META_COLUMNS, type MetaColumn } from "./batch.ts";
 import { byColumn } from "./csv.ts";
+import { KEPT_CHARS } from "./input.ts";
 
 /** One row of a batch file: the source fields as received, then where the row came from. */
 export type BatchRow = Record<string, string | null> & Partial<Record<MetaColumn, string | null>>;
 
-function header(headers: IHeaders | undefined, name: string): string | undefined {
+/** A provenance header (a source path, a line number, a reason) longer than this makes the message a rejection. */
+export const MAX_HEADER_BYTES = 64 * 1024;
+/** A message value longer than this (Kafka's default largest message) is a rejection that keeps its first KEPT_CHARS. */
+export const MAX_VALUE_BYTES = 1024 * 1024;
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Bytes as UTF-8 text; undefined when they are not UTF-8. */
+function utf8(bytes: Uint8Array): string | undefined {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A header's text; `problem` says why a header that is there cannot be read. */
+interface Header {
+  readonly text: string | null;
+  readonly problem?: string;
+}
+
+function header(headers: IHeaders | undefined, name: string): Header {
   const value = headers?.[name];
-  if (value === undefined) return undefined;
-  const one = Array.isArray(value) ? value[0] : value;
-  return one === undefined ? undefined : one.toString();
+  const one: unknown = Array.isArray(value) ? value[0] : value;
+  // Kafka allows a header without a value (its console producer writes one for null.marker): not given.
+  if (one === undefined || one === null) return { text: null };
+  const bytes = one instanceof Uint8Array ? one : Buffer.from(String(one));
+  if (bytes.length > MAX_HEADER_BYTES) return { text: null, problem: `header ${name} is ${bytes.length} bytes, more than ${MAX_HEADER_BYTES}` };
+  const text = utf8(bytes);
+  return text === undefined ? { text: null, problem: `header ${name} is not UTF-8 text` } : { text };
+}
+
+/** The message's value as text, and why it cannot be read as a row when it cannot. */
+function valueText(value: KafkaMessage["value"]): { text: string | null; problem?: string } {
+  if (value === null) return { text: null };
+  if (value.length > MAX_VALUE_BYTES) {
+    const kept = value.subarray(0, KEPT_CHARS).toString("utf8");
+    return { text: kept, problem: `message value is ${value.length} bytes, more than ${MAX_VALUE_BYTES}; its first ${KEPT_CHARS} bytes are kept` };
+  }
+  const text = utf8(value);
+  return text === undefined ? { text: value.toString("utf8"), problem: "message value is not UTF-8 text" } : { text };
+}
+
+/** Kafka's timestamp (ms) as ISO text; -1 (none) is null, one outside the calendar stays a number. */
+function timestampText(timestamp: string | undefined): string | null {
+  const ms = Number(timestamp);
+  if (!Number.isFinite(ms) || ms < 0) return null;
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? String(timestamp) : date.toISOString();
 }
 
 function text(value: unknown): string | null {
@@ -24,45 +74,65 @@ function text(value: unknown): string | null {
   return JSON.stringify(value);
 }
 
-const META_NAMES: ReadonlySet<string> = new Set(META_COLUMNS);
+const RESERVED: ReadonlySet<string> = new Set(META_COLUMNS);
 
-/**
- * The batch row for one message. A message that is not a JSON object (a record the producer could not
- * split, or something another producer wrote) keeps its raw text in _raw and says why in _error.
- */
-export function messageToRow(message: KafkaMessage, topic: string, partition: number): BatchRow {
-  const value = message.value?.toString("utf8") ?? null;
-  const row: BatchRow = byColumn<string | null>();
+/** Where a message came from; `problems` lists provenance headers that are there but cannot be read. */
+function metaOf(message: KafkaMessage, topic: string, partition: number): { meta: Record<MetaColumn, string | null>; problems: string[] } {
+  const read = ["source_file", "source_line", "source_lines", "parse_error"].map((name) => header(message.headers, name));
+  const [file, line, lines, parseError] = read as [Header, Header, Header, Header];
   const meta: Record<MetaColumn, string | null> = {
-    _source_file: header(message.headers, "source_file") ?? null,
-    _source_line: header(message.headers, "source_line") ?? null,
-    _source_lines: header(message.headers, "source_lines") ?? null,
+    _source_file: file.text,
+    _source_line: line.text,
+    _source_lines: lines.text,
     _topic: topic,
     _partition: String(partition),
     _offset: message.offset,
-    _timestamp: new Date(Number(message.timestamp)).toISOString(),
-    _error: header(message.headers, "parse_error") ?? null,
+    _timestamp: timestampText(message.timestamp),
+    _error: parseError.text,
     _raw: null,
   };
-  if (meta._error === null) {
-    let parsed: unknown;
+  return { meta, problems: read.flatMap((h) => (h.problem ? [h.problem] : [])) };
+}
+
+/** Puts the fields of a JSON object value into `row`, as text; false when the value is not a JSON object. */
+function fieldsOf(value: string | null, row: BatchRow): boolean {
+  let parsed: unknown;
+  try {
+    parsed = value === null ? undefined : JSON.parse(value);
+  } catch {
+    return false;
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return false;
+  const fields = parsed as Record<string, unknown>;
+  // for...in over a JSON.parse result: its own keys, in order (Object.prototype has none enumerable).
+  for (const key in fields) {
+    // A source column named like one of ours would be overwritten; keep it under a safe name.
+    row[RESERVED.has(key) ? `source${key}` : key] = text(fields[key]);
+  }
+  return true;
+}
+
+/**
+ * The batch row for one message. A message that is not a JSON object (a record the producer could not
+ * split, or something another producer wrote), or whose value or provenance headers cannot be read, keeps its
+ * raw text in _raw and says why in _error. Never throws: whatever a message holds becomes a row.
+ */
+export function messageToRow(message: KafkaMessage, topic: string, partition: number): BatchRow {
+  const { meta, problems } = metaOf(message, topic, partition);
+  const value = valueText(message.value);
+  if (value.problem) problems.push(value.problem);
+  const row: BatchRow = byColumn<string | null>();
+  if (problems.length > 0) meta._error = problems.join("; ");
+  else if (meta._error === null) {
     try {
-      parsed = value === null ? undefined : JSON.parse(value);
-    } catch {
-      parsed = undefined;
-    }
-    if (parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)) {
-      const fields = parsed as Record<string, unknown>;
-      // for...in over a JSON.parse result: its own keys, in order (Object.prototype has none enumerable).
-      for (const key in fields) {
-        // A source column named like one of ours would be overwritten below; keep it under a safe name.
-        row[META_NAMES.has(key) ? `source${key}` : key] = text(fields[key]);
-      }
-    } else {
-      meta._error = value === null ? "message has no value" : "message value is not a JSON object";
+      if (!fieldsOf(value.text, row)) meta._error = value.text === null ? "message has no value" : "message value is not a JSON object";
+    } catch (error) {
+      // A JSON value nested too deeply to turn into text, say: the message is rejected, not the consumer.
+      for (const key of Object.keys(row)) delete row[key];
+      meta._error = `message value cannot be read as fields (${(error as Error).message})`;
     }
   }
-  if (meta._error !== null) meta._raw = value;
+  if (meta._error !== null) meta._raw = value.text;
   return Object.assign(row, meta);
 }
 
