@@ -24,7 +24,7 @@
 import { mkdir } from "node:fs/promises";
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { batchFileName, syncFolder, writeFileDurably } from "./lib/batch.ts";
-import { Batcher, batchColumns, messageToRow, type Batch } from "./lib/batcher.ts";
+import { Batcher, batchLayout, messageToRow, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
@@ -136,7 +136,8 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     }
   };
   const write = async (batch: Batch) => {
-    const content = writeCsv(batch.rows, batchColumns(batch.rows));
+    const laid = batchLayout(batch.rows);
+    const content = writeCsv(laid.rows, laid.columns);
     const name = batchFileName(topic, batch.partition, batch.first, batch.last, content);
     crash("before-write");
     try {

@@ -1,10 +1,19 @@
 // Unit tests for scripts/lib/batcher.ts: a message becomes a batch row (whatever it holds), rows become batch
-// files.
+// files of a bounded width.
 
 import { describe, expect, test } from "bun:test";
 import type { IHeaders, KafkaMessage } from "kafkajs";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
-import { Batcher, batchColumns, type BatchRow, MAX_HEADER_BYTES, MAX_VALUE_BYTES, messageToRow } from "../scripts/lib/batcher.ts";
+import {
+  Batcher,
+  batchColumns,
+  batchLayout,
+  type BatchRow,
+  MAX_HEADER_BYTES,
+  MAX_SOURCE_COLUMNS,
+  MAX_VALUE_BYTES,
+  messageToRow,
+} from "../scripts/lib/batcher.ts";
 import { KEPT_CHARS } from "../scripts/lib/input.ts";
 
 function message(value: Buffer | null, headers: IHeaders = { source_file: Buffer.from("a.csv") }): KafkaMessage {
@@ -178,6 +187,39 @@ describe("messageToRow with what no producer of ours writes", () => {
     expect(row?.Tags).toBeUndefined();
   }, 60_000); // the engine takes about a second to give up on the stack
 
+  test("keeps a source field named _extra under a safe name", () => {
+    expect(messageToRow(message(Buffer.from('{"_extra":"x"}'), HEADERS), "t", 0).source_extra).toBe("x");
+  });
+});
+
+describe("batchLayout", () => {
+  const many = (prefix: string, n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`${prefix}${i}`, String(i)]));
+
+  test("leaves a file of up to MAX_SOURCE_COLUMNS source columns as it is", () => {
+    const rows: BatchRow[] = [{ ...many("a", MAX_SOURCE_COLUMNS), ...META }];
+    const laid = batchLayout(rows);
+    expect(laid.rows).toBe(rows);
+    expect(laid.columns).toEqual([...Object.keys(many("a", MAX_SOURCE_COLUMNS)), ...META_COLUMNS]);
+  });
+
+  test("keeps a file as narrow however many distinct fields its messages hold: the rest of a row goes to _extra", () => {
+    const rows: BatchRow[] = [
+      { ...many("first", 60), ...META },
+      { "Row ID": "7", ...many("second", 60), Sales: "2.5", ...META },
+    ];
+    const laid = batchLayout(rows);
+    expect(laid.columns).toHaveLength(MAX_SOURCE_COLUMNS + 1 + META_COLUMNS.length);
+    // Columns that mean a Superstore field are chosen first, in order of first appearance with the others.
+    expect(laid.columns.slice(0, 61)).toEqual([...Object.keys(many("first", 60)), "Row ID"]);
+    expect(laid.columns).toContain("Sales");
+    expect(laid.columns[MAX_SOURCE_COLUMNS]).toBe("_extra");
+    const second = laid.rows[1]!;
+    const extra = JSON.parse(String(second._extra)) as Record<string, string>;
+    expect(Object.keys(extra)).toEqual(Object.keys(many("second", 60)).filter((k) => !laid.columns.includes(k)));
+    expect(Object.keys(extra)).toHaveLength(22);
+    expect([second["Row ID"], second.Sales, second._offset]).toEqual(["7", "2.5", "5"]);
+    expect(laid.rows[0]!._extra).toBeNull();
+  });
 });
 
 describe("batchColumns", () => {

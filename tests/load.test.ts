@@ -5,7 +5,17 @@
 import { describe, expect, test } from "bun:test";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
 import { isConnectionError, isDataError, isRetryable } from "../scripts/lib/db.ts";
-import { BadBatchFileError, copyLine, copyValue, MAX_SOURCE_NAME_BYTES, ORDER_COLUMNS, type OrderRow, rowHash, sourceName, transform } from "../scripts/lib/load/read.ts";
+import {
+  BadBatchFileError,
+  copyLine,
+  copyValue,
+  MAX_SOURCE_NAME_BYTES,
+  ORDER_COLUMNS,
+  type OrderRow,
+  rowHash,
+  sourceName,
+  transform,
+} from "../scripts/lib/load/read.ts";
 import { isLater, latestBy } from "../scripts/lib/load/transaction.ts";
 import { groupFiles } from "../scripts/load.ts";
 
@@ -343,6 +353,41 @@ describe("transform", () => {
     const parsed = batch([{ ...source(), ...meta({ _source_line: "99999999999", _partition: "3000000000", _offset: "99999999999999999999" }) }]);
     const [candidate] = transform(parsed, BATCH).candidates;
     expect([candidate?.row.source_line, candidate?.row.kafka_partition, candidate?.row.kafka_offset]).toEqual([2, null, null]);
+  });
+});
+
+describe("transform of rows with fields in _extra", () => {
+  const columns = [...SOURCE_COLUMNS, "_extra", ...META_COLUMNS];
+  const row = (extra: unknown, overrides: Record<string, string> = {}) => ({
+    ...source(overrides),
+    _extra: typeof extra === "string" ? extra : JSON.stringify(extra),
+    ...meta(),
+  });
+
+  test("reads _extra's fields as the row's own: unknown ones into extra, Superstore ones as fields", () => {
+    const [candidate] = transform(batch([row({ Notes: "fragile", Region: "South", Rating: null })], columns), BATCH).candidates;
+    expect([candidate?.row.extra, candidate?.row.region]).toEqual([{ Notes: "fragile" }, "South"]);
+    expect(candidate?.fields).toMatchObject({ Notes: "fragile", Region: "South" });
+  });
+
+  test("gives a row the same fingerprint whether a field came in a column or in _extra", () => {
+    const inColumn = transform(batch([{ ...source(), Notes: "fragile", _extra: "", ...meta() }], [...SOURCE_COLUMNS, "Notes", "_extra", ...META_COLUMNS]), BATCH);
+    const inExtra = transform(batch([row({ Notes: "fragile" })], columns), BATCH);
+    expect(inExtra.candidates[0]?.row.row_hash).toBe(inColumn.candidates[0]!.row.row_hash);
+  });
+
+  test("rejects a row whose _extra is not a JSON object of text, or contradicts its columns", () => {
+    const result = transform(
+      batch([row("not json"), row([1, 2], { "Row ID": "2" }), row({ n: 1 }, { "Row ID": "3" }), row({ sales: "9.99" }, { "Row ID": "4" }), row({ "Row ID": "6" }, { "Row ID": "5" })], columns),
+      BATCH,
+    );
+    expect(result.rejected.map((r) => r.reason)).toEqual([
+      "_extra is not JSON",
+      "_extra is not a JSON object",
+      '_extra: "n" is not text',
+      'columns "Sales" and "sales" mean one field and hold different values',
+      'field "Row ID" is in a column and in _extra with different values',
+    ]);
   });
 });
 

@@ -27,6 +27,12 @@ export const META_COLUMNS = [
 
 export type MetaColumn = (typeof META_COLUMNS)[number];
 
+/**
+ * A row's source fields that did not get a column of their own (a file has at most MAX_SOURCE_COLUMNS, see
+ * batcher.ts), as one JSON object of text; empty when the row has none. Between the source and meta columns.
+ */
+export const EXTRA_COLUMN = "_extra";
+
 const NAME = /^(.+)_p(\d+)_(\d{12,})-(\d{12,})_([0-9a-f]{12})\.csv$/;
 
 export function sha256(content: string | Uint8Array): string {

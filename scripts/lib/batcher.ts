@@ -5,12 +5,14 @@
 //
 // No message can stop the consumer: a value that is not a JSON object, not UTF-8 or too large, and headers
 // without a value, not UTF-8 or too large, make a row with the reason in _error and the value in _raw, which
-// the loader records as a rejection.
+// the loader records as a rejection. A file's width does not grow with its messages: at most
+// MAX_SOURCE_COLUMNS source columns, a row's other fields together in _extra (see batchLayout).
 
 import type { IHeaders, KafkaMessage } from "kafkajs";
-import { META_COLUMNS, type MetaColumn } from "./batch.ts";
-import { byColumn } from "./csv.ts";
+import { EXTRA_COLUMN, META_COLUMNS, type MetaColumn } from "./batch.ts";
+import { byColumn, type CsvRow } from "./csv.ts";
 import { KEPT_CHARS } from "./input.ts";
+import { FIELDS, normalizeHeader, ROW_ID_KEY } from "./record.ts";
 
 /** One row of a batch file: the source fields as received, then where the row came from. */
 export type BatchRow = Record<string, string | null> & Partial<Record<MetaColumn, string | null>>;
@@ -19,6 +21,8 @@ export type BatchRow = Record<string, string | null> & Partial<Record<MetaColumn
 export const MAX_HEADER_BYTES = 64 * 1024;
 /** A message value longer than this (Kafka's default largest message) is a rejection that keeps its first KEPT_CHARS. */
 export const MAX_VALUE_BYTES = 1024 * 1024;
+/** Source columns of a batch file; a row's fields beyond them go to _extra. The Superstore has 21 to 24. */
+export const MAX_SOURCE_COLUMNS = 100;
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -74,7 +78,7 @@ function text(value: unknown): string | null {
   return JSON.stringify(value);
 }
 
-const RESERVED: ReadonlySet<string> = new Set(META_COLUMNS);
+const RESERVED: ReadonlySet<string> = new Set([...META_COLUMNS, EXTRA_COLUMN]);
 
 /** Where a message came from; `problems` lists provenance headers that are there but cannot be read. */
 function metaOf(message: KafkaMessage, topic: string, partition: number): { meta: Record<MetaColumn, string | null>; problems: string[] } {
@@ -136,12 +140,58 @@ export function messageToRow(message: KafkaMessage, topic: string, partition: nu
   return Object.assign(row, meta);
 }
 
-/** Source columns in order of first appearance, then the meta columns. */
+/** Does a source column mean a Superstore field (in any spelling)? Those get their columns first. */
+function isKnown(column: string): boolean {
+  const key = normalizeHeader(column);
+  return key === ROW_ID_KEY || Object.hasOwn(FIELDS, key);
+}
+
+/**
+ * The source columns of a batch file: in order of first appearance, at most MAX_SOURCE_COLUMNS, columns that
+ * mean a Superstore field chosen before others. `overflow` is true when some row has a field left out.
+ */
+function sourceColumns(rows: readonly BatchRow[]): { columns: string[]; overflow: boolean } {
+  const seen = new Set<string>();
+  for (const row of rows) for (const key of Object.keys(row)) if (!RESERVED.has(key)) seen.add(key);
+  if (seen.size <= MAX_SOURCE_COLUMNS) return { columns: [...seen], overflow: false };
+  const known = [...seen].filter(isKnown).slice(0, MAX_SOURCE_COLUMNS);
+  const chosen = new Set(known);
+  for (const key of seen) {
+    if (chosen.size >= MAX_SOURCE_COLUMNS) break;
+    chosen.add(key);
+  }
+  return { columns: [...seen].filter((key) => chosen.has(key)), overflow: true };
+}
+
+/**
+ * A batch file's columns and rows: the source columns (see sourceColumns), then _extra when some row has
+ * fields beyond them (those fields as one JSON object per row), then the meta columns. A file is therefore
+ * at most MAX_SOURCE_COLUMNS + 10 columns wide however many distinct fields its messages hold.
+ */
+export function batchLayout(rows: readonly BatchRow[]): { columns: string[]; rows: readonly CsvRow[] } {
+  const { columns, overflow } = sourceColumns(rows);
+  if (!overflow) return { columns: [...columns, ...META_COLUMNS], rows };
+  const chosen = new Set(columns);
+  const laid = rows.map((row) => {
+    const out: CsvRow = byColumn<string | null>();
+    const extra = byColumn<string | null>();
+    let any = false;
+    for (const key of Object.keys(row)) {
+      if (chosen.has(key) || RESERVED.has(key)) out[key] = row[key];
+      else {
+        extra[key] = row[key] ?? null;
+        any = true;
+      }
+    }
+    out[EXTRA_COLUMN] = any ? JSON.stringify(extra) : null;
+    return out;
+  });
+  return { columns: [...columns, EXTRA_COLUMN, ...META_COLUMNS], rows: laid };
+}
+
+/** The columns batchLayout gives a batch file of these rows. */
 export function batchColumns(rows: readonly BatchRow[]): string[] {
-  const columns = new Set<string>();
-  for (const row of rows) for (const key of Object.keys(row)) columns.add(key);
-  for (const meta of META_COLUMNS) columns.delete(meta);
-  return [...columns, ...META_COLUMNS];
+  return batchLayout(rows).columns;
 }
 
 /** The rows of one batch file: one partition's consecutive offsets first..last. */

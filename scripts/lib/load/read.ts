@@ -4,9 +4,11 @@
 // fingerprint of its values), a rejected row (with a reason naming the field), or a duplicate of a record
 // earlier in the same file. The counts of the three add up to the file's records; the transaction checks
 // that again against what the database reports before it commits.
+//
+// A row's fields are its source columns and the fields in its _extra column (JSON), read alike.
 
 import { join } from "node:path";
-import { META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
+import { EXTRA_COLUMN, META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
 import { byColumn, parseCsv } from "../csv.ts";
 import { cleanRow, FIELDS, mapHeader, normalizeHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
 
@@ -189,7 +191,55 @@ function int(value: string | undefined, max = 2_147_483_647): number | null {
 
 const BIGINT_MAX = 9_223_372_036_854_775_807n;
 
+/**
+ * The fields of a row's _extra column (a JSON object of text) added to its column fields; the problem when it
+ * is not such an object, or names a field its columns hold with another value.
+ */
+function addExtra(fields: Record<string, string>, text: string): string | undefined {
+  let extra: unknown;
+  try {
+    extra = JSON.parse(text);
+  } catch {
+    return `${EXTRA_COLUMN} is not JSON`;
+  }
+  if (extra === null || typeof extra !== "object" || Array.isArray(extra)) return `${EXTRA_COLUMN} is not a JSON object`;
+  for (const [key, value] of Object.entries(extra as Record<string, unknown>)) {
+    if (value !== null && typeof value !== "string") return `${EXTRA_COLUMN}: ${JSON.stringify(storable(key))} is not text`;
+    const given = (fields[key] ?? "").trim();
+    if (given !== "" && given !== (value ?? "").trim()) return `field ${JSON.stringify(storable(key))} is in a column and in ${EXTRA_COLUMN} with different values`;
+    if (given === "") fields[key] = value ?? "";
+  }
+  return undefined;
+}
+
+/** The header of one row whose fields differ from the file's columns (it has _extra). */
+function rowHeader(columns: readonly string[]): { header: HeaderMap; spellings: Spelling[] } {
+  const spellings = spellingsOf(columns);
+  const others = new Set(spellings.flatMap((s) => s.others));
+  return { header: mapHeader(columns.filter((c) => !others.has(c))), spellings };
+}
+
 type ParsedRow = { readonly line: number; readonly values: Record<string, string> };
+
+/**
+ * Where a row came from, as rejected_rows and orders record it. A batch file without our columns (written by
+ * hand) names itself; a row without source headers is named by its topic and partition, its line being its offset.
+ */
+function provenance(values: Readonly<Record<string, string>>, line: number, batchFile: string) {
+  const topic = values._topic || null;
+  const partition = int(values._partition);
+  const offset = values._offset && /^\d+$/.test(values._offset) && BigInt(values._offset) <= BIGINT_MAX ? values._offset : null;
+  const source = values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile);
+  return {
+    source_file: sourceName(storable(source)),
+    source_line: int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line,
+    source_lines: int(values._source_lines) ?? 1,
+    kafka_topic: topic === null ? null : storable(topic),
+    kafka_partition: partition,
+    kafka_offset: offset,
+    batch_file: batchFile,
+  };
+}
 type Transformed = { candidates: Candidate[]; rejected: RejectedRow[]; duplicates: number };
 
 /**
@@ -207,7 +257,7 @@ function createTransformer(
   columns: readonly string[],
   batchFile: string,
 ): { add: (row: ParsedRow) => void; result: () => Transformed; sequence: readonly (Candidate | RejectedRow)[] } {
-  const sourceColumns = columns.filter((c) => !(META_COLUMNS as readonly string[]).includes(c));
+  const sourceColumns = columns.filter((c) => c !== EXTRA_COLUMN && !(META_COLUMNS as readonly string[]).includes(c));
   const spellings = spellingsOf(sourceColumns);
   let header: HeaderMap;
   try {
@@ -220,21 +270,10 @@ function createTransformer(
   const sequence: (Candidate | RejectedRow)[] = [];
   let duplicates = 0;
   const add = ({ line, values }: ParsedRow): void => {
-    const topic = values._topic || null;
-    const partition = int(values._partition);
-    const offset = values._offset && /^\d+$/.test(values._offset) && BigInt(values._offset) <= BIGINT_MAX ? values._offset : null;
-    // Where the row came from. A batch file without our columns (written by hand) names itself.
-    const sourceFile = sourceName(storable(values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile)));
-    const sourceLine = int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line;
-    const base = {
-      source_file: sourceFile,
-      source_line: sourceLine,
-      source_lines: int(values._source_lines) ?? 1,
-      kafka_topic: topic === null ? null : storable(topic),
-      kafka_partition: partition,
-      kafka_offset: offset,
-      batch_file: batchFile,
-    };
+    const fields = sourceFields(values, sourceColumns);
+    const extraProblem = values._extra ? addExtra(fields, values._extra) : undefined;
+    const base = provenance(values, line, batchFile);
+    const { source_file: sourceFile, source_line: sourceLine, kafka_partition: partition, kafka_offset: offset } = base;
     const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
       // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate; another
       // version of it is a rejection of its own (the later one is kept, as from a later file).
@@ -255,11 +294,12 @@ function createTransformer(
       });
       return;
     }
-    const fields = sourceFields(values, sourceColumns);
-    const { merged, problem } = spellings.length === 0 ? { merged: fields, problem: undefined } : mergeSpellings(fields, spellings);
-    const clean = problem === undefined ? cleanRow(merged, header) : { ok: false as const, reason: problem };
+    // A row with fields in _extra has a header of its own; the others share the file's.
+    const own = values._extra && extraProblem === undefined ? rowHeader(Object.keys(fields)) : { header, spellings };
+    const { merged, problem } = own.spellings.length === 0 ? { merged: fields, problem: undefined } : mergeSpellings(fields, own.spellings);
+    const clean = (extraProblem ?? problem) === undefined ? cleanRow(merged, own.header) : { ok: false as const, reason: (extraProblem ?? problem)! };
     if (!clean.ok) {
-      const id = header.rowId === undefined ? null : int(merged[header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
+      const id = own.header.rowId === undefined ? null : int(merged[own.header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
       reject({ source_row_id: id, reason: clean.reason, fields: storableFields(fields), raw_text: null });
       return;
     }
