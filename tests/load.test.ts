@@ -321,14 +321,21 @@ describe("transform", () => {
     ]);
   });
 
-  test("names the topic and partition, and uses the offset as line, when the source file is unknown", () => {
+  test("names the topic, the partition and a hash of the content, and uses the offset as line, when the source file is unknown", () => {
     const parsed = batch([{ ...source(), ...meta({ _source_file: "", _source_line: "", _partition: "2", _offset: "77" }) }]);
     const [candidate] = transform(parsed, BATCH).candidates;
     expect([candidate?.row.source_file, candidate?.row.source_line, candidate?.row.kafka_partition]).toEqual([
-      "kafka:sales_topic/2",
+      expect.stringMatching(/^kafka:sales_topic\/2#[0-9a-f]{12}$/),
       77,
       2,
     ]);
+  });
+
+  test("gives a message without source headers at a repeated offset (a re-created topic) another name, unless its content is the same", () => {
+    const at = (values: Record<string, string>) => ({ ...source(values), ...meta({ _source_file: "", _source_line: "", _offset: "5" }) });
+    const names = [at({}), at({ Sales: "1.5" }), at({})].map((row) => transform(batch([row]), BATCH).candidates[0]?.row.source_file);
+    expect(names[0]).not.toBe(names[1]);
+    expect(names[2]).toBe(names[0]);
   });
 
   test("gives two rows with other values other fingerprints, and the same values the same one", () => {

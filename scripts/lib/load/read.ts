@@ -5,7 +5,9 @@
 // earlier in the same file. The counts of the three add up to the file's records; the transaction checks
 // that again against what the database reports before it commits.
 //
-// A row's fields are its source columns and the fields in its _extra column (JSON), read alike.
+// A row's fields are its source columns and the fields in its _extra column (JSON), read alike. A row without
+// source headers (written to the topic by another producer) is named by its topic, partition and a hash of its
+// content, and its line is its offset: offsets repeat when a topic is re-created, contents do not.
 
 import { join } from "node:path";
 import { EXTRA_COLUMN, META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
@@ -219,17 +221,26 @@ function rowHeader(columns: readonly string[]): { header: HeaderMap; spellings: 
   return { header: mapHeader(columns.filter((c) => !others.has(c))), spellings };
 }
 
+/** The source of a row without source headers: its topic and partition, and a hash of what it holds. */
+function headerlessSource(topic: string, partition: number | null, fields: Record<string, string>, values: Readonly<Record<string, string>>): string {
+  const given = Object.entries(fields)
+    .filter(([, v]) => v !== "")
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const content = JSON.stringify([given, values._error || null, values._raw || null]);
+  return `kafka:${topic}/${partition}#${sha256(content).slice(0, 12)}`;
+}
+
 type ParsedRow = { readonly line: number; readonly values: Record<string, string> };
 
 /**
  * Where a row came from, as rejected_rows and orders record it. A batch file without our columns (written by
- * hand) names itself; a row without source headers is named by its topic and partition, its line being its offset.
+ * hand) names itself; a row without source headers is named by headerlessSource, its line being its offset.
  */
-function provenance(values: Readonly<Record<string, string>>, line: number, batchFile: string) {
+function provenance(values: Readonly<Record<string, string>>, fields: Record<string, string>, line: number, batchFile: string) {
   const topic = values._topic || null;
   const partition = int(values._partition);
   const offset = values._offset && /^\d+$/.test(values._offset) && BigInt(values._offset) <= BIGINT_MAX ? values._offset : null;
-  const source = values._source_file || (topic !== null ? `kafka:${topic}/${partition}` : batchFile);
+  const source = values._source_file || (topic !== null ? headerlessSource(topic, partition, fields, values) : batchFile);
   return {
     source_file: sourceName(storable(source)),
     source_line: int(values._source_line) ?? (values._source_file ? null : int(values._offset)) ?? line,
@@ -272,7 +283,7 @@ function createTransformer(
   const add = ({ line, values }: ParsedRow): void => {
     const fields = sourceFields(values, sourceColumns);
     const extraProblem = values._extra ? addExtra(fields, values._extra) : undefined;
-    const base = provenance(values, line, batchFile);
+    const base = provenance(values, fields, line, batchFile);
     const { source_file: sourceFile, source_line: sourceLine, kafka_partition: partition, kafka_offset: offset } = base;
     const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
       // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate; another
