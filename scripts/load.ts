@@ -10,6 +10,9 @@
 // that is not a readable batch (truncated, edited, not CSV) is moved to BATCHES_DIR/failed/ with a
 // .reason.txt next to it; the other files still load.
 //
+// A gap file from the consumer (offsets Kafka no longer had when the group reached them) is recorded in
+// lost_offsets, with a warning naming topic, partition and offsets, and counted as lost_offsets= in the summary.
+//
 // A lost connection rolls the group back and loads it again on a fresh connection once PostgreSQL answers
 // (--watch waits as long as it takes; a single run gives up after 30 s). A row PostgreSQL refuses during
 // COPY makes the loader load that file row by row, so the row costs one rejection and the rest loads.
@@ -19,7 +22,7 @@
 import { existsSync, watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { parseBatchFileName, sha256 } from "./lib/batch.ts";
+import { parseBatchFileName, parseGapFileName, sha256 } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
 import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
@@ -193,6 +196,7 @@ interface Totals {
   rejected: number;
   warnings: number;
   resolved: number;
+  lost: number;
 }
 
 interface LoaderOptions {
@@ -206,7 +210,7 @@ interface LoaderOptions {
 
 /** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
 function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
-  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0 };
+  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, lost: 0 };
 
   /**
    * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
@@ -244,7 +248,7 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
   const prepare = async (files: readonly PendingFile[]): Promise<PreparedFile[]> => {
     const prepared: PreparedFile[] = [];
     for (const { name, young } of files) {
-      if (young && parseBatchFileName(name) === undefined) {
+      if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
         log.debug(`${name}: modified a moment ago, looked at again shortly`);
         unsettled.add(name);
         continue;
@@ -317,6 +321,10 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
     totals.warnings += result.warnings;
     totals.resolved += result.resolved;
     log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
+    for (const range of result.lost) {
+      totals.lost++;
+      log.warn(`${result.name}: recorded in lost_offsets: ${range.reason}`);
+    }
     if (result.rejections.length > 0) {
       log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
       await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
@@ -408,7 +416,7 @@ async function main(): Promise<void> {
   log.info(
     `done: files=${totals.files} rows=${totals.records} inserted=${totals.inserted} duplicates=${totals.duplicates} ` +
       `rejected=${totals.rejected} already_loaded=${totals.skipped} failed_files=${totals.failed} ` +
-      `warnings=${totals.warnings} resolved=${totals.resolved} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
+      `warnings=${totals.warnings} resolved=${totals.resolved} lost_offsets=${totals.lost} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
   );
   if (totals.failed > 0) process.exitCode = 1;
 }

@@ -1,6 +1,6 @@
 // Status of the pipeline at a glance, the same health the live dashboard shows (scripts/lib/health.ts): what is
-// in Kafka and not yet in a batch file (consumer lag), batch files not loaded yet or set aside, and what
-// PostgreSQL holds (rows, open rejections, warnings, the last load, totals).
+// in Kafka and not yet in a batch file (consumer lag), batch files not loaded yet or set aside, what
+// PostgreSQL holds (rows, open rejections, warnings, the last load, totals), and offsets recorded as lost.
 //
 //   Kafka + batches/ + PostgreSQL  ->  a short report on stdout          make status (and the end of make demo)
 //
@@ -10,7 +10,17 @@
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parsePositiveNumber, readConfig } from "./lib/config.ts";
 import { connect, describeDatabase } from "./lib/db.ts";
-import { databaseHealth, filesHealth, kafkaHealth, kafkaTopology, loadedSince, underReplicated, type KafkaTopology } from "./lib/health.ts";
+import {
+  databaseHealth,
+  filesHealth,
+  kafkaHealth,
+  kafkaTopology,
+  loadedSince,
+  lostOffsetsHealth,
+  underReplicated,
+  type KafkaTopology,
+  type LostOffsetsHealth,
+} from "./lib/health.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
 
 const command = {
@@ -46,6 +56,19 @@ export function describeTopology(topology: KafkaTopology): string[] {
   return lines;
 }
 
+/**
+ * Offsets recorded as lost, and the latest ranges:
+ *   lost offsets 2 ranges, 400 records (see lost_offsets)
+ *     sales_topic p0 200-399 deleted (group sales-batcher)
+ */
+export function describeLost(lost: LostOffsetsHealth): string[] {
+  if (lost.ranges === 0) return ["  lost offsets none"];
+  const unknown = lost.unknownEnds > 0 ? ` and ${lost.unknownEnds} of unknown size` : "";
+  const lines = [`  lost offsets ${lost.ranges} range${lost.ranges === 1 ? "" : "s"}, ${lost.records} records${unknown} (see lost_offsets)`];
+  for (const r of lost.latest) lines.push(`    ${r.topic} p${r.partition} ${r.first}-${r.last ?? "?"} ${r.kind} (group ${r.group})`);
+  return lines;
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -77,6 +100,8 @@ async function main(): Promise<void> {
           `rows with warnings ${db.rowsWithWarnings}, batch files loaded ${db.filesLoaded}`,
         `  total sales ${t!.sales ?? 0}, last load ${db.lastLoadAt ?? "never"}`,
       );
+      const lost = await lostOffsetsHealth(sql);
+      lines.push(...(lost.ok ? describeLost(lost) : [`  lost offsets: ${lost.error} (make migrate)`]));
     } else process.exitCode = 1;
   } finally {
     await sql.end({ timeout: 5 });

@@ -1,11 +1,22 @@
-// Unit tests for scripts/lib/batch.ts: batch file names and the durable write.
+// Unit tests for scripts/lib/batch.ts: batch and gap file names and the durable write.
 
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { batchFileName, META_COLUMNS, parseBatchFileName, sha256, syncFolder, writeFileDurably } from "../scripts/lib/batch.ts";
+import {
+  batchFileName,
+  gapFile,
+  type LostRange,
+  META_COLUMNS,
+  parseBatchFileName,
+  parseGapFileName,
+  sha256,
+  syncFolder,
+  writeFileDurably,
+} from "../scripts/lib/batch.ts";
+import { parseCsv } from "../scripts/lib/csv.ts";
 
 const CONTENT = "Row ID,_offset\n1,100\n";
 const HASH = createHash("sha256").update(CONTENT).digest("hex").slice(0, 12);
@@ -69,6 +80,31 @@ describe("parseBatchFileName", () => {
     ]) {
       expect(parseBatchFileName(name)).toBeUndefined();
     }
+  });
+});
+
+describe("gapFile", () => {
+  const range: LostRange = { topic: "sales_topic", partition: 2, first: 200n, last: 399n, kind: "deleted", group: "g", reason: "gone, sadly" };
+
+  test("names the partition, the range and the content's hash, and holds the range as one CSV row", () => {
+    const { name, content } = gapFile(range);
+    expect(name).toBe(`sales_topic_p2_000000000200-000000000399_lost_${sha256(content).slice(0, 12)}.csv`);
+    expect(parseCsv(content, name).rows.map((r) => ({ ...r.values }))).toEqual([
+      { topic: "sales_topic", partition: "2", first_offset: "200", last_offset: "399", kind: "deleted", consumer_group: "g", reason: "gone, sadly" },
+    ]);
+    expect(parseGapFileName(name)).toEqual({ partition: 2, first: 200n, hash: sha256(content).slice(0, 12) });
+    expect(parseBatchFileName(name)).toBeUndefined();
+  });
+
+  test("writes an unknown last offset as unknown, and the same range always the same way", () => {
+    const { name, content } = gapFile({ ...range, last: null, kind: "recreated" });
+    expect(name).toMatch(/^sales_topic_p2_000000000200-unknown_lost_[0-9a-f]{12}\.csv$/);
+    expect(content).toContain(",,recreated,");
+    expect(gapFile(range)).toEqual(gapFile(range));
+  });
+
+  test("reads no batch file name as a gap file name", () => {
+    expect(parseGapFileName(batchFileName("t", 0, 0n, 99n, CONTENT))).toBeUndefined();
   });
 });
 

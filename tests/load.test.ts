@@ -3,7 +3,10 @@
 // telling a lost connection from a problem with the data (scripts/lib/db.ts).
 
 import { describe, expect, test } from "bun:test";
-import { META_COLUMNS } from "../scripts/lib/batch.ts";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gapFile, META_COLUMNS } from "../scripts/lib/batch.ts";
 import { isConnectionError, isDataError, isRetryable } from "../scripts/lib/db.ts";
 import {
   BadBatchFileError,
@@ -12,6 +15,7 @@ import {
   MAX_SOURCE_NAME_BYTES,
   ORDER_COLUMNS,
   type OrderRow,
+  prepareFile,
   rowHash,
   sourceName,
   transform,
@@ -395,6 +399,24 @@ describe("transform of rows with fields in _extra", () => {
       'columns "Sales" and "sales" mean one field and hold different values',
       'field "Row ID" is in a column and in _extra with different values',
     ]);
+  });
+});
+
+describe("prepareFile of a gap file", () => {
+  const range = { topic: "sales_topic", partition: 0, first: 200n, last: 399n, kind: "deleted" as const, group: "g", reason: "deleted" };
+
+  test("reads its ranges and no records; refuses one edited after it was written", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "gap-test-"));
+    try {
+      const { name, content } = gapFile(range);
+      writeFileSync(join(dir, name), content);
+      const prepared = await prepareFile(dir, name);
+      expect({ records: prepared.records, lost: prepared.lost, candidates: prepared.candidates.length }).toEqual({ records: 0, lost: [range], candidates: 0 });
+      writeFileSync(join(dir, name), content.replace("399", "499"));
+      await expect(prepareFile(dir, name)).rejects.toThrow(BadBatchFileError);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

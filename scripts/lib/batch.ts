@@ -7,10 +7,16 @@
 //
 // so names never collide across restarts and never reuse a number, a rewrite of the same records gets the
 // same name, and the loader can tell a truncated or edited file (the hash no longer matches).
+//
+// A gap file says that a range of a partition's offsets could not be read (Kafka deleted them first, or the
+// topic was re-created): one row with the range and the reason, named like a batch file with "_lost":
+//
+//   sales_topic_p0_000000000200-000000000399_lost_5be0c81d2a47.csv    (last offset unknown: ...-unknown_lost_...)
 
 import { createHash } from "node:crypto";
 import { open, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
+import { writeCsv } from "./csv.ts";
 
 /** Where a row came from; appended after the source fields in every batch file. */
 export const META_COLUMNS = [
@@ -33,7 +39,25 @@ export type MetaColumn = (typeof META_COLUMNS)[number];
  */
 export const EXTRA_COLUMN = "_extra";
 
+/** The columns of a gap file, in order; it holds one row. */
+export const GAP_COLUMNS = ["topic", "partition", "first_offset", "last_offset", "kind", "consumer_group", "reason"] as const;
+
+export type GapKind = "deleted" | "recreated";
+
+/** A range of one partition's offsets that a consumer group could not read. */
+export interface LostRange {
+  readonly topic: string;
+  readonly partition: number;
+  readonly first: bigint;
+  /** the last offset known to have existed; null when unknown (records a re-created topic's old log received unread) */
+  readonly last: bigint | null;
+  readonly kind: GapKind;
+  readonly group: string;
+  readonly reason: string;
+}
+
 const NAME = /^(.+)_p(\d+)_(\d{12,})-(\d{12,})_([0-9a-f]{12})\.csv$/;
+const GAP_NAME = /^(.+)_p(\d+)_(\d{12,})-(\d{12,}|unknown)_lost_([0-9a-f]{12})\.csv$/;
 
 export function sha256(content: string | Uint8Array): string {
   return createHash("sha256").update(content).digest("hex");
@@ -50,9 +74,22 @@ export function topicInFileName(topic: string): string {
   return visible.length <= 120 ? visible : `${visible.slice(0, 100)}~${sha256(topic).slice(0, 8)}`;
 }
 
+const pad = (n: bigint) => n.toString().padStart(12, "0");
+
 export function batchFileName(topic: string, partition: number, first: bigint, last: bigint, content: string | Uint8Array): string {
-  const pad = (n: bigint) => n.toString().padStart(12, "0");
   return `${topicInFileName(topic)}_p${partition}_${pad(first)}-${pad(last)}_${sha256(content).slice(0, 12)}.csv`;
+}
+
+/** The name of a gap file: the range it reports, "unknown" for an unknown last offset, and its content's hash. */
+export function gapFileName(range: LostRange, content: string | Uint8Array): string {
+  const last = range.last === null ? "unknown" : pad(range.last);
+  return `${topicInFileName(range.topic)}_p${range.partition}_${pad(range.first)}-${last}_lost_${sha256(content).slice(0, 12)}.csv`;
+}
+
+/** Reads a name written by gapFileName; undefined for any other name. */
+export function parseGapFileName(name: string): { readonly partition: number; readonly first: bigint; readonly hash: string } | undefined {
+  const m = GAP_NAME.exec(name);
+  return m ? { partition: Number(m[2]), first: BigInt(m[3]!), hash: m[5]! } : undefined;
 }
 
 export interface BatchName {
@@ -110,4 +147,19 @@ export async function syncFolder(dir: string): Promise<void> {
   } finally {
     await folder.close();
   }
+}
+
+/** The gap file for `range`: its name and content (a header and one row, readable as any batch file). */
+export function gapFile(range: LostRange): { name: string; content: string } {
+  const row = {
+    topic: range.topic,
+    partition: String(range.partition),
+    first_offset: range.first.toString(),
+    last_offset: range.last === null ? null : range.last.toString(),
+    kind: range.kind,
+    consumer_group: range.group,
+    reason: range.reason,
+  };
+  const content = writeCsv([row], GAP_COLUMNS);
+  return { name: gapFileName(range, content), content };
 }

@@ -1,6 +1,7 @@
 // The pipeline's health, gathered the same way for `make status` and the live dashboard: what Kafka holds
-// and how far the consumer group is behind, which batch files wait or were set aside, and what PostgreSQL has
-// loaded (from the view v_pipeline_health). A part that cannot be reached says so instead of failing the rest.
+// and how far the consumer group is behind, which batch files wait or were set aside, what PostgreSQL has
+// loaded (from the view v_pipeline_health), and which offsets the consumer recorded as lost (lost_offsets).
+// A part that cannot be reached says so instead of failing the rest.
 
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
@@ -120,6 +121,45 @@ export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<Da
       rowsWithWarnings: Number(row!.rows_with_warnings),
       lastLoadAt: row!.last_load_at?.toISOString() ?? null,
     };
+  } catch (error) {
+    return { ok: false, error: message(error) };
+  }
+}
+
+/** One range of lost_offsets, as status prints it. */
+export interface LostOffsets {
+  readonly group: string;
+  readonly topic: string;
+  readonly partition: number;
+  readonly first: string;
+  /** null when the end is unknown */
+  readonly last: string | null;
+  readonly kind: string;
+}
+
+export interface LostOffsetsHealth {
+  readonly ranges: number;
+  /** records in the ranges whose end is known */
+  readonly records: number;
+  /** ranges whose end is unknown (a re-created topic's old log) */
+  readonly unknownEnds: number;
+  /** the latest ranges recorded, newest first (at most `limit`) */
+  readonly latest: readonly LostOffsets[];
+}
+
+/** What the consumer recorded as lost: offsets Kafka no longer had when the group reached them. */
+export async function lostOffsetsHealth(sql: Sql | TransactionSql, limit = 5): Promise<Part<LostOffsetsHealth>> {
+  try {
+    const [totals] = await sql<{ ranges: number; records: string; unknown_ends: number }[]>`
+      select count(*)::int as ranges, coalesce(sum(records), 0)::text as records, count(*) filter (where last_offset is null)::int as unknown_ends
+      from lost_offsets
+    `;
+    const latest = await sql<{ group: string; topic: string; partition: number; first: string; last: string | null; kind: string }[]>`
+      select consumer_group as group, kafka_topic as topic, kafka_partition as partition, first_offset::text as first,
+             last_offset::text as last, kind
+      from lost_offsets order by recorded_at desc, id desc limit ${limit}
+    `;
+    return { ok: true, ranges: totals!.ranges, records: Number(totals!.records), unknownEnds: totals!.unknown_ends, latest: latest.map((r) => ({ ...r })) };
   } catch (error) {
     return { ok: false, error: message(error) };
   }

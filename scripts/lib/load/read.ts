@@ -8,9 +8,10 @@
 // A row's fields are its source columns and the fields in its _extra column (JSON), read alike. A row without
 // source headers (written to the topic by another producer) is named by its topic, partition and a hash of its
 // content, and its line is its offset: offsets repeat when a topic is re-created, contents do not.
+// A gap file holds no records but ranges of offsets the consumer could not read, for lost_offsets.
 
 import { join } from "node:path";
-import { EXTRA_COLUMN, META_COLUMNS, parseBatchFileName, sha256 } from "../batch.ts";
+import { EXTRA_COLUMN, GAP_COLUMNS, META_COLUMNS, parseBatchFileName, parseGapFileName, sha256, type GapKind, type LostRange } from "../batch.ts";
 import { byColumn, parseCsv } from "../csv.ts";
 import { cleanRow, FIELDS, mapHeader, normalizeHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
 
@@ -76,6 +77,8 @@ export interface PreparedFile {
   readonly duplicates: number;
   /** candidates and rejected rows in the order of the file, which is the order they are judged in */
   readonly sequence: readonly (Candidate | RejectedRow)[];
+  /** ranges of offsets the consumer could not read (a gap file); empty for a batch file */
+  readonly lost: readonly LostRange[];
 }
 
 /** Thrown for a file that is not a readable batch; the caller sets it aside and goes on. */
@@ -357,20 +360,45 @@ function createTransformer(
 /** Records transformed between two turns of the event loop while a file is prepared. */
 const RECORDS_PER_TURN = 100;
 
+const GAP_KINDS: readonly GapKind[] = ["deleted", "recreated"];
+
+/** One row of a gap file as a range; throws BadBatchFileError naming the line for anything else. */
+function lostRange({ line, values: v }: ParsedRow): LostRange {
+  const bad = (what: string) => new BadBatchFileError(`line ${line}: ${what}`);
+  const offset = (text: string | undefined) => (text !== undefined && /^\d{1,19}$/.test(text) && BigInt(text) <= BIGINT_MAX ? BigInt(text) : undefined);
+  const partition = int(v.partition);
+  const first = offset(v.first_offset);
+  const last = v.last_offset === "" ? null : offset(v.last_offset);
+  if (!v.topic || partition === null || first === undefined || last === undefined) throw bad("topic, partition and offsets are not a range");
+  if (last !== null && last < first) throw bad(`last_offset ${last} is before first_offset ${first}`);
+  if (!GAP_KINDS.includes(v.kind as GapKind)) throw bad(`kind ${JSON.stringify(v.kind)} is not ${GAP_KINDS.join(" or ")}`);
+  return { topic: storable(v.topic), partition, first, last, kind: v.kind as GapKind, group: storable(v.consumer_group ?? ""), reason: storable(v.reason ?? "") };
+}
+
+/** A gap file: its ranges of lost offsets, checked, and no records. */
+function prepareGapFile(name: string, hash: string, text: string, path: string): PreparedFile {
+  const parsed = parseCsv(text, path);
+  if (parsed.columns.join() !== GAP_COLUMNS.join()) throw new BadBatchFileError(`a gap file has the columns ${GAP_COLUMNS.join(",")}`);
+  const lost = parsed.rows.map(lostRange);
+  return { name, hash, records: 0, candidates: [], rejected: [], duplicates: 0, sequence: [], lost };
+}
+
 /** Extract + transform of one file. Throws BadBatchFileError for a file that is not a readable batch. */
 export async function prepareFile(dir: string, name: string): Promise<PreparedFile> {
   const path = join(dir, name);
   const bytes = await Bun.file(path).bytes();
   const hash = sha256(bytes);
-  const expected = parseBatchFileName(name);
+  const expected = parseBatchFileName(name) ?? parseGapFileName(name);
   if (expected && !hash.startsWith(expected.hash)) {
     throw new BadBatchFileError("content does not match the hash in its name (truncated or edited after it was written)");
   }
   let parsed;
   try {
-    parsed = parseCsv(new TextDecoder("utf-8", { fatal: true }).decode(bytes), path);
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    if (parseGapFileName(name)) return prepareGapFile(name, hash, text, path);
+    parsed = parseCsv(text, path);
   } catch (error) {
-    throw new BadBatchFileError((error as Error).message);
+    throw error instanceof BadBatchFileError ? error : new BadBatchFileError((error as Error).message);
   }
   // The next group is prepared while the current one's transaction runs: give the event loop a turn now and
   // then, so the transaction's statements and COPY data go out without waiting for a whole file to be cleaned.
@@ -379,5 +407,5 @@ export async function prepareFile(dir: string, name: string): Promise<PreparedFi
     transformer.add(row);
     if (i % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((turn) => setImmediate(turn));
   }
-  return { name, hash, records: parsed.rows.length, ...transformer.result(), sequence: transformer.sequence };
+  return { name, hash, records: parsed.rows.length, ...transformer.result(), sequence: transformer.sequence, lost: [] };
 }

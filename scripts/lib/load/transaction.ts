@@ -12,8 +12,10 @@
 // Before commit, each file's count is checked: inserted (as COPY reports it) + duplicates + rejected (as the
 // insert reports it) = the data records the file holds, and the ledger row is written only if the statement
 // still runs in the transaction that began the load. A committed file therefore never lies about its rows.
+// A gap file's ranges of lost offsets go to lost_offsets in the same transaction as its ledger row.
 // The commit is announced with NOTIFY sales_loaded, for the live dashboard.
 
+import type { LostRange } from "../batch.ts";
 import { copyIn, isDataError, type Database, type TransactionSql } from "../db.ts";
 import { copyLine, identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
 
@@ -55,6 +57,8 @@ export interface FileResult {
   readonly resolved: number;
   /** what went to rejected_rows, for the rejects file people read */
   readonly rejections: readonly RejectedRow[];
+  /** ranges of lost offsets recorded in lost_offsets (a gap file) */
+  readonly lost: readonly LostRange[];
 }
 
 /** Thrown when a file's counts do not add up before commit; nothing of the transaction is kept. */
@@ -321,6 +325,22 @@ function offsetOf(row: RejectedRow): bigint {
   return row.kafka_offset === null ? -1n : BigInt(row.kafka_offset);
 }
 
+/**
+ * Records a gap file's ranges in lost_offsets. A range found again from the same first offset (a consumer
+ * that stopped before committing past it, while retention moved on) is the same row, widened.
+ */
+async function recordLost(tx: TransactionSql, ranges: readonly LostRange[], gapFile: string): Promise<void> {
+  for (const r of ranges) {
+    await tx`
+      insert into lost_offsets (consumer_group, kafka_topic, kafka_partition, first_offset, last_offset, kind, reason, gap_file)
+      values (${r.group}, ${r.topic}, ${r.partition}, ${r.first.toString()}, ${r.last === null ? null : r.last.toString()}, ${r.kind}, ${r.reason}, ${gapFile})
+      on conflict (consumer_group, kafka_topic, kafka_partition, first_offset) do update set
+        last_offset = greatest(lost_offsets.last_offset, excluded.last_offset), kind = excluded.kind, reason = excluded.reason,
+        gap_file = excluded.gap_file, recorded_at = now()
+    `;
+  }
+}
+
 /** Is any rejection still open for the source files of `rows`? Most loads have none, and skip resolving. */
 async function anyOpenRejection(tx: TransactionSql, rows: readonly Candidate[]): Promise<boolean> {
   const files = [...new Set(rows.map((c) => String(c.row.source_file)))];
@@ -434,6 +454,7 @@ export async function commitFiles(db: Database, files: readonly PreparedFile[], 
     let openRejections = fresh.length > 0 && (await anyOpenRejection(tx, fresh));
     const results: FileResult[] = [];
     for (const p of plans) {
+      if (p.file.lost.length > 0) await recordLost(tx, p.file.lost, p.file.name);
       const written = await recordRejections(tx, p.rejections);
       openRejections ||= p.rejections.some((r) => r.status === "open");
       const duplicates = p.duplicates + (p.rejections.length - written);
@@ -455,6 +476,7 @@ export async function commitFiles(db: Database, files: readonly PreparedFile[], 
         warnings,
         resolved,
         rejections: p.rejections,
+        lost: p.file.lost,
       });
     }
     if (results.length > 0) {
@@ -489,6 +511,7 @@ export async function commitFiles(db: Database, files: readonly PreparedFile[], 
         warnings: 0,
         resolved: 0,
         rejections: [],
+        lost: [],
       }));
     return [...results, ...skipped];
   });
