@@ -14,24 +14,30 @@
 // real time), and on shutdown. SIGINT/SIGTERM: write what is buffered, commit, disconnect, exit 0.
 // The batching itself (which rows form which file) is scripts/lib/batcher.ts.
 //
+// Every offset is accounted for (scripts/lib/offsets.ts): offsets Kafka no longer has when the group reaches
+// them (retention, deleteRecords, a truncated log, the topic deleted and re-created under the same name) are
+// written as a gap file into the batch folder, which the loader records in lost_offsets; then the consumer
+// stops with exit code 1 naming topic, partition and offsets, or with --allow-gaps goes on.
+//
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
 // (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
-// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --help.
+// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --allow-gaps, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
 
 import { mkdir } from "node:fs/promises";
-import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
-import { batchFileName, syncFolder, writeFileDurably } from "./lib/batch.ts";
+import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { batchFileName, gapFile, syncFolder, writeFileDurably, type LostRange } from "./lib/batch.ts";
 import { Batcher, batchLayout, messageToRow, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
-import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS } from "./lib/kafka_errors.ts";
+import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS, whileKafkaUnavailable } from "./lib/kafka_errors.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
+import { deletedRange, OffsetAccount, parseCommitted, recreatedRange, type Arrival, type Committed } from "./lib/offsets.ts";
 import { backoffDelay } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
@@ -49,6 +55,10 @@ const command = {
     quiet: { type: "string", arg: "SECONDS", help: "close a partial batch after this long without messages (default 5)" },
     "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long" },
     "from-beginning": { type: "boolean", help: "replay: move the group back to the start of the topic first" },
+    "allow-gaps": {
+      type: "boolean",
+      help: "record offsets Kafka no longer has (retention, a re-created topic) and go on; without it: record them and stop",
+    },
   },
   env: [
     "KAFKA_BROKERS",
@@ -67,6 +77,7 @@ const command = {
     "  bun scripts/consumer_batch_to_csv.ts                    # run until Ctrl-C",
     "  bun scripts/consumer_batch_to_csv.ts --until-idle 5     # exit when the topic is drained",
     "  bun scripts/consumer_batch_to_csv.ts --from-beginning --group replay-1",
+    "  bun scripts/consumer_batch_to_csv.ts --allow-gaps       # after it stopped at a gap: record it and go on",
   ].join("\n"),
 } as const;
 
@@ -77,8 +88,16 @@ class BatchWriteError extends Error {
   override name = "BatchWriteError";
 }
 
-/** Creates the topic if needed (the consumer may start before the producer) and, for a replay, rewinds the group. */
-async function prepareTopic(kafka: Kafka, config: Config, topic: string, groupId: string, fromBeginning: boolean, log: Logger) {
+/** Thrown when offsets could not be read and --allow-gaps was not given: the run stops without committing past them. */
+export class OffsetGapError extends Error {
+  override name = "OffsetGapError";
+}
+
+/**
+ * Creates the topic if needed (the consumer may start before the producer) and, for a replay, rewinds the
+ * group. Returns the admin client, connected: the run asks it for committed offsets and where logs start and end.
+ */
+async function prepareTopic(kafka: Kafka, config: Config, topic: string, groupId: string, fromBeginning: boolean, log: Logger): Promise<Admin> {
   const admin = await connectAdmin(kafka, config);
   try {
     if (await ensureTopic(admin, topic, config.kafkaPartitions)) log.info(`created topic ${topic}`);
@@ -87,13 +106,24 @@ async function prepareTopic(kafka: Kafka, config: Config, topic: string, groupId
       await admin.resetOffsets({ groupId, topic, earliest: true });
       log.info(`group ${groupId} moved to the start of ${topic}`);
     }
-  } finally {
+    return admin;
+  } catch (error) {
     await admin.disconnect();
+    throw error;
   }
 }
 
 /** Offsets are committed once per fetched batch of messages, or after this many files, whichever comes first. */
 export const COMMIT_EVERY_FILES = 100;
+
+type Offsets = { topic: string; partition: number; offset: string }[];
+
+interface WriterHooks {
+  /** before offsets are committed: may write files, and drops the partitions it returns from the commit */
+  beforeCommit(partitions: number[]): Promise<number[]>;
+  /** after the group took the commit */
+  committed(offsets: Offsets): void;
+}
 
 /**
  * Writes batch files and commits their offsets, in that order; counts what it wrote. Files are written one by
@@ -104,12 +134,21 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
   const crash = (point: (typeof CRASH_POINTS)[number]) => {
     if (crashAt === point) process.kill(process.pid, "SIGKILL");
   };
-  const counts = { files: 0, rows: 0 };
+  const counts = { files: 0, rows: 0, gaps: 0 };
   /** partition -> the next offset to read once the files written so far are committed */
   const uncommitted = new Map<number, bigint>();
   let files: string[] = [];
+  let hooks: WriterHooks | undefined;
   const commit = async () => {
     if (files.length === 0) return;
+    try {
+      for (const partition of await (hooks?.beforeCommit([...uncommitted.keys()]) ?? [])) uncommitted.delete(partition);
+    } catch (error) {
+      if (!isKafkaUnavailable(error)) throw error;
+      // Not checked, not committed: the files' offsets are committed with the next files once Kafka answers.
+      log.warn(`Kafka unavailable (${(error as Error).message}); the offsets of ${files.length} files are committed later`);
+      return;
+    }
     const offsets = [...uncommitted].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
     const names = files;
     uncommitted.clear();
@@ -126,7 +165,8 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     // committed: the records are read and written again, and the loader's ledger and row
     // identity make that harmless. commitOffsets takes the next offset to read, hence last + 1.
     try {
-      await consumer.commitOffsets(offsets);
+      if (offsets.length > 0) await consumer.commitOffsets(offsets);
+      hooks?.committed(offsets);
     } catch (error) {
       // A rebalance took the partition away: the new owner reads these records again from the last commit.
       log.warn(
@@ -135,7 +175,7 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
       );
     }
   };
-  const write = async (batch: Batch) => {
+  const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
     const laid = batchLayout(batch.rows);
     const content = writeCsv(laid.rows, laid.columns);
     const name = batchFileName(topic, batch.partition, batch.first, batch.last, content);
@@ -154,10 +194,31 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
     uncommitted.set(batch.partition, batch.last + 1n);
     files.push(name);
-    if (files.length >= COMMIT_EVERY_FILES) await commit();
+    if (options.commit && files.length >= COMMIT_EVERY_FILES) await commit();
   };
-  return { write, commit, counts };
+  /** A gap file, durable (folder synced) before anything past the gap can be committed. Returns its name. */
+  const writeGap = async (range: LostRange): Promise<string> => {
+    const { name, content } = gapFile(range);
+    try {
+      await writeFileDurably(dir, name, content);
+    } catch (error) {
+      throw new BatchWriteError(`cannot write ${dir}/${name} (${(error as Error).message}): ${range.reason}`);
+    }
+    counts.gaps++;
+    return name;
+  };
+  return {
+    write,
+    writeGap,
+    commit,
+    counts,
+    /** The partition's written offsets are not to be committed (its log was replaced). */
+    forget: (partition: number) => void uncommitted.delete(partition),
+    setHooks: (h: WriterHooks) => void (hooks = h),
+  };
 }
+
+type BatchWriter = ReturnType<typeof createBatchWriter>;
 
 /** Runs async sections one at a time (eachBatch, the quiet-period timer and shutdown share the batcher). */
 function createLock() {
@@ -206,8 +267,158 @@ function superviseConsumer(consumer: Consumer, start: () => Promise<void>, batch
   });
 }
 
+interface GuardOptions {
+  readonly consumer: Consumer;
+  readonly admin: Admin;
+  readonly topic: string;
+  readonly groupId: string;
+  readonly dir: string;
+  readonly allowGaps: boolean;
+  readonly batcher: Batcher;
+  readonly writer: BatchWriter;
+  readonly log: Logger;
+  readonly shutdown: Shutdown;
+  readonly stopWith: (error: Error) => void;
+}
+
+/** The group's committed offsets and every partition's log start and end, from the broker. */
+async function topicState(admin: Admin, groupId: string, topic: string) {
+  const [committed, logs] = await Promise.all([admin.fetchOffsets({ groupId, topics: [topic] }), admin.fetchTopicOffsets(topic)]);
+  const byPartition = new Map((committed[0]?.partitions ?? []).map((p) => [p.partition, parseCommitted(p.offset)]));
+  return {
+    committed: (partition: number): Committed => byPartition.get(partition) ?? "none",
+    logs: new Map(logs.map((p) => [p.partition, { low: BigInt(p.low), high: BigInt(p.high) }])),
+  };
+}
+
+/** What the offset checks share: the options, the account, and recording a lost range. */
+interface Gaps {
+  readonly o: GuardOptions;
+  readonly account: OffsetAccount;
+  /** Writes the gap file for `range`; returns the error to stop with, or undefined with --allow-gaps. */
+  record(range: LostRange): Promise<OffsetGapError | undefined>;
+}
+
+/**
+ * Writes what the partition has buffered (read before the gap), then the gap file. Returns the error to stop
+ * with, or undefined with --allow-gaps. Offsets written from a log that was replaced are never committed.
+ */
+async function recordGap(o: GuardOptions, range: LostRange): Promise<OffsetGapError | undefined> {
+  const buffered = o.batcher.take(range.partition);
+  if (buffered) await o.writer.write(buffered, { commit: false });
+  if (range.kind === "recreated") o.writer.forget(range.partition);
+  const name = await o.writer.writeGap(range);
+  if (o.allowGaps) {
+    o.log.warn(`${range.reason}; recorded in ${o.dir}/${name}, going on (--allow-gaps)`);
+    return undefined;
+  }
+  return new OffsetGapError(
+    `${range.reason}. Recorded in ${o.dir}/${name} for the loader; no offset past it is committed. ` +
+      "To go on without these records, run again with --allow-gaps",
+  );
+}
+
+/**
+ * Partitions assigned (and paused until this is done): each committed offset against where its log starts, and
+ * against the one this process knew. False when the run is to stop.
+ */
+async function checkAssignment({ o, account, record }: Gaps, partitions: readonly number[]): Promise<boolean> {
+  if (partitions.length === 0) return true;
+  const { consumer, topic } = o;
+  const state = await whileKafkaUnavailable("reading committed offsets", () => topicState(o.admin, o.groupId, topic), o.log, o.shutdown.signal);
+  for (const partition of partitions) {
+    const groupSays = state.committed(partition);
+    const range = account.assign(partition, groupSays, state.logs.get(partition) ?? { low: 0n, high: 0n });
+    if (range === undefined) continue;
+    const stop = await record(range);
+    if (stop) {
+      // kafkajs had reset the partition (and committed its marker): put the group back where it was, so the
+      // next run stops at this gap too.
+      if (groupSays === "reset" && range.kind === "deleted") await consumer.commitOffsets([{ topic, partition, offset: range.first.toString() }]);
+      o.stopWith(stop);
+      return false;
+    }
+    // Read on from the log's start (a deleted range), or let kafkajs start the new log from its beginning.
+    if (range.kind === "deleted") consumer.seek({ topic, partition, offset: String(range.last! + 1n) });
+  }
+  return true;
+}
+
+/**
+ * A record arrived at another offset than expected; false when intake must stop. Ahead at the start of a
+ * fetch: deleted records if the log now starts past the expected offset (else control records or compacted
+ * ones: nothing lost). Inside a fetch the broker sent everything in between: nothing lost. Behind: the log
+ * was replaced (kafkajs found the position out of range and started the new log from its beginning).
+ */
+async function checkArrival({ o, account, record }: Gaps, partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean): Promise<boolean> {
+  const { topic, groupId } = o;
+  if (arrival.kind === "expected" || (arrival.kind === "ahead" && !firstOfFetch)) return true;
+  if (arrival.kind === "behind") {
+    const range = recreatedRange(topic, groupId, partition, arrival.expected, account.end(partition), `offset ${offset} arrived where ${arrival.expected} was expected`);
+    account.restartAt(partition, offset);
+    const stop = await record(range);
+    if (stop) o.stopWith(stop);
+    return stop === undefined;
+  }
+  const { logs } = await whileKafkaUnavailable("reading where the log starts", () => topicState(o.admin, groupId, topic), o.log, o.shutdown.signal);
+  const start = logs.get(partition)?.low ?? 0n;
+  if (start <= arrival.expected) return true;
+  const stop = await record(deletedRange(topic, groupId, partition, arrival.expected, start < offset ? start : offset));
+  if (stop === undefined) return true;
+  // kafkajs committed the earliest offset when it reset the partition: put the group back where it was, so
+  // the next run stops at this gap too, until it is run with --allow-gaps.
+  await o.consumer.commitOffsets([{ topic, partition, offset: arrival.expected.toString() }]);
+  o.stopWith(stop);
+  return false;
+}
+
+/**
+ * Before a commit: a partition whose committed offset vanished from the group (Kafka deletes it with the topic)
+ * is being read at the old position in a re-created topic. It is not committed; with --allow-gaps it is read
+ * again from the new log's start. Returns the partitions to leave out of the commit.
+ */
+async function checkBeforeCommit({ o, account, record }: Gaps, partitions: number[]): Promise<number[]> {
+  const state = await topicState(o.admin, o.groupId, o.topic);
+  const vanished: number[] = [];
+  for (const partition of partitions) {
+    const range = account.checkCommitted(partition, state.committed(partition));
+    if (range === undefined) continue;
+    vanished.push(partition);
+    const stop = await record(range);
+    if (stop) {
+      o.stopWith(stop);
+      continue;
+    }
+    const start = state.logs.get(partition)?.low ?? 0n;
+    o.consumer.seek({ topic: o.topic, partition, offset: start.toString() });
+    account.restartAt(partition, start);
+  }
+  return vanished;
+}
+
+/**
+ * Offset accounting in the consuming loop (lib/offsets.ts decides, the checks above do the I/O): at an
+ * assignment, at each record that arrives elsewhere than expected, and before each commit. A lost range is
+ * written as a gap file after the partition's buffered rows; then the run stops (no offset past it is
+ * committed), or with --allow-gaps goes on.
+ */
+function createGapGuard(o: GuardOptions) {
+  const account = new OffsetAccount(o.topic, o.groupId);
+  const gaps: Gaps = { o, account, record: (range) => recordGap(o, range) };
+  o.writer.setHooks({
+    beforeCommit: (partitions) => checkBeforeCommit(gaps, partitions),
+    committed: (offsets) => offsets.forEach(({ partition, offset }) => account.committedAt(partition, BigInt(offset))),
+  });
+  return {
+    account,
+    assign: (partitions: readonly number[]) => checkAssignment(gaps, partitions),
+    unexpected: (partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean) => checkArrival(gaps, partition, offset, arrival, firstOfFetch),
+  };
+}
+
 interface RunOptions {
   readonly consumer: Consumer;
+  readonly admin: Admin;
   readonly topic: string;
   readonly groupId: string;
   readonly dir: string;
@@ -215,6 +426,7 @@ interface RunOptions {
   readonly quietMs: number;
   /** --until-idle: stop once nothing has arrived for this long */
   readonly idleMs: number | undefined;
+  readonly allowGaps: boolean;
   readonly crashAt: string | undefined;
   readonly log: Logger;
   readonly shutdown: Shutdown;
@@ -222,8 +434,8 @@ interface RunOptions {
 
 /**
  * The consuming loop: each fetched batch of messages goes into the batcher, full batches are written (and
- * committed) at once, partial ones after the quiet period and at shutdown. Intake stops on a stop request or
- * a failed write, so nothing after an unwritten batch is ever committed.
+ * committed) at once, partial ones after the quiet period and at shutdown. Intake stops on a stop request, a
+ * failed write or an offset gap without --allow-gaps, so nothing after an unwritten batch is ever committed.
  */
 function createBatchingRun(o: RunOptions) {
   const { consumer, log, shutdown } = o;
@@ -237,69 +449,46 @@ function createBatchingRun(o: RunOptions) {
     failure ??= error;
     shutdown.request(error.message);
   };
+  const guard = createGapGuard({ ...o, batcher, writer, stopWith });
+  const { account } = guard;
   const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
   const commit = () => writer.commit().catch((error: Error) => stopWith(error));
 
   const eachBatch = async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
     locked(async () => {
-      for (const message of batch.messages) {
+      for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
+        const offset = BigInt(message.offset);
+        const arrival = account.arrive(batch.partition, offset);
+        if (arrival.kind !== "expected" && !(await guard.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (stopWith(e), false)))) break;
+        account.took(batch.partition, offset);
         const row = messageToRow(message, batch.topic, batch.partition);
         if (row._error !== null) activity.unreadable++;
         activity.received++;
         activity.last = performance.now();
-        const full = batcher.add(batch.partition, BigInt(message.offset), row, activity.last);
+        const full = batcher.add(batch.partition, offset, row, activity.last);
         // resolveOffset moves kafkajs' fetch position past this record. With autoCommit off it commits
         // nothing: the commit happens in the writer, after the file is on disk.
         resolveOffset(message.offset);
         if (full) await write(full);
         if (activity.received % 200 === 0) await heartbeat();
       }
+      // After the records: a fetch from a replaced log says where the new log ends, not the old one.
+      account.sawEnd(batch.partition, BigInt(batch.highWatermark));
       if (!failure) await commit();
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
       progress.update(activity.received);
     });
   const runOptions = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
 
-  consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
-    // A new assignment restarts every partition at its committed offset: buffered, uncommitted records
-    // arrive again, so they are dropped here.
-    batcher.clear();
-    activity.joined = true;
-    activity.last = performance.now();
-    log.info(`joined group ${o.groupId}: ${o.topic} partitions [${(payload.memberAssignment[o.topic] ?? []).join(", ")}]`);
-  });
-  // "Idle" means fetches succeed and bring nothing, not that the broker is unreachable.
-  consumer.on(consumer.events.FETCH, () => (activity.lastFetch = performance.now()));
+  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed: () => failure !== undefined });
   const restart = async () => {
     await consumer.connect();
     await consumer.run(runOptions);
   };
   superviseConsumer(consumer, restart, batcher, shutdown, log, stopWith);
-
-  const timer = setInterval(() => {
-    const now = performance.now();
-    if (!shutdown.requested) {
-      void locked(async () => {
-        for (const batch of batcher.due(now)) if (!failure) await write(batch);
-        if (!failure) await commit();
-      });
-    }
-    const fetching = now - activity.lastFetch < 3000;
-    // Partial batches need not wait for their quiet period: the shutdown below writes them.
-    if (o.idleMs !== undefined && activity.joined && fetching && now - activity.last >= o.idleMs) {
-      shutdown.request(`nothing new for ${o.idleMs / 1000}s (--until-idle)`);
-    }
-  }, 200);
-  shutdown.onStop("stop the quiet-period timer", () => clearInterval(timer));
-  shutdown.onStop("write partial batches and commit", () =>
-    locked(async () => {
-      for (const batch of batcher.drain()) if (!failure) await write(batch);
-      if (!failure) await commit();
-    }),
-  );
-  shutdown.onStop("disconnect consumer", () => consumer.disconnect());
+  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed: () => failure !== undefined });
 
   return {
     async start() {
@@ -313,9 +502,84 @@ function createBatchingRun(o: RunOptions) {
     fail: (error: Error) => void (failure ??= error),
     summary: (ms: number) =>
       `done: received=${activity.received} files=${writer.counts.files} rows_written=${writer.counts.rows} ` +
-      `unreadable=${activity.unreadable} in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`,
+      `unreadable=${activity.unreadable} gaps=${writer.counts.gaps} ` +
+      `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`,
     stopProgress: () => progress.done(),
   };
+}
+
+type Activity = { received: number; unreadable: number; joined: boolean; last: number; lastFetch: number };
+type Locked = ReturnType<typeof createLock>;
+
+/**
+ * The group's events: an assignment pauses the partitions until their committed offsets are checked against
+ * their logs (before kafkajs fetches, and resets an offset the log no longer has); fetches mark the consumer
+ * live; a fetch that held only control records moves the position past them.
+ */
+function watchGroup(
+  o: RunOptions,
+  s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; assign: (p: readonly number[]) => Promise<boolean>; stopWith: (e: Error) => void; failed: () => boolean },
+) {
+  const { consumer, topic, log } = o;
+  consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+    // A new assignment restarts every partition at its committed offset: buffered, uncommitted records
+    // arrive again, so they are dropped here.
+    s.batcher.clear();
+    s.activity.joined = true;
+    s.activity.last = performance.now();
+    const partitions = payload.memberAssignment[topic] ?? [];
+    log.info(`joined group ${o.groupId}: ${topic} partitions [${partitions.join(", ")}]`);
+    // Synchronous, in kafkajs' own emit: no fetch of these partitions happens before the check below.
+    if (partitions.length > 0) consumer.pause([{ topic, partitions }]);
+    void s
+      .locked(() => s.assign(partitions))
+      .then((goOn) => {
+        if (goOn && !s.failed() && !o.shutdown.requested) consumer.resume([{ topic, partitions }]);
+      })
+      .catch((error: Error) => s.stopWith(error));
+  });
+  // "Idle" means fetches succeed and bring nothing, not that the broker is unreachable.
+  consumer.on(consumer.events.FETCH, () => (s.activity.lastFetch = performance.now()));
+  consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+    if (payload.topic !== topic || payload.batchSize > 0) return;
+    const next = BigInt(payload.lastOffset) + 1n;
+    const position = s.account.position(payload.partition);
+    if (position !== undefined && next > position) s.account.took(payload.partition, next - 1n);
+  });
+}
+
+/**
+ * Every 200 ms: partial batches whose quiet period is over are written and committed; with --until-idle, the
+ * run stops once nothing has arrived for that long.
+ */
+function scheduleQuietWork(
+  o: RunOptions,
+  s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; write: (b: Batch) => Promise<void>; commit: () => Promise<void>; failed: () => boolean },
+) {
+  const { shutdown } = o;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (!shutdown.requested) {
+      void s.locked(async () => {
+        for (const batch of s.batcher.due(now)) if (!s.failed()) await s.write(batch);
+        if (!s.failed()) await s.commit();
+      });
+    }
+    const fetching = now - s.activity.lastFetch < 3000;
+    // Partial batches need not wait for their quiet period: the shutdown below writes them.
+    if (o.idleMs !== undefined && s.activity.joined && fetching && now - s.activity.last >= o.idleMs) {
+      shutdown.request(`nothing new for ${o.idleMs / 1000}s (--until-idle)`);
+    }
+  }, 200);
+  shutdown.onStop("stop the quiet-period timer", () => clearInterval(timer));
+  shutdown.onStop("write partial batches and commit", () =>
+    s.locked(async () => {
+      for (const batch of s.batcher.drain()) if (!s.failed()) await s.write(batch);
+      if (!s.failed()) await s.commit();
+    }),
+  );
+  shutdown.onStop("disconnect consumer", () => o.consumer.disconnect());
+  shutdown.onStop("disconnect the admin client", () => o.admin.disconnect());
 }
 
 async function main(): Promise<void> {
@@ -332,12 +596,13 @@ async function main(): Promise<void> {
   await mkdir(dir, { recursive: true });
 
   const kafka = createKafka(config, log);
-  await prepareTopic(kafka, config, topic, groupId, flags["from-beginning"] === true, log);
+  const admin = await prepareTopic(kafka, config, topic, groupId, flags["from-beginning"] === true, log);
   // A consumer that died (kill -9, power cut) holds its partitions until its session times out; 10 s instead
   // of kafkajs' 30 s lets the restarted one take over sooner. Writing a batch takes milliseconds.
   const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 1000, allowAutoTopicCreation: false, sessionTimeout: 10_000, heartbeatInterval: 3_000 });
   const shutdown = createShutdown(log);
-  const run = createBatchingRun({ consumer, topic, groupId, dir, batchSize, quietMs, idleMs, crashAt: config.crashAt, log, shutdown });
+  const allowGaps = flags["allow-gaps"] === true;
+  const run = createBatchingRun({ consumer, admin, topic, groupId, dir, batchSize, quietMs, idleMs, allowGaps, crashAt: config.crashAt, log, shutdown });
 
   const started = performance.now();
   try {

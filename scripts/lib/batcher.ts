@@ -259,7 +259,8 @@ export class Batcher {
     return this.buffers.size === 0;
   }
 
-  private take(partition: number): Batch | undefined {
+  /** The partition's buffered rows as a batch now, whatever their number (before a gap in its offsets). */
+  take(partition: number): Batch | undefined {
     const buffer = this.buffers.get(partition);
     if (!buffer) return undefined;
     this.buffers.delete(partition);
