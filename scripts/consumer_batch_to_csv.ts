@@ -17,7 +17,8 @@
 // Every offset is accounted for (scripts/lib/offsets.ts): offsets Kafka no longer has when the group reaches
 // them (retention, deleteRecords, a truncated log, the topic deleted and re-created under the same name) are
 // written as a gap file into the batch folder, which the loader records in lost_offsets; then the consumer
-// stops with exit code 1 naming topic, partition and offsets, or with --allow-gaps goes on.
+// stops with exit code 1 naming topic, partition and offsets, or with --allow-gaps goes on. --until-idle
+// exits only once every partition of the topic is read to its end, also partitions added meanwhile.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
 // (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
@@ -53,7 +54,7 @@ const command = {
     "batch-size": { type: "string", short: "b", arg: "N", help: "records per file (default $BATCH_SIZE = 100)" },
     dir: { type: "string", short: "d", arg: "DIR", help: "output folder (default $BATCHES_DIR = batches)" },
     quiet: { type: "string", arg: "SECONDS", help: "close a partial batch after this long without messages (default 5)" },
-    "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long" },
+    "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long and every partition is read to its end" },
     "from-beginning": { type: "boolean", help: "replay: move the group back to the start of the topic first" },
     "allow-gaps": {
       type: "boolean",
@@ -416,6 +417,24 @@ function createGapGuard(o: GuardOptions) {
   };
 }
 
+/**
+ * --until-idle: the topic is drained when every partition, assigned to this consumer or not (also one added
+ * since the group last rebalanced), is read to its end: by this consumer's position or the group's commit.
+ * Returns the partitions still behind, with how many records each.
+ */
+async function partitionsBehind(admin: Admin, groupId: string, topic: string, account: OffsetAccount): Promise<string[]> {
+  const state = await topicState(admin, groupId, topic);
+  const behind: string[] = [];
+  for (const [partition, { low, high }] of state.logs) {
+    const committed = state.committed(partition);
+    let at = typeof committed === "bigint" && committed > low ? committed : low;
+    const position = account.position(partition);
+    if (position !== undefined && position > at) at = position;
+    if (high > at) behind.push(`p${partition} (${high - at})`);
+  }
+  return behind;
+}
+
 interface RunOptions {
   readonly consumer: Consumer;
   readonly admin: Admin;
@@ -424,7 +443,7 @@ interface RunOptions {
   readonly dir: string;
   readonly batchSize: number;
   readonly quietMs: number;
-  /** --until-idle: stop once nothing has arrived for this long */
+  /** --until-idle: stop once nothing has arrived for this long and every partition is read to its end */
   readonly idleMs: number | undefined;
   readonly allowGaps: boolean;
   readonly crashAt: string | undefined;
@@ -443,7 +462,7 @@ function createBatchingRun(o: RunOptions) {
   const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
   const locked = createLock();
   const progress = createProgress(log, "received", undefined, 1000);
-  const activity = { received: 0, unreadable: 0, joined: false, last: performance.now(), lastFetch: 0 };
+  const activity = { received: 0, unreadable: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
   let failure: Error | undefined;
   const stopWith = (error: Error) => {
     failure ??= error;
@@ -502,13 +521,13 @@ function createBatchingRun(o: RunOptions) {
     fail: (error: Error) => void (failure ??= error),
     summary: (ms: number) =>
       `done: received=${activity.received} files=${writer.counts.files} rows_written=${writer.counts.rows} ` +
-      `unreadable=${activity.unreadable} gaps=${writer.counts.gaps} ` +
+      `unreadable=${activity.unreadable} gaps=${writer.counts.gaps}${activity.drained ? " every_partition_read=yes" : ""} ` +
       `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`,
     stopProgress: () => progress.done(),
   };
 }
 
-type Activity = { received: number; unreadable: number; joined: boolean; last: number; lastFetch: number };
+type Activity = { received: number; unreadable: number; joined: boolean; last: number; lastFetch: number; drained: boolean };
 type Locked = ReturnType<typeof createLock>;
 
 /**
@@ -549,14 +568,36 @@ function watchGroup(
 }
 
 /**
- * Every 200 ms: partial batches whose quiet period is over are written and committed; with --until-idle, the
- * run stops once nothing has arrived for that long.
+ * Every 200 ms: partial batches whose quiet period is over are written and committed; with --until-idle, once
+ * nothing has arrived for that long, the topic is checked (at most once a second) and the run stops when every
+ * partition is read to its end.
  */
 function scheduleQuietWork(
   o: RunOptions,
   s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; write: (b: Batch) => Promise<void>; commit: () => Promise<void>; failed: () => boolean },
 ) {
-  const { shutdown } = o;
+  const { shutdown, log } = o;
+  let checking = false;
+  let lastCheck = 0;
+  let reported = "";
+  const checkDrained = async () => {
+    checking = true;
+    lastCheck = performance.now();
+    try {
+      const behind = await partitionsBehind(o.admin, o.groupId, o.topic, s.account);
+      if (behind.length === 0) {
+        s.activity.drained = true;
+        shutdown.request(`nothing new for ${o.idleMs! / 1000}s and every partition read to its end (--until-idle)`);
+      } else if (behind.join() !== reported) {
+        reported = behind.join();
+        log.info(`quiet for ${o.idleMs! / 1000}s, but records are not read yet in ${behind.join(", ")}; going on`);
+      }
+    } catch (error) {
+      log.debug(`could not check the topic's ends (${(error as Error).message}); checking again`);
+    } finally {
+      checking = false;
+    }
+  };
   const timer = setInterval(() => {
     const now = performance.now();
     if (!shutdown.requested) {
@@ -567,8 +608,8 @@ function scheduleQuietWork(
     }
     const fetching = now - s.activity.lastFetch < 3000;
     // Partial batches need not wait for their quiet period: the shutdown below writes them.
-    if (o.idleMs !== undefined && s.activity.joined && fetching && now - s.activity.last >= o.idleMs) {
-      shutdown.request(`nothing new for ${o.idleMs / 1000}s (--until-idle)`);
+    if (o.idleMs !== undefined && s.activity.joined && fetching && now - s.activity.last >= o.idleMs && !checking && now - lastCheck >= 1000) {
+      void checkDrained();
     }
   }, 200);
   shutdown.onStop("stop the quiet-period timer", () => clearInterval(timer));

@@ -1,8 +1,9 @@
 // The kafkajs client as every script builds it: brokers, client id, TLS and SASL from config, kafkajs' own
-// logs routed through our logger at WARN, and a helper that creates the topic when it is missing. What a
-// failure means (a broker away, or a refusal only a setting fixes) is lib/kafka_errors.ts.
+// logs routed through our logger at WARN (with the topic and partition a line is about), producers and
+// consumers that see partitions added to a topic within seconds, and a helper that creates the topic when it
+// is missing. What a failure means (a broker away, or a refusal only a setting fixes) is lib/kafka_errors.ts.
 
-import type { Admin, Kafka, KafkaConfig, LogEntry, logCreator, PartitionerArgs, SASLOptions } from "kafkajs";
+import type { Admin, ConsumerConfig, Kafka, KafkaConfig, LogEntry, logCreator, PartitionerArgs, ProducerConfig, SASLOptions } from "kafkajs";
 import type { Config } from "./config.ts";
 import { loadKafkajs } from "./kafkajs_fixes.ts";
 import type { Logger } from "./log.ts";
@@ -54,8 +55,10 @@ export const keyPartitioner =
 function kafkaLogs(log: Logger): logCreator {
   return () =>
     ({ level, namespace, log: entry }: LogEntry) => {
-      const { message, error } = entry;
-      const text = `kafkajs ${namespace}: ${message}${error ? ` (${error})` : ""}`;
+      const { message, error, topic, partition } = entry;
+      // "Offset out of range, resetting to default offset" says which partition only in these fields.
+      const about = topic === undefined ? "" : ` [topic ${topic}${partition === undefined ? "" : ` partition ${partition}`}]`;
+      const text = `kafkajs ${namespace}: ${message}${about}${error ? ` (${error})` : ""}`;
       // kafkajs logs every error response at ERROR, also the retriable ones it then retries ("coordinator
       // is loading" while a broker starts). A failure that survives the retries reaches us as an exception.
       if (namespace === "Connection" && message.startsWith("Response ")) log.debug(text);
@@ -90,8 +93,26 @@ export function kafkaSecurity(config: Config): Pick<KafkaConfig, "ssl" | "sasl">
   return options;
 }
 
+/**
+ * How old a producer's or consumer's picture of the cluster may get before kafkajs asks again (its default is 5
+ * minutes). Partitions added to a topic are seen within this: the consumer group then rebalances and reads
+ * them, and the producer spreads keys over them.
+ */
+export const METADATA_MAX_AGE_MS = 5_000;
+
+/** kafkajs' client, with METADATA_MAX_AGE_MS as every producer's and consumer's default. */
+class PipelineKafka extends KafkaClient {
+  override producer(options: ProducerConfig = {}) {
+    return super.producer({ metadataMaxAge: METADATA_MAX_AGE_MS, ...options });
+  }
+
+  override consumer(options: ConsumerConfig) {
+    return super.consumer({ metadataMaxAge: METADATA_MAX_AGE_MS, ...options });
+  }
+}
+
 export function createKafka(config: Config, log: Logger, options: KafkaOptions = {}): Kafka {
-  return new KafkaClient({
+  return new PipelineKafka({
     clientId: options.clientId ?? config.kafkaClientId,
     brokers: [...config.kafkaBrokers],
     ...kafkaSecurity(config),
