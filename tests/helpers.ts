@@ -588,7 +588,8 @@ export async function partitionLeaders(broker: string, topics: string[]): Promis
 
 // --- Kafka facts for assertions.
 
-async function withAdmin<T>(brokers: string, fn: (admin: import("kafkajs").Admin) => Promise<T>): Promise<T> {
+/** Runs `fn` with an admin client of `brokers`, connected for the call. */
+export async function withAdmin<T>(brokers: string, fn: (admin: import("kafkajs").Admin) => Promise<T>): Promise<T> {
   const admin = createKafka(readConfig({ KAFKA_BROKERS: brokers }), quiet).admin();
   await admin.connect();
   try {
