@@ -12,9 +12,11 @@
 // Before commit, each file's count is checked: inserted (as COPY reports it) + duplicates + rejected (as the
 // insert reports it) = the data records the file holds, and the ledger row is written only if the statement
 // still runs in the transaction that began the load. A committed file therefore never lies about its rows.
-// The commit is announced with NOTIFY sales_loaded, for the live dashboard.
+// The commit is announced with NOTIFY sales_loaded, for the live dashboard. Loaders take turns through the row of
+// loader_lock (lock.ts).
 
 import { copyIn, isDataError, type Database, type TransactionSql } from "../db.ts";
+import { LOCK_WAIT_MS, LoaderLockTimeout, loaderLockError, takeLoaderLock } from "./lock.ts";
 import { copyLine, identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
 
 /** The channel the loader announces commits on (LISTEN sales_loaded). */
@@ -356,6 +358,8 @@ export interface CommitOptions {
    * rejection with the server's reason, and the rest of the file loads. Used after a COPY failed on data.
    */
   readonly isolate?: boolean;
+  /** how long to wait for the loader lock before giving up with LoaderLockError (default LOCK_WAIT_MS) */
+  readonly lockWaitMs?: number;
 }
 
 /** The rejection of a row that cleaned but that PostgreSQL refused, with the server's reason. */
@@ -389,107 +393,125 @@ async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
   return kept.length;
 }
 
+/** Files of the group whose content the ledger does not hold yet, each content once. */
+async function newFiles(tx: TransactionSql, files: readonly PreparedFile[]): Promise<PreparedFile[]> {
+  const done = new Set(
+    (await tx<{ sha256: string }[]>`select sha256 from loaded_files where sha256 = any(${files.map((f) => f.hash)}::char(64)[])`).map((r) => r.sha256),
+  );
+  const todo: PreparedFile[] = [];
+  const seen = new Set<string>();
+  for (const file of files) {
+    if (!done.has(file.hash) && !seen.has(file.hash)) todo.push(file);
+    seen.add(file.hash);
+  }
+  return todo;
+}
+
+/** Inserts the plans' new rows (COPY, or row by row when isolating) and checks the count the server reports. */
+async function insertFresh(tx: TransactionSql, plans: readonly Plan[], options: CommitOptions): Promise<void> {
+  const fresh = plans.flatMap((p) => p.fresh);
+  let inserted = 0;
+  if (options.isolate) {
+    for (const p of plans) inserted += await insertIsolated(tx, p);
+  } else if (fresh.length > 0) {
+    const rows = fresh.map((c) => c.row);
+    // users and products first: orders refers to them. Sent together: one wait for the server, not two.
+    await Promise.all([
+      upsertLatest(tx, "users", "customer_id", USER_COLUMNS, rows),
+      upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, rows),
+    ]);
+    // COPY: the rows are known to be new (checked under the loader lock), and COPY is the fast way in.
+    inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyChunks(fresh));
+  }
+  const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
+  if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
+}
+
+/** Records each plan's rejections and resolutions, checks its counts, and returns its result. */
+async function settlePlans(tx: TransactionSql, plans: readonly Plan[]): Promise<FileResult[]> {
+  const fresh = plans.flatMap((p) => p.fresh);
+  // Open rejections a row of this group may resolve: recorded before, or by an earlier file of the group.
+  let openRejections = fresh.length > 0 && (await anyOpenRejection(tx, fresh));
+  const results: FileResult[] = [];
+  for (const p of plans) {
+    const written = await recordRejections(tx, p.rejections);
+    openRejections ||= p.rejections.some((r) => r.status === "open");
+    const duplicates = p.duplicates + (p.rejections.length - written);
+    const resolved = openRejections ? await resolveRejections(tx, p.fresh, p.file.name) : 0;
+    const warnings = p.fresh.filter((c) => c.row.warnings !== null).length;
+    if (p.fresh.length + written + duplicates !== p.file.records) {
+      throw new LedgerMismatchError(
+        `${p.file.name}: ${p.file.records} records, but ${p.fresh.length} inserted + ${duplicates} duplicates + ` +
+          `${written} rejected; nothing was committed`,
+      );
+    }
+    results.push({
+      name: p.file.name,
+      status: "loaded",
+      records: p.file.records,
+      inserted: p.fresh.length,
+      duplicates,
+      rejected: written,
+      warnings,
+      resolved,
+      rejections: p.rejections,
+    });
+  }
+  return results;
+}
+
+/**
+ * The ledger rows, written only by the transaction that began this load (`xid`): a statement that reached
+ * another session (a driver fault after a lost connection) inserts nothing, and the load fails.
+ */
+async function writeLedger(tx: TransactionSql, plans: readonly Plan[], results: readonly FileResult[], xid: string): Promise<void> {
+  const ledger = await tx`
+    insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings)
+    select * from unnest(${plans.map((p) => p.file.hash)}::char(64)[], ${results.map((r) => r.name)}::text[],
+                         ${results.map((r) => r.records)}::int[], ${results.map((r) => r.inserted)}::int[],
+                         ${results.map((r) => r.duplicates)}::int[], ${results.map((r) => r.rejected)}::int[],
+                         ${results.map((r) => r.warnings)}::int[])
+    where pg_current_xact_id()::text = ${xid}
+    returning 1
+  `;
+  if (ledger.length !== results.length) {
+    throw Object.assign(new Error("the ledger rows reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
+  }
+}
+
+/** The result of a file whose content the ledger already holds. */
+function alreadyLoaded(file: PreparedFile): FileResult {
+  return { name: file.name, status: "already-loaded", records: file.records, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, rejections: [] };
+}
+
+/** One group in one transaction, under the loader lock: look up, plan, insert, record, ledger, announce. */
+async function loadGroup(tx: TransactionSql, files: readonly PreparedFile[], options: CommitOptions): Promise<FileResult[]> {
+  // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
+  const xid = await takeLoaderLock(tx, options.lockWaitMs ?? LOCK_WAIT_MS);
+  const todo = await newFiles(tx, files);
+  const known = await lookUp(tx, todo);
+  const plans = todo.map((file) => plan(file, known));
+  await insertFresh(tx, plans, options);
+  const results = await settlePlans(tx, plans);
+  if (results.length > 0) {
+    await writeLedger(tx, plans, results, xid);
+    const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
+    await tx`select pg_notify(${LOADED_CHANNEL}, ${payload})`;
+  }
+  return [...results, ...files.filter((f) => !todo.includes(f)).map(alreadyLoaded)];
+}
+
 /**
  * Loads `files` in one transaction. Files whose content is already in the ledger are skipped. Throws on any
- * database error (nothing of the group is kept then); the caller decides whether to retry or isolate.
+ * database error (nothing of the group is kept then); the caller decides whether to retry or isolate. When the
+ * loader lock is not free in time, throws LoaderLockError naming the session that holds it.
  */
 export async function commitFiles(db: Database, files: readonly PreparedFile[], options: CommitOptions = {}): Promise<FileResult[]> {
-  return db.transaction(async (tx) => {
-    // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
-    const [{ xid } = { xid: "" }] = await tx<{ xid: string }[]>`
-      select pg_current_xact_id()::text as xid, pg_advisory_xact_lock(hashtext('sales-load'))
-    `;
-    const done = new Set(
-      (await tx<{ sha256: string }[]>`select sha256 from loaded_files where sha256 = any(${files.map((f) => f.hash)}::char(64)[])`).map((r) => r.sha256),
-    );
-    const todo: PreparedFile[] = [];
-    const seen = new Set<string>();
-    for (const file of files) {
-      if (!done.has(file.hash) && !seen.has(file.hash)) todo.push(file);
-      seen.add(file.hash);
-    }
-
-    const known = await lookUp(tx, todo);
-    const plans = todo.map((file) => plan(file, known));
-    const fresh = plans.flatMap((p) => p.fresh);
-    const freshRows = fresh.map((c) => c.row);
-
-    let inserted: number;
-    if (options.isolate) {
-      inserted = 0;
-      for (const p of plans) inserted += await insertIsolated(tx, p);
-    } else if (fresh.length > 0) {
-      // users and products first: orders refers to them. Sent together: one wait for the server, not two.
-      await Promise.all([
-        upsertLatest(tx, "users", "customer_id", USER_COLUMNS, freshRows),
-        upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, freshRows),
-      ]);
-      // COPY: the rows are known to be new (checked above, under the lock), and COPY is the fast way in.
-      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyChunks(fresh));
-    } else inserted = 0;
-    const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
-    if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
-
-    // Open rejections a row of this group may resolve: recorded before, or by an earlier file of the group.
-    let openRejections = fresh.length > 0 && (await anyOpenRejection(tx, fresh));
-    const results: FileResult[] = [];
-    for (const p of plans) {
-      const written = await recordRejections(tx, p.rejections);
-      openRejections ||= p.rejections.some((r) => r.status === "open");
-      const duplicates = p.duplicates + (p.rejections.length - written);
-      const resolved = openRejections ? await resolveRejections(tx, p.fresh, p.file.name) : 0;
-      const warnings = p.fresh.filter((c) => c.row.warnings !== null).length;
-      if (p.fresh.length + written + duplicates !== p.file.records) {
-        throw new LedgerMismatchError(
-          `${p.file.name}: ${p.file.records} records, but ${p.fresh.length} inserted + ${duplicates} duplicates + ` +
-            `${written} rejected; nothing was committed`,
-        );
-      }
-      results.push({
-        name: p.file.name,
-        status: "loaded",
-        records: p.file.records,
-        inserted: p.fresh.length,
-        duplicates,
-        rejected: written,
-        warnings,
-        resolved,
-        rejections: p.rejections,
-      });
-    }
-    if (results.length > 0) {
-      // The ledger rows are written only by the transaction that began this load: a statement that reached
-      // another session (a driver fault after a lost connection) inserts nothing, and the load fails.
-      const ledger = await tx`
-        insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings)
-        select * from unnest(${plans.map((p) => p.file.hash)}::char(64)[], ${results.map((r) => r.name)}::text[],
-                             ${results.map((r) => r.records)}::int[], ${results.map((r) => r.inserted)}::int[],
-                             ${results.map((r) => r.duplicates)}::int[], ${results.map((r) => r.rejected)}::int[],
-                             ${results.map((r) => r.warnings)}::int[])
-        where pg_current_xact_id()::text = ${xid}
-        returning 1
-      `;
-      if (ledger.length !== results.length) {
-        throw Object.assign(new Error("the ledger rows reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
-      }
-    }
-    if (results.length > 0) {
-      const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
-      await tx`select pg_notify(${LOADED_CHANNEL}, ${payload})`;
-    }
-    const skipped = files
-      .filter((f) => !todo.includes(f))
-      .map((f): FileResult => ({
-        name: f.name,
-        status: "already-loaded",
-        records: f.records,
-        inserted: 0,
-        duplicates: 0,
-        rejected: 0,
-        warnings: 0,
-        resolved: 0,
-        rejections: [],
-      }));
-    return [...results, ...skipped];
-  });
+  try {
+    return await db.transaction((tx) => loadGroup(tx, files, options));
+  } catch (error) {
+    // Rolled back by now: the pool's connection is free to ask who holds the lock.
+    if (error instanceof LoaderLockTimeout) throw await loaderLockError(db.sql, options.lockWaitMs ?? LOCK_WAIT_MS);
+    throw error;
+  }
 }
