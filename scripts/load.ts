@@ -30,7 +30,7 @@ import { describeDatabase, isConnectionError, isDataError, isRetryable, openData
 import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
-import { commitFiles, type FileResult } from "./lib/load/transaction.ts";
+import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { retryWhile } from "./lib/retry.ts";
@@ -106,6 +106,24 @@ export class LoadedFiles {
     this.stamps.set(name, stamp);
     return true;
   }
+}
+
+/**
+ * Warnings for rows loaded although another source has the same Row ID and values, one per source of such rows:
+ * they count twice in every total, and the message says how to remove them if the source is a copy.
+ */
+export function describeCrossSource(batchFile: string, rows: readonly SameAs[]): string[] {
+  const bySource = Map.groupBy(rows, (r) => r.source);
+  return [...bySource].map(([source, same]) => {
+    const { rowId, line, first } = same[0]!;
+    const quoted = `'${source.replaceAll("'", "''")}'`;
+    return (
+      `${batchFile}: ${same.length} row${same.length === 1 ? "" : "s"} of ${JSON.stringify(source)} ${same.length === 1 ? "has" : "have"} ` +
+      `the Row ID and every value of rows loaded before from another source (Row ID ${rowId} at line ${line} = line ${first.line} of ` +
+      `${JSON.stringify(first.source)}); they are loaded, and count twice in every total. If ${JSON.stringify(source)} is a copy, ` +
+      `remove them: delete from orders where source_file = ${quoted} and same_as_source is not null`
+    );
+  });
 }
 
 /** Batch files waiting in `dir`, oldest name first, with their sizes; dot files (being written) are not ready. */
@@ -198,6 +216,7 @@ interface Totals {
   rejected: number;
   warnings: number;
   resolved: number;
+  crossSource: number;
 }
 
 interface LoaderOptions {
@@ -213,7 +232,7 @@ interface LoaderOptions {
 
 /** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
 function createLoader({ db, dir, database, where, watch, log, shutdown }: LoaderOptions) {
-  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0 };
+  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0 };
 
   /**
    * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
@@ -345,7 +364,9 @@ function createLoader({ db, dir, database, where, watch, log, shutdown }: Loader
     totals.rejected += result.rejected;
     totals.warnings += result.warnings;
     totals.resolved += result.resolved;
+    totals.crossSource += result.crossSource.length;
     log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
+    for (const line of describeCrossSource(result.name, result.crossSource)) log.warn(line);
     if (result.rejections.length > 0) {
       log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
       await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
@@ -415,11 +436,16 @@ async function main(): Promise<void> {
   const started = performance.now();
   try {
     await loader.persist("checking the tables", async () => {
-      const [row] = await db.sql<{ ok: string | null; lock: string | null }[]>`
-        select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock
+      const [row] = await db.sql<{ ok: string | null; lock: string | null; marks: boolean }[]>`
+        select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock,
+               exists (
+                 select from information_schema.columns
+                 where table_schema = current_schema() and table_name = 'orders' and column_name = 'same_as_source'
+               ) as marks
       `;
       if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
       if (!row.lock) throw new Error(`${where} has no table loader_lock (sql/007): run "make migrate" first`);
+      if (!row.marks) throw new Error(`${where} has no column orders.same_as_source (sql/008): run "make migrate" first`);
     });
     const ledger = new Map<string, Set<string>>();
     const rows = await loader.persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
@@ -440,8 +466,11 @@ async function main(): Promise<void> {
   log.info(
     `done: files=${totals.files} rows=${totals.records} inserted=${totals.inserted} duplicates=${totals.duplicates} ` +
       `rejected=${totals.rejected} already_loaded=${totals.skipped} failed_files=${totals.failed} ` +
-      `warnings=${totals.warnings} resolved=${totals.resolved} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
+      `warnings=${totals.warnings} resolved=${totals.resolved} cross_source=${totals.crossSource} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
   );
+  if (totals.crossSource > 0) {
+    log.warn(`${totals.crossSource} rows loaded repeat rows of another source and count twice in every total: see the warnings above, or make status`);
+  }
   if (totals.failed > 0) process.exitCode = 1;
 }
 
