@@ -114,6 +114,30 @@ interface Page {
   readonly onDrop: (() => void) | undefined;
 }
 
+/** Hands `message` to the page's connection; a page that went away leaves the set. */
+function give(pages: Set<Page>, page: Page, message: Uint8Array): void {
+  try {
+    page.controller.enqueue(message);
+    page.wants = false;
+    page.behindSince = undefined;
+  } catch {
+    pages.delete(page); // the page went away
+  }
+}
+
+/** A message waits for the page; after BEHIND_LIMIT_MS of that, its stream ends and its connection is closed. */
+function behind(pages: Set<Page>, page: Page, now: number): void {
+  page.behindSince ??= now;
+  if (now - page.behindSince <= BEHIND_LIMIT_MS) return;
+  pages.delete(page);
+  try {
+    page.controller.close();
+  } catch {
+    // already closed by the page
+  }
+  page.onDrop?.();
+}
+
 /**
  * The pages that follow the snapshot over server-sent events, with back-pressure. A message goes out only when a
  * page's connection asks for more (the stream's pull, which Bun calls when the socket has taken what it was
@@ -123,28 +147,6 @@ interface Page {
  */
 export function createFanOut(now: () => number = () => performance.now()) {
   const pages = new Set<Page>();
-  const drop = (page: Page) => {
-    pages.delete(page);
-    try {
-      page.controller.close();
-    } catch {
-      // already closed by the page
-    }
-    page.onDrop?.();
-  };
-  const behind = (page: Page) => {
-    page.behindSince ??= now();
-    if (now() - page.behindSince > BEHIND_LIMIT_MS) drop(page);
-  };
-  const give = (page: Page, message: Uint8Array) => {
-    try {
-      page.controller.enqueue(message);
-      page.wants = false;
-      page.behindSince = undefined;
-    } catch {
-      pages.delete(page); // the page went away
-    }
-  };
   return {
     get size() {
       return pages.size;
@@ -153,6 +155,7 @@ export function createFanOut(now: () => number = () => performance.now()) {
     follow(first: Uint8Array, onDrop?: () => void): ReadableStream<Uint8Array> | undefined {
       if (pages.size >= MAX_PAGES) return undefined;
       let page: Page;
+      // highWaterMark 0: nothing is queued ahead of the connection, a message is handed over when it asks (pull).
       return new ReadableStream<Uint8Array>(
         {
           start(controller) {
@@ -161,35 +164,31 @@ export function createFanOut(now: () => number = () => performance.now()) {
             controller.enqueue(first);
           },
           pull() {
-            if (page.pending) {
-              const message = page.pending;
-              page.pending = undefined;
-              give(page, message);
-            } else page.wants = true;
+            const message = page.pending;
+            page.pending = undefined;
+            if (message) give(pages, page, message);
+            else page.wants = true;
           },
-          cancel() {
-            pages.delete(page);
-          },
+          cancel: () => void pages.delete(page),
         },
-        // Nothing is queued ahead of the connection: a message is handed over only when it asks (pull).
         { highWaterMark: 0 },
       );
     },
     /** A snapshot for every page: sent to those that ask, kept (replacing an older one) for those behind. */
     send(message: Uint8Array) {
       for (const page of pages) {
-        if (page.wants) give(page, message);
+        if (page.wants) give(pages, page, message);
         else {
           page.pending = message;
-          behind(page);
+          behind(pages, page, now());
         }
       }
     },
     /** A comment for pages that are idle and caught up; one that cannot take it is behind, and keeps its snapshot. */
     ping(comment: Uint8Array) {
       for (const page of pages) {
-        if (page.wants) give(page, comment);
-        else behind(page);
+        if (page.wants) give(pages, page, comment);
+        else behind(pages, page, now());
       }
     },
     close() {
