@@ -6,9 +6,15 @@
 // How it stays live without asking the database every second: the loader announces each commit in the same
 // transaction (NOTIFY sales_loaded); this server LISTENs, gathers one snapshot from the views Tableau reads
 // (one read-only transaction), and pushes it to every open page over server-sent events. So the database is
-// queried once per change, not once per viewer. Kafka and the batch folder are looked at every two seconds
+// queried once per change, not once per viewer, and at most once a second: any role may NOTIFY, so a
+// notification is only a hint to read again. Kafka and the batch folder are looked at every two seconds
 // (cheap, and not the database). The page, its script and the chart library (Apache ECharts, from
 // node_modules) are served from here: it works offline.
+//
+// Slow and hostile clients: a page is sent a snapshot only when its connection has taken the one before; one
+// that falls behind gets the newest when it catches up, never a queue, and is dropped after a minute without
+// taking anything (createFanOut). Requests that do not name this server as their host, or come from a page of
+// another origin, are refused (a DNS-rebinding page reaches 127.0.0.1 under its own name).
 //
 // Env: DASHBOARD_PORT, DATABASE_URL (or PG*), KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*,
 // BATCHES_DIR, LOG_LEVEL.
@@ -21,7 +27,7 @@ import { connect, describeDatabase, isConnectionError, type Sql } from "./lib/db
 import { databaseHealth, filesHealth, kafkaHealth, loadedSince, type DatabaseHealth, type FilesHealth, type KafkaHealth, type Part } from "./lib/health.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
-import { retryWhile } from "./lib/retry.ts";
+import { retryWhile, sleep } from "./lib/retry.ts";
 import { createShutdown } from "./lib/shutdown.ts";
 
 const command = {
@@ -38,6 +44,12 @@ const PAGE_DIR = join(import.meta.dir, "dashboard");
 const ECHARTS = join(import.meta.dir, "..", "node_modules", "echarts", "dist", "echarts.min.js");
 /** How often Kafka and the batch folder are looked at. */
 const PIPELINE_EVERY_MS = 2000;
+/** The views are read at most once per this long, however many notifications arrive. */
+export const MIN_GATHER_MS = 1000;
+/** Open event streams at most; more are refused (503) until some close. */
+export const MAX_PAGES = 200;
+/** A page that has not taken a message for this long while one waits for it is dropped (the browser reconnects). */
+export const BEHIND_LIMIT_MS = 60_000;
 
 /** The business numbers, exact as stored (numeric values are strings). */
 export interface Business {
@@ -89,10 +101,113 @@ async function gather(sql: Sql): Promise<{ business: Business; health: Part<Data
   })) as { business: Business; health: Part<DatabaseHealth> };
 }
 
+/** An open page: the newest message it was not sent yet, and whether its connection asked for more. */
+interface Page {
+  readonly controller: ReadableStreamDefaultController<Uint8Array>;
+  /** the latest snapshot not sent yet; a newer one replaces it, so a page behind holds one message, not a queue */
+  pending: Uint8Array | undefined;
+  /** the connection took everything it was given and asks for more (the stream's pull) */
+  wants: boolean;
+  /** since when a message has waited for this page (ms, performance.now), undefined while it keeps up */
+  behindSince: number | undefined;
+  /** told when the page is dropped: the server closes its connection (a stream that ends cannot flush to a client that never reads) */
+  readonly onDrop: (() => void) | undefined;
+}
+
+/** Hands `message` to the page's connection; a page that went away leaves the set. */
+function give(pages: Set<Page>, page: Page, message: Uint8Array): void {
+  try {
+    page.controller.enqueue(message);
+    page.wants = false;
+    page.behindSince = undefined;
+  } catch {
+    pages.delete(page); // the page went away
+  }
+}
+
+/** A message waits for the page; after BEHIND_LIMIT_MS of that, its stream ends and its connection is closed. */
+function behind(pages: Set<Page>, page: Page, now: number): void {
+  page.behindSince ??= now;
+  if (now - page.behindSince <= BEHIND_LIMIT_MS) return;
+  pages.delete(page);
+  try {
+    page.controller.close();
+  } catch {
+    // already closed by the page
+  }
+  page.onDrop?.();
+}
+
+/**
+ * The pages that follow the snapshot over server-sent events, with back-pressure. A message goes out only when a
+ * page's connection asks for more (the stream's pull, which Bun calls when the socket has taken what it was
+ * given); a page that falls behind keeps only the newest snapshot, sent when it catches up, and is dropped once
+ * it has taken nothing for BEHIND_LIMIT_MS. Memory per page is one reference to a shared message, whatever the
+ * clients do, and at most MAX_PAGES are open.
+ */
+export function createFanOut(now: () => number = () => performance.now()) {
+  const pages = new Set<Page>();
+  return {
+    get size() {
+      return pages.size;
+    },
+    /** A new page's stream; it starts with `first`. Undefined when MAX_PAGES are open already. */
+    follow(first: Uint8Array, onDrop?: () => void): ReadableStream<Uint8Array> | undefined {
+      if (pages.size >= MAX_PAGES) return undefined;
+      let page: Page;
+      // highWaterMark 0: nothing is queued ahead of the connection, a message is handed over when it asks (pull).
+      return new ReadableStream<Uint8Array>(
+        {
+          start(controller) {
+            page = { controller, pending: undefined, wants: false, behindSince: undefined, onDrop };
+            pages.add(page);
+            controller.enqueue(first);
+          },
+          pull() {
+            const message = page.pending;
+            page.pending = undefined;
+            if (message) give(pages, page, message);
+            else page.wants = true;
+          },
+          cancel: () => void pages.delete(page),
+        },
+        { highWaterMark: 0 },
+      );
+    },
+    /** A snapshot for every page: sent to those that ask, kept (replacing an older one) for those behind. */
+    send(message: Uint8Array) {
+      for (const page of pages) {
+        if (page.wants) give(pages, page, message);
+        else {
+          page.pending = message;
+          behind(pages, page, now());
+        }
+      }
+    },
+    /** A comment for pages that are idle and caught up; one that cannot take it is behind, and keeps its snapshot. */
+    ping(comment: Uint8Array) {
+      for (const page of pages) {
+        if (page.wants) give(pages, page, comment);
+        else behind(pages, page, now());
+      }
+    },
+    close() {
+      for (const page of pages) {
+        try {
+          page.controller.close();
+        } catch {
+          // already closed by the page
+        }
+      }
+      pages.clear();
+    },
+  };
+}
+
 /** The dashboard's state and the pages that follow it. */
-function createHub(config: Config, sql: Sql, log: Logger) {
+function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
   const where = describeDatabase(config.database);
-  const pages = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  const pages = createFanOut();
   const encoder = new TextEncoder();
   const loaded = new Set<string>();
   let loadedUpTo: Date | undefined;
@@ -102,20 +217,15 @@ function createHub(config: Config, sql: Sql, log: Logger) {
     business: null,
     health: { postgres: { ok: false, error: "not read yet", where }, kafka: null, files: null },
   };
-  const broadcast = () => {
-    const message = encoder.encode(`data: ${JSON.stringify(snapshot)}\n\n`);
-    for (const page of pages) {
-      try {
-        page.enqueue(message);
-      } catch {
-        pages.delete(page); // the page went away
-      }
-    }
-  };
+  // Encoded once for every page.
+  const broadcast = () => pages.send(encoder.encode(`data: ${JSON.stringify(snapshot)}\n\n`));
 
-  // Database refreshes never overlap and never pile up: a change during a refresh asks for one more after it.
+  // Database refreshes never overlap and never pile up: a change during a refresh asks for one more after it, and
+  // each starts at least MIN_GATHER_MS after the one before. A notification is a hint to read the views again,
+  // never data (its payload is not read): any role may send NOTIFY sales_loaded, as often as it likes.
   let running: Promise<void> | undefined;
   let again = false;
+  let lastGather = -Infinity;
   const refreshDatabase = (): Promise<void> => {
     if (running) {
       again = true;
@@ -124,6 +234,9 @@ function createHub(config: Config, sql: Sql, log: Logger) {
     running = (async () => {
       do {
         again = false;
+        await sleep(lastGather + MIN_GATHER_MS - performance.now(), signal);
+        if (signal.aborted) return;
+        lastGather = performance.now();
         try {
           const { business, health } = await gather(sql);
           const since = await loadedSince(sql, loadedUpTo);
@@ -158,44 +271,25 @@ function createHub(config: Config, sql: Sql, log: Logger) {
     get snapshot() {
       return snapshot;
     },
+    /** event streams open now */
+    get pages() {
+      return pages.size;
+    },
     refreshDatabase,
     refreshPipeline,
     postgresDown,
-    /** A new page: it gets the current snapshot at once, then every change. */
-    follow(): Response {
-      let me: ReadableStreamDefaultController<Uint8Array>;
-      const stream = new ReadableStream<Uint8Array>({
-        start(controller) {
-          me = controller;
-          pages.add(controller);
-          controller.enqueue(encoder.encode(`retry: 2000\ndata: ${JSON.stringify(snapshot)}\n\n`));
-        },
-        cancel() {
-          pages.delete(me);
-        },
-      });
+    /**
+     * A new page: it gets the current snapshot at once, then the latest one each time it can take one.
+     * `onDrop` closes its connection when it fell too far behind.
+     */
+    follow(onDrop: () => void): Response {
+      const stream = pages.follow(encoder.encode(`retry: 2000\ndata: ${JSON.stringify(snapshot)}\n\n`), onDrop);
+      if (!stream) return new Response(`more than ${MAX_PAGES} pages are open\n`, { status: 503, headers: { "retry-after": "10" } });
       return new Response(stream, { headers: { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" } });
     },
     /** A comment line now and then keeps proxies and idle timeouts from closing the stream. */
-    ping() {
-      const comment = encoder.encode(": ping\n\n");
-      for (const page of pages) {
-        try {
-          page.enqueue(comment);
-        } catch {
-          pages.delete(page);
-        }
-      }
-    },
-    close() {
-      for (const page of pages) {
-        try {
-          page.close();
-        } catch {
-          // already closed by the page
-        }
-      }
-    },
+    ping: () => pages.ping(encoder.encode(": ping\n\n")),
+    close: () => pages.close(),
   };
 }
 
@@ -240,6 +334,21 @@ function listenForLoads(config: Config, hub: ReturnType<typeof createHub>, log: 
   return { close: () => listener.end({ timeout: 1 }) };
 }
 
+/**
+ * 403 for a request that does not name this dashboard as its host, or comes from a page of another origin. A
+ * DNS-rebinding page (evil.example resolving to 127.0.0.1) reaches the port with its own name in Host; a page of
+ * another site that calls the API sends its own Origin. The dashboard's own names are 127.0.0.1:PORT and
+ * localhost:PORT.
+ */
+export function refuseForeign(request: Request, port: number): Response | undefined {
+  const own = [`127.0.0.1:${port}`, `localhost:${port}`];
+  const host = request.headers.get("host")?.toLowerCase();
+  const origin = request.headers.get("origin")?.toLowerCase();
+  if (host !== undefined && own.includes(host) && (origin === undefined || own.some((h) => origin === `http://${h}`))) return undefined;
+  const why = host === undefined || !own.includes(host) ? `Host ${JSON.stringify(host ?? "")}` : `Origin ${JSON.stringify(origin)}`;
+  return new Response(`refused: ${why} is not this dashboard (open http://127.0.0.1:${port}/)\n`, { status: 403 });
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -247,8 +356,8 @@ async function main(): Promise<void> {
   const log = createLogger("dashboard", config.logLevel);
   const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
   const sql = connect(config.database, log, { max: 2 });
-  const hub = createHub(config, sql, log);
   const shutdown = createShutdown(log);
+  const hub = createHub(config, sql, log, shutdown.signal);
 
   const files: Record<string, { path: string; type: string }> = {
     "/": { path: join(PAGE_DIR, "index.html"), type: "text/html; charset=utf-8" },
@@ -258,11 +367,16 @@ async function main(): Promise<void> {
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port,
-    idleTimeout: 0, // server-sent events stay open
-    fetch(request) {
+    idleTimeout: 30, // a connection that sends no request is closed; event streams are exempt below
+    fetch(request, server) {
+      const refused = refuseForeign(request, server.port!);
+      if (refused) return refused;
       const { pathname } = new URL(request.url);
-      if (pathname === "/api/events") return hub.follow();
-      if (pathname === "/api/snapshot") return Response.json(hub.snapshot, { headers: { "cache-control": "no-store" } });
+      if (pathname === "/api/events") {
+        server.timeout(request, 0); // server-sent events stay open...
+        return hub.follow(() => server.timeout(request, 2)); // ...until the page is dropped: then 2 s without progress close it
+      }
+      if (pathname === "/api/snapshot") return Response.json({ ...hub.snapshot, pages: hub.pages }, { headers: { "cache-control": "no-store" } });
       const file = files[pathname];
       if (file) return new Response(Bun.file(file.path), { headers: { "content-type": file.type } });
       return new Response("not found\n", { status: 404 });

@@ -16,6 +16,10 @@
 // A lost connection rolls the group back and loads it again on a fresh connection once PostgreSQL answers
 // (--watch waits as long as it takes; a single run gives up after 30 s). A row PostgreSQL refuses during
 // COPY makes the loader load that file row by row, so the row costs one rejection and the rest loads.
+// Loaders take turns through a row only the loader's role can lock (lib/load/lock.ts): a single run waits 30 s
+// for it, --watch as long as it takes, and both name the session that holds it. A database that takes no writes
+// (switched read-only, or a hot standby) stops the loader with the database and the file in the message: the
+// files wait in the folder, and the next run loads them.
 //
 // Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL. Flags: --dir, --watch, --help.
 
@@ -28,7 +32,8 @@ import { readConfig } from "./lib/config.ts";
 import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
 import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
-import { commitFiles, type FileResult } from "./lib/load/transaction.ts";
+import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
+import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { retryWhile } from "./lib/retry.ts";
@@ -104,6 +109,24 @@ export class LoadedFiles {
     this.stamps.set(name, stamp);
     return true;
   }
+}
+
+/**
+ * Warnings for rows loaded although another source has the same Row ID and values, one per source of such rows:
+ * they count twice in every total, and the message says how to remove them if the source is a copy.
+ */
+export function describeCrossSource(batchFile: string, rows: readonly SameAs[]): string[] {
+  const bySource = Map.groupBy(rows, (r) => r.source);
+  return [...bySource].map(([source, same]) => {
+    const { rowId, line, first } = same[0]!;
+    const quoted = `'${source.replaceAll("'", "''")}'`;
+    return (
+      `${batchFile}: ${same.length} row${same.length === 1 ? "" : "s"} of ${JSON.stringify(source)} ${same.length === 1 ? "has" : "have"} ` +
+      `the Row ID and every value of rows loaded before from another source (Row ID ${rowId} at line ${line} = line ${first.line} of ` +
+      `${JSON.stringify(first.source)}); they are loaded, and count twice in every total. If ${JSON.stringify(source)} is a copy, ` +
+      `remove them: delete from orders where source_file = ${quoted} and same_as_source is not null`
+    );
+  });
 }
 
 /** Batch files waiting in `dir`, oldest name first, with their sizes; dot files (being written) are not ready. */
@@ -197,11 +220,14 @@ interface Totals {
   warnings: number;
   resolved: number;
   lost: number;
+  crossSource: number;
 }
 
 interface LoaderOptions {
   readonly db: Database;
   readonly dir: string;
+  /** the database's name, and "host:port/name" for messages */
+  readonly database: string;
   readonly where: string;
   readonly watch: boolean;
   readonly log: Logger;
@@ -209,8 +235,8 @@ interface LoaderOptions {
 }
 
 /** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
-function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
-  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, lost: 0 };
+function createLoader({ db, dir, database, where, watch, log, shutdown }: LoaderOptions) {
+  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0, lost: 0 };
 
   /**
    * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
@@ -219,7 +245,8 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
    * asked for meanwhile.
    */
   const persist = <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
-    retryWhile(isRetryable, attempt, {
+    // A single run waited its whole patience for the loader lock in one attempt (lockWaitMs): no second one.
+    retryWhile((error) => isRetryable(error) && (watch || !(error instanceof LoaderLockError)), attempt, {
       backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
       giveUpAfterMs: watch ? undefined : ONE_SHOT_PATIENCE_MS,
       signal: shutdown.signal,
@@ -235,6 +262,27 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
         ? new Error(`cannot reach PostgreSQL at ${where}: ${error.message} (is it up? make up)`)
         : error;
     });
+
+  /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */
+  const lockWaitMs = watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS;
+
+  /**
+   * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
+   * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
+   */
+  const explain = async (error: unknown, files: readonly PreparedFile[]): Promise<unknown> => {
+    const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
+    if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
+    if ((error as { code?: string }).code !== "25006") return error;
+    const [state] = await db.sql<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`.catch(() => [{ standby: false }]);
+    const [why, then] = state?.standby
+      ? ["the server is a hot standby (in recovery) and takes no writes", "point DATABASE_URL at the primary and start the loader again"]
+      : [
+          `the database is read-only (${(error as Error).message})`,
+          `start the loader again once it takes writes (alter database "${database}" set default_transaction_read_only = off)`,
+        ];
+    return new Error(`cannot load ${what} into ${where}: ${why}. Nothing of these files was written; they wait in ${dir}: ${then}`);
+  };
 
   /** Files that were not judged yet because they may still be being written; looked at again on the next pass. */
   const unsettled = new Set<string>();
@@ -281,9 +329,9 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
     if (files.length === 0) return [];
     const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
     try {
-      return await persist(label, () => commitFiles(db, files));
+      return await persist(label, () => commitFiles(db, files, { lockWaitMs }));
     } catch (error) {
-      if (!isDataError(error)) throw error;
+      if (!isDataError(error)) throw await explain(error, files);
       if (files.length > 1) {
         const results: FileResult[] = [];
         for (const file of files) {
@@ -320,11 +368,13 @@ function createLoader({ db, dir, where, watch, log, shutdown }: LoaderOptions) {
     totals.rejected += result.rejected;
     totals.warnings += result.warnings;
     totals.resolved += result.resolved;
+    totals.crossSource += result.crossSource.length;
     log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
     for (const range of result.lost) {
       totals.lost++;
       log.warn(`${result.name}: recorded in lost_offsets: ${range.reason}`);
     }
+    for (const line of describeCrossSource(result.name, result.crossSource)) log.warn(line);
     if (result.rejections.length > 0) {
       log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
       await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
@@ -389,13 +439,21 @@ async function main(): Promise<void> {
   const db = openDatabase(config.database, log, { max: 1, prepare: false, parameters: { statement_timeout: "0" } });
   const shutdown = createShutdown(log);
   shutdown.onStop("close database connections", () => db.end(5));
-  const loader = createLoader({ db, dir, where, watch, log, shutdown });
+  const loader = createLoader({ db, dir, database: config.database.database, where, watch, log, shutdown });
 
   const started = performance.now();
   try {
     await loader.persist("checking the tables", async () => {
-      const [row] = await db.sql<{ ok: string | null }[]>`select to_regclass('loaded_files')::text as ok`;
+      const [row] = await db.sql<{ ok: string | null; lock: string | null; marks: boolean }[]>`
+        select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock,
+               exists (
+                 select from information_schema.columns
+                 where table_schema = current_schema() and table_name = 'orders' and column_name = 'same_as_source'
+               ) as marks
+      `;
       if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
+      if (!row.lock) throw new Error(`${where} has no table loader_lock (sql/007): run "make migrate" first`);
+      if (!row.marks) throw new Error(`${where} has no column orders.same_as_source (sql/008): run "make migrate" first`);
     });
     const ledger = new Map<string, Set<string>>();
     const rows = await loader.persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
@@ -416,8 +474,11 @@ async function main(): Promise<void> {
   log.info(
     `done: files=${totals.files} rows=${totals.records} inserted=${totals.inserted} duplicates=${totals.duplicates} ` +
       `rejected=${totals.rejected} already_loaded=${totals.skipped} failed_files=${totals.failed} ` +
-      `warnings=${totals.warnings} resolved=${totals.resolved} lost_offsets=${totals.lost} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
+      `warnings=${totals.warnings} resolved=${totals.resolved} cross_source=${totals.crossSource} lost_offsets=${totals.lost} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
   );
+  if (totals.crossSource > 0) {
+    log.warn(`${totals.crossSource} rows loaded repeat rows of another source and count twice in every total: see the warnings above, or make status`);
+  }
   if (totals.failed > 0) process.exitCode = 1;
 }
 

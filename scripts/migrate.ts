@@ -95,8 +95,9 @@ export async function migrate(sql: Sql, dir: string, log: Logger): Promise<strin
     const text = await Bun.file(migration.path).text();
     const sha256 = createHash("sha256").update(text).digest("hex");
     const done = await sql.begin(async (tx) => {
-      // One migrator at a time; the second waits here and then finds the row already written.
-      await tx`select pg_advisory_xact_lock(hashtext('schema_migrations'))`;
+      // One migrator at a time; the second waits here and then finds the row already written. A lock on the
+      // table, not an advisory lock: only roles that may write schema_migrations can take it (sql/007).
+      await tx`lock table schema_migrations in share row exclusive mode`;
       const [row] = await tx<{ name: string; sha256: string }[]>`
         select name, sha256 from schema_migrations where id = ${migration.id}
       `;

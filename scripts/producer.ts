@@ -30,7 +30,7 @@ import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
 import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
-import { CompressionTypes, createKafka, ensureTopic, keyPartitioner } from "./lib/kafka.ts";
+import { CompressionTypes, createKafka, ensureTopic, keyPartitioner, lastKafkaProblem } from "./lib/kafka.ts";
 import { connectAdmin, whileKafkaUnavailable } from "./lib/kafka_errors.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { findRowIdColumn, headerProblem } from "./lib/record.ts";
@@ -77,8 +77,18 @@ const command = {
 
 /** The most messages in one send at high rates. */
 export const MAX_SEND_BATCH = 2000;
-/** The most bytes of values in one send: a request stays well under the broker's 1 MB message.max.bytes. */
+/** The most bytes of records in one send (values, keys, headers): well under the broker's 1 MB message.max.bytes. */
 export const MAX_SEND_BYTES = 768 * 1024;
+/** What a record costs beside its key, value and headers, at most: lengths, deltas and attributes as varints. */
+const RECORD_OVERHEAD = 32;
+
+/** A message's size in a record batch, rounded up: its key, value and headers with their lengths. */
+export function recordBytes(message: Message): number {
+  const size = (data: unknown) => (data === null || data === undefined ? 0 : Buffer.byteLength(data as string | Buffer));
+  let bytes = RECORD_OVERHEAD + size(message.key) + size(message.value);
+  for (const [name, value] of Object.entries(message.headers ?? {})) bytes += 10 + Buffer.byteLength(name) + size(value);
+  return bytes;
+}
 /** A single value larger than this cannot be sent (broker limit 1 MB with overhead); it travels as a reject. */
 export const MAX_MESSAGE_BYTES = 900 * 1024;
 
@@ -165,6 +175,25 @@ export function stoppedAt(messages: readonly Message[], file: string, cause: Err
   );
 }
 
+/** How often a send that has not been acknowledged yet says so. */
+export const WAITING_NOTICE_MS = 10_000;
+
+/**
+ * While a send waits for its acknowledgement (leaders being elected, too few replicas in sync, brokers away),
+ * say so every WAITING_NOTICE_MS with kafkajs' last complaint: a producer that waits must not look hung.
+ */
+function sayWhileWaiting(messages: readonly Message[], file: string, log: Logger): ReturnType<typeof setInterval> {
+  const since = performance.now();
+  const line = String(messages[0]?.headers?.source_line ?? "?");
+  return setInterval(() => {
+    const problem = lastKafkaProblem();
+    log.warn(
+      `waiting ${formatDuration(performance.now() - since)} for Kafka to acknowledge ${messages.length} messages from ` +
+        `line ${line} of ${file}${problem ? ` (last: ${problem})` : ""}; none of them counts as sent until it does`,
+    );
+  }, WAITING_NOTICE_MS);
+}
+
 /**
  * Batches messages and keeps one send in flight (the idempotent producer allows no more) while the next batch
  * is built. acks -1: the broker answers once every in-sync replica has the messages. While the broker is away
@@ -177,6 +206,7 @@ function createSender(producer: Producer, topic: string, file: string, log: Logg
   let inFlight: Promise<void> | undefined;
   const state = { sent: 0 };
   const send = async (messages: Message[]) => {
+    const waiting = sayWhileWaiting(messages, file, log);
     try {
       const answer = await whileKafkaUnavailable(
         `sending ${messages.length} messages`,
@@ -191,6 +221,8 @@ function createSender(producer: Producer, topic: string, file: string, log: Logg
       state.sent += acknowledged;
     } catch (error) {
       throw stoppedAt(messages, file, error as Error);
+    } finally {
+      clearInterval(waiting);
     }
   };
   /** Waits for the send in flight, then starts one with what is buffered. */
@@ -209,7 +241,8 @@ function createSender(producer: Producer, topic: string, file: string, log: Logg
       return buffer.length;
     },
     async add(message: Message) {
-      const bytes = Buffer.byteLength(message.value as string);
+      // Keys and headers count too: 2,000 rows of a source with a long path carry ~300 KB of them.
+      const bytes = recordBytes(message);
       if (bufferBytes + bytes > MAX_SEND_BYTES) await flush();
       buffer.push(message);
       bufferBytes += bytes;

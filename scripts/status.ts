@@ -1,6 +1,7 @@
 // Status of the pipeline at a glance, the same health the live dashboard shows (scripts/lib/health.ts): what is
 // in Kafka and not yet in a batch file (consumer lag), batch files not loaded yet or set aside, what
-// PostgreSQL holds (rows, open rejections, warnings, the last load, totals), and offsets recorded as lost.
+// PostgreSQL holds (rows, open rejections, warnings, the last load, totals, rows that repeat another source's),
+// and offsets recorded as lost.
 //
 //   Kafka + batches/ + PostgreSQL  ->  a short report on stdout          make status (and the end of make demo)
 //
@@ -9,7 +10,7 @@
 
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parsePositiveNumber, readConfig } from "./lib/config.ts";
-import { connect, describeDatabase } from "./lib/db.ts";
+import { connect, describeDatabase, type Sql } from "./lib/db.ts";
 import {
   databaseHealth,
   filesHealth,
@@ -69,6 +70,26 @@ export function describeLost(lost: LostOffsetsHealth): string[] {
   return lines;
 }
 
+/**
+ * Rows loaded although a row of another source has their Row ID and values (orders.same_as_source), by source:
+ *   WARNING: 9994 rows repeat rows of another source and count twice in the totals above:
+ *     stdin: 9994 rows, the same as Sample-Superstore.csv
+ *   if a source is a copy, remove its rows: delete from orders where source_file = '...' and same_as_source is not null
+ */
+async function crossSourceLines(sql: Sql, count: number): Promise<string[]> {
+  const rows = await sql<{ source: string; first: string; n: number }[]>`
+    select source_file as source, same_as_source as first, count(*)::int as n
+    from orders where same_as_source is not null
+    group by 1, 2 order by 3 desc, 1 limit 10
+  `;
+  return [
+    `  WARNING: ${count} rows repeat the Row ID and values of rows of another source and count twice in the totals above:`,
+    ...rows.map((r) => `    ${r.source}: ${r.n} rows, the same as ${r.first}`),
+    ...(rows.length === 10 ? ["    ..."] : []),
+    "  if a source is a copy, remove its rows: delete from orders where source_file = '...' and same_as_source is not null",
+  ];
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -102,6 +123,7 @@ async function main(): Promise<void> {
       );
       const lost = await lostOffsetsHealth(sql);
       lines.push(...(lost.ok ? describeLost(lost) : [`  lost offsets: ${lost.error} (make migrate)`]));
+      if (db.rowsCrossSource > 0) lines.push(...(await crossSourceLines(sql, db.rowsCrossSource)));
     } else process.exitCode = 1;
   } finally {
     await sql.end({ timeout: 5 });

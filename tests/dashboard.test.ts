@@ -1,12 +1,19 @@
 // The live dashboard in a real headless Chromium (Debian's chromium, driven by playwright-core): the KPIs equal
 // the database's numbers, the charts are drawn, the page moves by itself when rows load (no reload), two open
-// pages cost the database one snapshot per change, and an unreachable Kafka or PostgreSQL shows as such.
+// pages cost the database one snapshot per change, and an unreachable Kafka or PostgreSQL shows as such. Then
+// slow and hostile clients: a page that stops reading gets the newest snapshot, never a queue; a DNS-rebinding
+// page and other origins are refused (curl and Chromium, beside the same requests by the dashboard's own names);
+// a flood of NOTIFY from bi_reader costs at most one read of the views a second.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readdirSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
+import { BEHIND_LIMIT_MS, createFanOut, MAX_PAGES, refuseForeign } from "../scripts/dashboard.ts";
 import { readConfig } from "../scripts/lib/config.ts";
+import { connect } from "../scripts/lib/db.ts";
+import { createLogger } from "../scripts/lib/log.ts";
 import {
   createTestDatabase,
   freePorts,
@@ -25,10 +32,10 @@ if (!CHROMIUM && readConfig().requireAllTests) throw new Error("the dashboard's 
 if (!CHROMIUM) console.warn("skipping the dashboard's browser tests: no chromium on PATH (apt-get install chromium)");
 
 /** Chromium as root in a container: no sandbox, and none of the background traffic a closed network refuses. */
-function launch(): Promise<Browser> {
+function launch(extra: string[] = []): Promise<Browser> {
   return chromium.launch({
     executablePath: CHROMIUM!,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", ...extra],
   });
 }
 
@@ -173,6 +180,236 @@ describe.skipIf(!CHROMIUM)("the live dashboard", () => {
       await page.close();
       down.server.child.kill("SIGTERM");
       await down.server.finish();
+    }
+  });
+});
+
+// --- Slow and hostile clients. The fan-out and the Host/Origin check as functions, then the real server: curl,
+// Chromium, a flood of NOTIFY from bi_reader, and sockets that stop reading.
+
+const encode = (text: string) => new TextEncoder().encode(text);
+const decode = (bytes: Uint8Array | undefined) => new TextDecoder().decode(bytes);
+
+describe("createFanOut", () => {
+  test("a page that keeps reading gets every snapshot; one that stops gets only the newest when it reads again", async () => {
+    const fan = createFanOut();
+    const quick = fan.follow(encode("s0"))!.getReader();
+    const slow = fan.follow(encode("s0"))!.getReader();
+    expect(decode((await slow.read()).value)).toBe("s0");
+    expect(decode((await quick.read()).value)).toBe("s0");
+    const seen: string[] = [];
+    for (const n of [1, 2, 3, 4, 5]) {
+      const next = quick.read(); // the quick page asks before each snapshot, as a connection that keeps up does
+      fan.send(encode(`s${n}`));
+      seen.push(decode((await next).value));
+    }
+    expect(seen).toEqual(["s1", "s2", "s3", "s4", "s5"]);
+    // The slow page asked for nothing meanwhile: it holds one message, the newest, not five.
+    expect(decode((await slow.read()).value)).toBe("s5");
+  });
+
+  test("a page that takes nothing for a minute while messages wait is dropped; a page that keeps up stays", async () => {
+    let now = 0;
+    let dropped = 0;
+    const fan = createFanOut(() => now);
+    const stuck = fan.follow(encode("s0"), () => dropped++)!.getReader();
+    const fine = fan.follow(encode("s0"))!.getReader();
+    await fine.read();
+    const pending = fine.read();
+    fan.send(encode("s1"));
+    await pending;
+    now = BEHIND_LIMIT_MS + 1;
+    const again = fine.read();
+    fan.send(encode("s2"));
+    expect(decode((await again).value)).toBe("s2");
+    expect([fan.size, dropped]).toEqual([1, 1]);
+    // Its stream ends after what it had been given; the server closes the connection (onDrop).
+    expect(decode((await stuck.read()).value)).toBe("s0");
+    expect((await stuck.read()).done).toBe(true);
+  });
+
+  test(`opens at most ${MAX_PAGES} streams`, () => {
+    const fan = createFanOut();
+    for (let i = 0; i < MAX_PAGES; i++) expect(fan.follow(encode("s"))).toBeDefined();
+    expect(fan.follow(encode("s"))).toBeUndefined();
+    fan.close();
+  });
+});
+
+describe("refuseForeign", () => {
+  const request = (headers: Record<string, string>) => new Request("http://127.0.0.1:8050/api/snapshot", { headers });
+  test("accepts its own names, with or without its own Origin", () => {
+    for (const host of ["127.0.0.1:8050", "localhost:8050", "LOCALHOST:8050"]) {
+      expect(refuseForeign(request({ host }), 8050)).toBeUndefined();
+      expect(refuseForeign(request({ host, origin: `http://${host.toLowerCase()}` }), 8050)).toBeUndefined();
+    }
+  });
+  test("refuses another name for the same address, another port, another Origin and an opaque one", () => {
+    const refused: Record<string, string>[] = [
+      { host: "rebind.example:8050" },
+      { host: "127.0.0.1:9999" },
+      { host: "127.0.0.1" },
+      { host: "127.0.0.1:8050", origin: "http://rebind.example:8050" },
+      { host: "127.0.0.1:8050", origin: "http://127.0.0.1:3000" },
+      { host: "127.0.0.1:8050", origin: "null" },
+    ];
+    for (const headers of refused) expect([headers, refuseForeign(request(headers), 8050)?.status]).toEqual([headers, 403]);
+  });
+});
+
+/** Orders in `months` distinct months, so each snapshot is large (about 50 bytes a month in v_monthly_sales). */
+async function manyMonths(db: TestDatabase, months: number): Promise<void> {
+  await db.sql`insert into users (customer_id, latest_order_date, latest_source_row_id, latest_source_file) values ('M', '2016-01-01', 1, 'months.csv')`;
+  await db.sql`insert into products (product_id, product_name, latest_order_date, latest_source_row_id, latest_source_file) values ('M', 'Month', '2016-01-01', 1, 'months.csv')`;
+  await db.sql`
+    insert into orders (order_id, order_date, customer_id, product_id, sales, quantity, region, segment, source_file, source_row_id, source_line, batch_file)
+    select 'M-' || i, date '1000-01-01' + make_interval(months => i), 'M', 'M', 10 + i, 1, 'West', 'Consumer', 'months.csv', i, i + 1, 'months'
+    from generate_series(1, ${months}) as i
+  `;
+}
+
+describe.skipIf(!CHROMIUM)("the dashboard under slow and hostile clients", () => {
+  const tmp = tempDir();
+  let db: TestDatabase;
+  let dashboard: { url: string; server: Running };
+  let port: number;
+  let browser: Browser;
+  const snapshot = async () =>
+    (await (await fetch(`${dashboard.url}api/snapshot`)).json()) as { gathered: number; pages: number; business: { kpis: Record<string, string> } };
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    await manyMonths(db, 30_000); // about 1.5 MB per snapshot: a few fill a socket's buffers
+    dashboard = await startDashboard({ DATABASE_URL: db.url, BATCHES_DIR: tmp.path, KAFKA_BROKERS: readConfig().kafkaBrokers.join(",") });
+    port = Number(new URL(dashboard.url).port);
+    await waitFor("the first snapshot", async () => (await snapshot()).gathered >= 1);
+    browser = await launch(["--host-resolver-rules=MAP rebind.test 127.0.0.1"]);
+  });
+  afterAll(async () => {
+    await browser?.close();
+    dashboard?.server.child.kill("SIGTERM");
+    await dashboard?.server.finish();
+    await db?.drop();
+    tmp.remove();
+  });
+
+  const curl = (path: string, ...headers: string[]) => {
+    const args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", ...headers.flatMap((h) => ["-H", h]), `${dashboard.url}${path}`];
+    return Bun.spawnSync(args).stdout.toString();
+  };
+
+  test("refuses a request naming another host or coming from another origin (curl), and answers its own (the control)", () => {
+    expect(curl("api/snapshot")).toBe("200");
+    expect(curl("api/snapshot", `Host: localhost:${port}`)).toBe("200");
+    expect(curl("api/snapshot", `Host: rebind.test:${port}`)).toBe("403");
+    expect(curl("", `Host: rebind.test:${port}`)).toBe("403");
+    expect(curl("api/events", `Host: rebind.test:${port}`)).toBe("403");
+    expect(curl("api/snapshot", "Origin: http://attacker.test")).toBe("403");
+  });
+
+  test("a DNS-rebinding page gets 403 in Chromium, where the same browser opens the dashboard by its own names", async () => {
+    const page = await browser.newPage();
+    try {
+      const own = await page.goto(`http://localhost:${port}/`);
+      expect(own!.status()).toBe(200);
+      await waitFor("the KPIs on the page", async () => (await kpi(page, "orders")) !== "");
+      const rebound = await page.goto(`http://rebind.test:${port}/`); // rebind.test resolves to 127.0.0.1 in this browser
+      expect(rebound!.status()).toBe(403);
+      expect(await page.textContent("body")).toContain('Host "rebind.test:');
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("a page of another origin gets no event stream; the dashboard's own page gets one (the control)", async () => {
+    const other = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("<title>other</title>", { headers: { "content-type": "text/html" } }) });
+    const page = await browser.newPage();
+    // Opens an EventSource in the page and reports how it ended up: "open", or "closed" (refused for good).
+    const follow = (url: string) =>
+      page.evaluate(
+        (u) =>
+          new Promise<string>((resolve) => {
+            // The browser's EventSource (Bun's types know another one); readyState 2 is CLOSED.
+            const Source = (globalThis as unknown as { EventSource: new (url: string) => { readyState: number; onopen: () => void; onerror: () => void } }).EventSource;
+            const events = new Source(u);
+            events.onopen = () => resolve("open");
+            events.onerror = () => events.readyState === 2 && resolve("closed");
+          }),
+        url,
+      );
+    try {
+      const before = (await snapshot()).pages;
+      await page.goto(`http://127.0.0.1:${other.port}/`);
+      expect(await follow(`${dashboard.url}api/events`)).toBe("closed");
+      expect((await snapshot()).pages).toBe(before);
+      await page.goto(dashboard.url); // its own script follows the stream
+      await waitFor("the dashboard's own page to follow", async () => (await snapshot()).pages === before + 1);
+    } finally {
+      await page.close();
+      other.stop(true);
+    }
+  });
+
+  test("NOTIFY sales_loaded from bi_reader, thousands a second, is read as a hint: at most one read of the views a second", async () => {
+    const flooder = connect(db.target, createLogger("test", "silent"), { max: 1 });
+    const counted = connect(db.target, createLogger("test", "silent"), { max: 1, keepOpen: true, onnotify: () => heard++ });
+    let heard = 0;
+    try {
+      await counted.unsafe("listen sales_loaded");
+      await flooder.unsafe("set role bi_reader");
+      const before = await snapshot();
+      const started = performance.now();
+      let sent = 0;
+      while (performance.now() - started < 3000) {
+        await flooder.unsafe(`notify sales_loaded, '{"files": 1, "rows": ${1_000_000 + sent}}'`);
+        sent++;
+      }
+      const seconds = (performance.now() - started) / 1000;
+      // Control: every notification was delivered, so the flood was real.
+      await waitFor(`${sent} notifications heard`, () => heard >= sent);
+      const after = await waitFor("the last read after the flood", async () => {
+        const s = await snapshot();
+        return s.gathered > before.gathered && s;
+      });
+      const reads = (await snapshot()).gathered - before.gathered;
+      expect(sent).toBeGreaterThan(100);
+      expect(reads).toBeLessThanOrEqual(Math.ceil(seconds) + 2);
+      // The payload is not data: the numbers are the database's.
+      const [row] = await db.sql`select count(*)::text as lines from v_sales`;
+      expect(after.business.kpis.lines).toBe(row!.lines);
+    } finally {
+      await flooder.end({ timeout: 1 });
+      await counted.end({ timeout: 1 });
+    }
+  });
+
+  test("a connection that stops reading gets the newest snapshot when it reads again, not every one in between", async () => {
+    const stalled = net.connect(port, "127.0.0.1");
+    const chunks: Buffer[] = [];
+    stalled.on("data", (chunk: Buffer) => chunks.push(chunk));
+    await new Promise((connected) => stalled.once("connect", connected));
+    stalled.write(`GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    stalled.pause();
+    const notifier = connect(db.target, createLogger("test", "silent"), { max: 1 });
+    try {
+      // Eight snapshots while it reads nothing: the socket's buffers hold only a few of them. (Each look at
+      // /api/snapshot costs the server a large JSON: once a second, and well within the minute after which a page
+      // that takes nothing is dropped.)
+      const start = (await snapshot()).gathered;
+      await waitFor("eight snapshots", async () => {
+        await notifier`select pg_notify('sales_loaded', '')`;
+        return (await snapshot()).gathered >= start + 8;
+      }, 45_000, 1000);
+      const latest = (await snapshot()).gathered;
+      stalled.resume();
+      const received = () => [...Buffer.concat(chunks).toString().matchAll(/"gathered":(\d+)/g)].map((m) => Number(m[1]));
+      await waitFor("the newest snapshot on the stalled connection", () => received().includes(latest), 60_000);
+      const during = received().filter((g) => g > start && g <= latest);
+      expect(during.length).toBeLessThan(8);
+      expect(during.at(-1)).toBe(latest);
+    } finally {
+      stalled.destroy();
+      await notifier.end({ timeout: 1 });
     }
   });
 });

@@ -8,6 +8,7 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, statSyn
 import { join, relative } from "node:path";
 import type { DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
+import { prepareFile } from "../scripts/lib/load/read.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { createTestDatabase, pipelineEnv, runOk, runPipeline, runScript, startScript, tempDir, uniqueName, waitFor, type RunResult, type TestDatabase } from "./helpers.ts";
 
@@ -534,6 +535,102 @@ describe("plausibility", () => {
   });
 });
 
+describe("the same rows under another source name", () => {
+  const tmp = tempDir();
+  let where: Where;
+  let file: string;
+  let first: string;
+  let second: string;
+  const total = async () => (await where.db.sql`select sum(sales)::text as sales, count(*)::int as n from orders`)[0] as { sales: string; n: number };
+  /** A source as the tests name it: files in the test's folder relative to it (they are stored by absolute path). */
+  const named = (source: string | null) => (source?.startsWith("/") ? relative(where.dir, source) : source);
+
+  beforeAll(async () => {
+    where = await setUp("samerows", tmp.path);
+    file = join(where.dir, "orders.csv");
+    writeFileSync(file, csv([line(1), line(2), line(3), line(4, { Sales: "oops" })]));
+    first = await run(where, [file]);
+    // A copy of the file in another folder, and the README's stdin example with --source, sent the same run.
+    mkdirSync(join(where.dir, "copy"));
+    copyFileSync(file, join(where.dir, "copy", "orders.csv"));
+    await runOk("producer.ts", ["--file", "-", "--source", "s-2017.csv", "--rate", "max"], where.env, undefined, readFileSync(file));
+    second = await run(where, [join(where.dir, "copy", "orders.csv")]);
+  });
+  afterAll(async () => {
+    await where?.db.drop();
+    tmp.remove();
+  });
+
+  test("are loaded, marked with the source loaded first, counted, and the loader warns naming both sources", async () => {
+    expect(first).toContain("inserted=3 duplicates=0 rejected=1");
+    expect(first).toContain("cross_source=0 ");
+    expect(second).toContain("inserted=6 duplicates=0 rejected=2");
+    expect(second).toContain("cross_source=6 ");
+    expect(second).toContain(
+      `3 rows of "s-2017.csv" have the Row ID and every value of rows loaded before from another source (Row ID 1 at line 2 = line 2 of "${file}"); ` +
+        "they are loaded, and count twice in every total",
+    );
+    expect(second).toContain(`delete from orders where source_file = '${join(where.dir, "copy", "orders.csv")}' and same_as_source is not null`);
+    expect(second).toMatch(/6 rows loaded repeat rows of another source and count twice in every total/);
+    const marked = await where.db.sql<{ source: string; id: string; same: string | null }[]>`
+      select source_file as source, source_row_id::text as id, same_as_source as same from orders order by 1, 2
+    `;
+    expect(marked.map((r) => `${named(r.source)}:${r.id} ${named(r.same)}`)).toEqual([
+      "copy/orders.csv:1 orders.csv",
+      "copy/orders.csv:2 orders.csv",
+      "copy/orders.csv:3 orders.csv",
+      "orders.csv:1 null",
+      "orders.csv:2 null",
+      "orders.csv:3 null",
+      "s-2017.csv:1 orders.csv",
+      "s-2017.csv:2 orders.csv",
+      "s-2017.csv:3 orders.csv",
+    ]);
+    const [ledger] = await where.db.sql`select sum(cross_source)::int as n from loaded_files`;
+    expect(ledger!.n).toBe(6);
+  });
+
+  test("make status lists them by source, and the statement the warning gives removes a copy exactly", async () => {
+    const status = await runOk("status.ts", [], where.env);
+    expect(status.stdout).toContain("WARNING: 6 rows repeat the Row ID and values of rows of another source and count twice in the totals above:");
+    expect(status.stdout).toContain(`    ${join(where.dir, "copy", "orders.csv")}: 3 rows, the same as ${file}`);
+    expect(status.stdout).toContain(`    s-2017.csv: 3 rows, the same as ${file}`);
+    // Three times 101.5 + 102.5 + 103.5: the copies count in the total, as the warning says.
+    expect(await total()).toEqual({ sales: "922.5", n: 9 });
+    for (const source of [join(where.dir, "copy", "orders.csv"), "s-2017.csv"]) {
+      await where.db.sql`delete from orders where source_file = ${source} and same_as_source is not null`;
+    }
+    expect(await total()).toEqual({ sales: "307.5", n: 3 });
+    const again = await runOk("status.ts", [], where.env);
+    expect(again.stdout).not.toContain("WARNING");
+  });
+
+  test("controls: another Row ID with the same values, or the same Row ID with one value changed, is a row of its own", async () => {
+    const other = join(where.dir, "other.csv");
+    // Row ID 7 carries line 1's values; Row ID 2 differs from orders.csv's in Profit alone.
+    writeFileSync(other, csv([line(7, { "Order ID": "CA-2016-100001", Sales: "101.5", "Customer ID": "CG-12501", "Product ID": "FUR-BO-10001" }), line(2, { Profit: "4.26" })]));
+    const summary = await run(where, [other]);
+    expect(summary).toContain("inserted=2 duplicates=0 rejected=0");
+    expect(summary).toContain("cross_source=0 ");
+    const [marked] = await where.db.sql`select count(*)::int as n from orders where source_file = ${other} and same_as_source is not null`;
+    expect(marked!.n).toBe(0);
+  });
+
+  test("a row and its copy in one load: the first in the file's order stays unmarked, the other is marked", async () => {
+    const a = join(where.dir, "a.csv");
+    const b = join(where.dir, "b.csv");
+    writeFileSync(a, csv([line(50), line(51)]));
+    writeFileSync(b, csv([line(50), line(51)]));
+    const summary = await run(where, [a, b]);
+    expect(summary).toContain("inserted=4 ");
+    expect(summary).toContain("cross_source=2 ");
+    const rows = await where.db.sql<{ source: string; same: string | null }[]>`
+      select source_file as source, same_as_source as same from orders where source_row_id in (50, 51) order by 1, source_row_id
+    `;
+    expect(rows.map((r) => `${named(r.source)} ${named(r.same)}`)).toEqual(["a.csv null", "a.csv null", "b.csv a.csv", "b.csv a.csv"]);
+  });
+});
+
 describe("the duplicate check at any table size", () => {
   const tmp = tempDir();
   const quiet = createLogger("test", "silent");
@@ -643,6 +740,48 @@ describe("the duplicate check at any table size", () => {
       expect(after.seq).toBe(before.seq);
       const [count] = await own.db.sql`select count(*)::int as n from orders where batch_file <> 'big'`;
       expect(count!.n).toBe(6000);
+    } finally {
+      await own.db.drop();
+    }
+  });
+
+  test("looks up rows of other sources with the same values through orders_same_values, one probe per new row", async () => {
+    // A short name: 6,000 rows under a long path overflow the broker's 1 MB request (the producer counts values against
+    // it, not keys and headers).
+    const own = await setUp("sv", tmp.path);
+    try {
+      await own.db.sql`insert into users (customer_id, latest_order_date, latest_source_row_id, latest_source_file) values ('BIG', '2016-01-01', 1, 'big.csv')`;
+      await own.db.sql`insert into products (product_id, latest_order_date, latest_source_row_id, latest_source_file) values ('BIG', '2016-01-01', 1, 'big.csv')`;
+      // 60,000 rows with fingerprints, 1,000 of them with the Row IDs and values of the batch's first 1,000 rows.
+      const file = join(own.dir, "batch.csv");
+      writeFileSync(file, csv(Array.from({ length: 6000 }, (_, i) => line(i + 1))));
+      await runOk("producer.ts", ["--file", file, "--rate", "max"], own.env);
+      await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", "--batch-size", "6000"], own.env);
+      const [name] = readdirSync(own.env.BATCHES_DIR!).filter((f) => f.endsWith(".csv"));
+      const prepared = await prepareFile(own.env.BATCHES_DIR!, name!);
+      const hashes = prepared.candidates.slice(0, 1000).map((c) => String(c.row.row_hash));
+      await own.db.sql`
+        insert into orders (order_id, order_date, customer_id, product_id, sales, quantity, source_file, source_row_id, source_line, batch_file, row_hash)
+        select 'O-' || i, date '2016-01-01', 'BIG', 'BIG', 1, 1, 'big.csv', i, i + 1, 'big',
+               coalesce((${hashes}::text[])[i], md5(i::text))
+        from generate_series(1, 60000) as i
+      `;
+      await own.db.sql`analyze orders`;
+      const probes = async () => {
+        await own.db.sql`select pg_stat_clear_snapshot()`;
+        const [row] = await own.db.sql<{ n: string }[]>`select idx_scan::text as n from pg_stat_user_indexes where indexrelname = 'orders_same_values'`;
+        return Number(row!.n);
+      };
+      const [before, seqBefore] = [await probes(), (await scans(own.db.sql)).seq];
+      const summary = await runOk("load.ts", [], { ...own.env, LOG_LEVEL: "info" });
+      expect(summary.stderr).toContain("inserted=6000 ");
+      expect(summary.stderr).toContain("cross_source=1000 ");
+      const after = await waitFor("6,000 probes of orders_same_values reported", async () => {
+        const now = await probes();
+        return now >= before + 6000 && now;
+      });
+      expect(after).toBeGreaterThanOrEqual(before + 6000);
+      expect((await scans(own.db.sql)).seq).toBe(seqBefore);
     } finally {
       await own.db.drop();
     }

@@ -37,6 +37,7 @@ describe("migrate.ts", () => {
       `;
       expect(tables.filter((r) => r.kind === "BASE TABLE").map((r) => r.t)).toEqual([
         "loaded_files",
+        "loader_lock",
         "orders",
         "products",
         "rejected_rows",

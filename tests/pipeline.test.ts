@@ -12,6 +12,7 @@ import { prepareFile } from "../scripts/lib/load/read.ts";
 import { commitFiles } from "../scripts/lib/load/transaction.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import {
+  BROKERS,
   createTestDatabase,
   decimalSum,
   normalizeDecimal,
@@ -21,6 +22,7 @@ import {
   superstoreRows,
   tableRows,
   tempDir,
+  topicSize,
   uniqueName,
   waitFor,
   type TestDatabase,
@@ -376,6 +378,15 @@ describe("producer pace", () => {
     const at = await batchTimestamps(fast.BATCHES_DIR);
     expect(at).toHaveLength(150);
     for (const [i, t] of at.entries()) expect(t - launched).toBeGreaterThanOrEqual(i * 20);
+  });
+
+  test("a source name of 400 characters, in every key and header, does not overfill a send", async () => {
+    const long = { ...env, KAFKA_TOPIC: uniqueName("long_source") };
+    const file = join(tmp.path, "two-thousand.csv");
+    await runOk("make_data.ts", ["--out", file, "--rows", "2000"], {});
+    const produced = await runOk("producer.ts", ["--file", file, "--rate", "max", "--source", `s/${"x".repeat(398)}`], { ...long, LOG_LEVEL: "info" });
+    expect(produced.stderr).toContain("done: sent=2000 ");
+    expect(await topicSize(BROKERS, long.KAFKA_TOPIC)).toBe(2000);
   });
 
   test("--from-line resumes at that line of the file: lines before it are not sent", async () => {

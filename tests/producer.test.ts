@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import type { CsvRecord } from "../scripts/lib/csv.ts";
 import { UsageError } from "../scripts/lib/cli.ts";
-import { acknowledgedCount, dueAt, jsonKeys, MAX_MESSAGE_BYTES, parseEncoding, stoppedAt, toMessage } from "../scripts/producer.ts";
+import { acknowledgedCount, dueAt, MAX_SEND_BYTES, recordBytes, jsonKeys, MAX_MESSAGE_BYTES, parseEncoding, stoppedAt, toMessage } from "../scripts/producer.ts";
 
 const KEYS = ["Row ID", "Order ID", "Product Name"];
 
@@ -157,5 +157,17 @@ describe("acknowledgement", () => {
       "Kafka has not answered for 120s\ndata/s.csv: line 42 is the first line not acknowledged by Kafka; every line before it " +
         "is in the topic. Run again with --from-line 42 to resume (or send the whole file again: rows already loaded count as duplicates).",
     );
+  });
+});
+
+describe("recordBytes", () => {
+  test("counts the key and the headers as well as the value, so a long source path cannot overfill a send", () => {
+    const source = `/srv/${"deep/".repeat(40)}sales.csv`;
+    const message = { key: `${source}:123`, value: "x".repeat(300), headers: { source_file: source, source_line: "124" } };
+    const bytes = recordBytes(message);
+    expect(bytes).toBeGreaterThan(300 + 2 * source.length);
+    // The default send of 2,000 such rows would not fit under MAX_SEND_BYTES counting values alone.
+    expect(2000 * 300).toBeLessThan(MAX_SEND_BYTES);
+    expect(2000 * bytes).toBeGreaterThan(MAX_SEND_BYTES);
   });
 });

@@ -101,6 +101,9 @@ function drawHealth(health) {
   setHealth("rows", pg.ok ? whole.format(pg.rowsLoaded) : "–", pg.ok ? pg.rowsLoaded : null);
   setHealth("loaded", pg.ok ? whole.format(pg.filesLoaded) : "–", pg.ok ? pg.filesLoaded : null);
   setHealth("rejected", pg.ok ? whole.format(pg.rejectedOpen) : "–", pg.ok ? pg.rejectedOpen : null);
+  // Rows loaded although another source has the same Row ID and values: every total counts them twice.
+  setHealth("cross-source", pg.ok ? whole.format(pg.rowsCrossSource) : "–", pg.ok ? pg.rowsCrossSource : null).dataset.state =
+    pg.ok && pg.rowsCrossSource > 0 ? "down" : "";
   setHealth("last-load", pg.ok && pg.lastLoadAt ? new Date(pg.lastLoadAt).toLocaleTimeString() : "never", pg.ok ? pg.lastLoadAt : null);
   const files = health.files;
   setHealth("pending", files ? whole.format(files.pending) : "–", files ? files.pending : null);

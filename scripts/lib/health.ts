@@ -26,6 +26,8 @@ export interface DatabaseHealth {
   readonly filesLoaded: number;
   readonly rejectedOpen: number;
   readonly rowsWithWarnings: number;
+  /** rows with the Row ID and values of a row of another source (orders.same_as_source): counted twice in totals */
+  readonly rowsCrossSource: number;
   /** ISO time of the last committed batch file, or null */
   readonly lastLoadAt: string | null;
 }
@@ -110,8 +112,10 @@ export function underReplicated(partitions: readonly PartitionPlacement[]): Part
 /** What PostgreSQL has loaded, from v_pipeline_health (one statement). */
 export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<DatabaseHealth>> {
   try {
-    const [row] = await sql<{ rows_loaded: string; files_loaded: string; rejected_open: string; rows_with_warnings: string; last_load_at: Date | null }[]>`
-      select rows_loaded, files_loaded, rejected_open, rows_with_warnings, last_load_at from v_pipeline_health
+    const [row] = await sql<
+      { rows_loaded: string; files_loaded: string; rejected_open: string; rows_with_warnings: string; rows_cross_source: string; last_load_at: Date | null }[]
+    >`
+      select rows_loaded, files_loaded, rejected_open, rows_with_warnings, rows_cross_source, last_load_at from v_pipeline_health
     `;
     return {
       ok: true,
@@ -119,6 +123,7 @@ export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<Da
       filesLoaded: Number(row!.files_loaded),
       rejectedOpen: Number(row!.rejected_open),
       rowsWithWarnings: Number(row!.rows_with_warnings),
+      rowsCrossSource: Number(row!.rows_cross_source),
       lastLoadAt: row!.last_load_at?.toISOString() ?? null,
     };
   } catch (error) {

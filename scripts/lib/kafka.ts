@@ -52,6 +52,13 @@ export const keyPartitioner =
     return (murmur2(bytes) & 0x7fffffff) % partitionMetadata.length;
   };
 
+let lastProblem: string | undefined;
+
+/** The last warning or error kafkajs reported (shown or not), for a script that says what it is waiting for. */
+export function lastKafkaProblem(): string | undefined {
+  return lastProblem;
+}
+
 function kafkaLogs(log: Logger): logCreator {
   return () =>
     ({ level, namespace, log: entry }: LogEntry) => {
@@ -59,6 +66,7 @@ function kafkaLogs(log: Logger): logCreator {
       // "Offset out of range, resetting to default offset" says which partition only in these fields.
       const about = topic === undefined ? "" : ` [topic ${topic}${partition === undefined ? "" : ` partition ${partition}`}]`;
       const text = `kafkajs ${namespace}: ${message}${about}${error ? ` (${error})` : ""}`;
+      if (level === logLevel.ERROR || level === logLevel.WARN) lastProblem = `${message}${about}${error ? ` (${error})` : ""}`;
       // kafkajs logs every error response at ERROR, also the retriable ones it then retries ("coordinator
       // is loading" while a broker starts). A failure that survives the retries reaches us as an exception.
       if (namespace === "Connection" && message.startsWith("Response ")) log.debug(text);
@@ -134,7 +142,8 @@ export async function ensureTopic(admin: Admin, topic: string, partitions: numbe
   const existing = await admin.listTopics();
   if (existing.includes(topic)) return false;
   // createTopics answers false when another client created it first: either way it exists afterwards.
-  const created = await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }] });
+  // waitForLeaders is kafkajs' default, and gives up on the first "unknown topic": waited for below instead.
+  const created = await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }], waitForLeaders: false });
   // On a cluster the other brokers learn of a new topic a moment later, and until then answer "unknown
   // topic" (kafkajs' waitForLeaders gives up on that): wait until the metadata has it, leaders included.
   await pollUntil(

@@ -35,6 +35,8 @@ export interface ShutdownOptions {
 }
 
 export const STOP_DEADLINE_MS = 10_000;
+/** How long a script whose stop steps have all run may take to exit by itself before it is made to. */
+export const LINGER_MS = 2_000;
 
 export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shutdown {
   const signals = options.signals ?? ["SIGINT", "SIGTERM"];
@@ -46,6 +48,8 @@ export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shut
   let resolveRequested!: (reason: string) => void;
   const whenRequested = new Promise<string>((resolve) => (resolveRequested = resolve));
   let running: Promise<void> | undefined;
+  let finished = false;
+  const exitAsFinished = () => exit(typeof process.exitCode === "number" ? process.exitCode : 0);
   let deadline: ReturnType<typeof setTimeout> | undefined;
 
   const request = (reason: string) => {
@@ -56,6 +60,7 @@ export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shut
     resolveRequested(reason);
     const ms = options.deadlineMs ?? STOP_DEADLINE_MS;
     deadline = setTimeout(() => {
+      if (finished) return exitAsFinished();
       log.error(
         `did not stop within ${ms / 1000}s (still busy with: ${current}); exiting now. Nothing uncommitted is kept: ` +
           "PostgreSQL rolls back an open transaction and Kafka hands uncommitted records to the next run",
@@ -89,7 +94,12 @@ export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shut
         }
       }
       current = "exiting";
+      finished = true;
       for (const signal of signals) process.off(signal, onSignal);
+      // Every step is done: files written, offsets committed, connections closed. A library may still hold a
+      // timer or socket (kafkajs rejoining a group that was rebalancing as it disconnected); that must neither
+      // keep a finished script alive nor turn its exit into a failure.
+      setTimeout(exitAsFinished, LINGER_MS).unref?.();
     })();
     return running;
   };

@@ -131,9 +131,11 @@ export function copyValue(value: unknown): string {
   return COPY_SPECIAL.test(text) ? text.replace(COPY_SPECIALS, (c) => COPY_ESCAPES[c]!) : text;
 }
 
-/** An orders row as one line of COPY text, newline included. */
-export function copyLine(row: OrderRow): string {
-  return `${ORDER_COLUMNS.map((c) => copyValue(row[c])).join("\t")}\n`;
+/** An orders row as one line of COPY text, newline included; `more` are values of columns after ORDER_COLUMNS. */
+export function copyLine(row: OrderRow, ...more: unknown[]): string {
+  const values = ORDER_COLUMNS.map((c) => copyValue(row[c]));
+  for (const value of more) values.push(copyValue(value));
+  return `${values.join("\t")}\n`;
 }
 
 /** Columns that mean one field, spelled two or more ways: the first is read, the others fill in for it. */

@@ -3,7 +3,9 @@
 // is a no-op.
 //
 // Rules, per record (identity = source file + Row ID):
-// - not in orders, cleans  -> inserted; an open rejection of the same Row ID or line is marked resolved
+// - not in orders, cleans  -> inserted; an open rejection of the same Row ID or line is marked resolved; when a
+//   row of another source with the same Row ID and the same values (row_hash) loaded before, it is inserted
+//   marked with that source (orders.same_as_source), counted as cross_source, and the loader warns
 // - in orders, same values -> duplicate (nothing changes)
 // - in orders, other values, or broken while its identity is loaded -> a "conflict" in rejected_rows, kept for
 //   audit; orders keeps the row that loaded first
@@ -13,10 +15,12 @@
 // insert reports it) = the data records the file holds, and the ledger row is written only if the statement
 // still runs in the transaction that began the load. A committed file therefore never lies about its rows.
 // A gap file's ranges of lost offsets go to lost_offsets in the same transaction as its ledger row.
-// The commit is announced with NOTIFY sales_loaded, for the live dashboard.
+// The commit is announced with NOTIFY sales_loaded, for the live dashboard. Loaders take turns through the row of
+// loader_lock (lock.ts).
 
 import type { LostRange } from "../batch.ts";
 import { copyIn, isDataError, type Database, type TransactionSql } from "../db.ts";
+import { LOCK_WAIT_MS, LoaderLockTimeout, loaderLockError, takeLoaderLock } from "./lock.ts";
 import { copyLine, identity, ORDER_COLUMNS, type Candidate, type OrderRow, type PreparedFile, type RejectedRow } from "./read.ts";
 
 /** The channel the loader announces commits on (LISTEN sales_loaded). */
@@ -43,6 +47,16 @@ const REJECTED_COLUMNS: (keyof RejectedRow | "status")[] = [
   "batch_file",
 ];
 
+/** A row inserted although a row of another source with the same Row ID and values loaded before it. */
+export interface SameAs {
+  /** the inserted row: its source and line */
+  readonly source: string;
+  readonly line: number;
+  readonly rowId: number;
+  /** the row loaded before: its source and line */
+  readonly first: { readonly source: string; readonly line: number };
+}
+
 export interface FileResult {
   readonly name: string;
   readonly status: "loaded" | "already-loaded";
@@ -55,6 +69,8 @@ export interface FileResult {
   readonly warnings: number;
   /** open rejections this file resolved with a corrected row */
   readonly resolved: number;
+  /** inserted rows whose Row ID and values a row of another source has (orders.same_as_source) */
+  readonly crossSource: readonly SameAs[];
   /** what went to rejected_rows, for the rejects file people read */
   readonly rejections: readonly RejectedRow[];
   /** ranges of lost offsets recorded in lost_offsets (a gap file) */
@@ -88,12 +104,15 @@ export function latestBy(rows: readonly OrderRow[], id: "customer_id" | "product
   return [...latest.values()];
 }
 
-/** COPY text for candidates, made as it is sent, a few hundred lines per chunk. */
-export function* copyChunks(candidates: readonly Candidate[]): Generator<string> {
+/** Columns of orders a load writes: the row's own, then the source whose row it repeats (null for most). */
+const COPY_COLUMNS = [...ORDER_COLUMNS, "same_as_source"];
+
+/** COPY text for candidates (COPY_COLUMNS), made as it is sent, a few hundred lines per chunk. */
+export function* copyChunks(candidates: readonly Candidate[], sameAs: ReadonlyMap<Candidate, SameAs> = new Map()): Generator<string> {
   for (let i = 0; i < candidates.length; i += 500) {
     yield candidates
       .slice(i, i + 500)
-      .map((c) => copyLine(c.row))
+      .map((c) => copyLine(c.row, sameAs.get(c)?.first.source ?? null))
       .join("");
   }
 }
@@ -160,6 +179,34 @@ interface Known {
   readonly loaded: Map<string, Loaded>;
   /** source file + line -> rejections recorded for it */
   readonly recorded: Map<string, Recorded[]>;
+  /** Row ID + row_hash -> the source and line of the first row loaded with them (sameValues) */
+  readonly firsts: Map<string, { source: string; line: number }>;
+}
+
+/** A row's own values: its Row ID and the fingerprint of every cleaned value (which holds no Row ID). */
+const sameValues = (row: OrderRow) => `${String(row.row_hash)}\u0000${String(row.source_row_id)}`;
+
+/**
+ * For candidates whose identity is new: the first row of orders with the same Row ID and values, from another
+ * source (the identity is new, so any such row is another source's). One probe of orders_same_values per key.
+ */
+async function lookUpFirsts(tx: TransactionSql, candidates: readonly Candidate[], loaded: ReadonlyMap<string, Loaded>): Promise<Known["firsts"]> {
+  const keys = [...new Map(candidates.filter((c) => !loaded.has(c.key)).map((c) => [sameValues(c.row), c.row])).values()];
+  const firsts: Known["firsts"] = new Map();
+  for (const part of chunks(keys, 2)) {
+    const rows = await tx<{ i: string; source_file: string; source_line: number }[]>`
+      select k.i::text, o.source_file, o.source_line
+      from unnest(${part.map((r) => String(r.row_hash))}::text[], ${part.map((r) => Number(r.source_row_id))}::bigint[]) with ordinality as k (h, r, i)
+      cross join lateral (
+        select source_file, source_line from orders
+        where row_hash = k.h and source_row_id = k.r
+        order by row_id
+        limit 1
+      ) o
+    `;
+    for (const r of rows) firsts.set(sameValues(part[Number(r.i) - 1]!), { source: r.source_file, line: r.source_line });
+  }
+  return firsts;
 }
 
 /** The content of a rejected line as received: equal for the same line sent again. */
@@ -211,7 +258,7 @@ async function lookUp(tx: TransactionSql, files: readonly PreparedFile[]): Promi
       recorded.set(key, [...(recorded.get(key) ?? []), { content: content(r), resolved: r.status === "resolved" }]);
     }
   }
-  return { loaded, recorded };
+  return { loaded, recorded, firsts: await lookUpFirsts(tx, files.flatMap((f) => f.candidates), loaded) };
 }
 
 interface Plan {
@@ -219,6 +266,8 @@ interface Plan {
   readonly fresh: Candidate[];
   readonly rejections: (RejectedRow & { status: "open" | "conflict" })[];
   duplicates: number;
+  /** fresh rows that repeat a row of another source, and which */
+  readonly sameAs: Map<Candidate, SameAs>;
 }
 
 /**
@@ -226,7 +275,7 @@ interface Plan {
  * known (updated as it goes): two versions of a line in one file end as they would in two runs.
  */
 function plan(file: PreparedFile, known: Known): Plan {
-  const result: Plan = { file, fresh: [], rejections: [], duplicates: file.duplicates };
+  const result: Plan = { file, fresh: [], rejections: [], duplicates: file.duplicates, sameAs: new Map() };
   const stays = (line: number) => `; the row loaded from line ${line} stays in orders`;
   for (const item of file.sequence) {
     if ("key" in item) planCandidate(item, file.name, known, result, stays);
@@ -241,6 +290,7 @@ function planCandidate(candidate: Candidate, batchFile: string, known: Known, re
   if (at === undefined) {
     result.fresh.push(candidate);
     known.loaded.set(candidate.key, { line: Number(row.source_line), hash: row.row_hash as string });
+    noteSameValues(candidate, known, result);
     // This insert resolves the open rejections of the lines it spans, also those an earlier file of the group
     // recorded: records after it must see the line as loaded, as they would in a later run.
     for (let n = 0; n < candidate.lines; n++) {
@@ -251,6 +301,20 @@ function planCandidate(candidate: Candidate, batchFile: string, known: Known, re
   } else if (at.hash === null || at.hash === row.row_hash) result.duplicates++;
   else {
     result.rejections.push(candidateRejection(candidate, batchFile, "conflict", `Row ID ${row.source_row_id} is already loaded with other values${stays(at.line)}`));
+  }
+}
+
+/**
+ * A new row whose Row ID and values a row of another source has (loaded before, or earlier in this group) is
+ * inserted all the same, and noted; the first row with them is remembered for the rows after it.
+ */
+function noteSameValues(candidate: Candidate, known: Known, result: Plan): void {
+  const { row } = candidate;
+  const values = sameValues(row);
+  const first = known.firsts.get(values);
+  if (first === undefined) known.firsts.set(values, { source: String(row.source_file), line: Number(row.source_line) });
+  else if (first.source !== row.source_file) {
+    result.sameAs.set(candidate, { source: String(row.source_file), line: Number(row.source_line), rowId: Number(row.source_row_id), first });
   }
 }
 
@@ -376,6 +440,8 @@ export interface CommitOptions {
    * rejection with the server's reason, and the rest of the file loads. Used after a COPY failed on data.
    */
   readonly isolate?: boolean;
+  /** how long to wait for the loader lock before giving up with LoaderLockError (default LOCK_WAIT_MS) */
+  readonly lockWaitMs?: number;
 }
 
 /** The rejection of a row that cleaned but that PostgreSQL refused, with the server's reason. */
@@ -395,7 +461,8 @@ async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
       await tx.savepoint(async (sp) => {
         await upsertLatest(sp, "users", "customer_id", USER_COLUMNS, [row]);
         await upsertLatest(sp, "products", "product_id", PRODUCT_COLUMNS, [row]);
-        await sp`insert into orders ${sp(row as unknown as Record<string, never>, ORDER_COLUMNS as unknown as string[])}`;
+        const values = { ...row, same_as_source: plan.sameAs.get(candidate)?.first.source ?? null };
+        await sp`insert into orders ${sp(values as unknown as Record<string, never>, COPY_COLUMNS)}`;
       });
       kept.push(candidate);
     } catch (error) {
@@ -409,110 +476,142 @@ async function insertIsolated(tx: TransactionSql, plan: Plan): Promise<number> {
   return kept.length;
 }
 
+/** Files of the group whose content the ledger does not hold yet, each content once. */
+async function newFiles(tx: TransactionSql, files: readonly PreparedFile[]): Promise<PreparedFile[]> {
+  const done = new Set(
+    (await tx<{ sha256: string }[]>`select sha256 from loaded_files where sha256 = any(${files.map((f) => f.hash)}::char(64)[])`).map((r) => r.sha256),
+  );
+  const todo: PreparedFile[] = [];
+  const seen = new Set<string>();
+  for (const file of files) {
+    if (!done.has(file.hash) && !seen.has(file.hash)) todo.push(file);
+    seen.add(file.hash);
+  }
+  return todo;
+}
+
+/** Inserts the plans' new rows (COPY, or row by row when isolating) and checks the count the server reports. */
+async function insertFresh(tx: TransactionSql, plans: readonly Plan[], options: CommitOptions): Promise<void> {
+  const fresh = plans.flatMap((p) => p.fresh);
+  let inserted = 0;
+  if (options.isolate) {
+    for (const p of plans) inserted += await insertIsolated(tx, p);
+  } else if (fresh.length > 0) {
+    const rows = fresh.map((c) => c.row);
+    // users and products first: orders refers to them. Sent together: one wait for the server, not two.
+    await Promise.all([
+      upsertLatest(tx, "users", "customer_id", USER_COLUMNS, rows),
+      upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, rows),
+    ]);
+    // COPY: the rows are known to be new (checked under the loader lock), and COPY is the fast way in.
+    const sameAs = new Map(plans.flatMap((p) => [...p.sameAs]));
+    inserted = await copyIn(tx`copy orders (${tx(COPY_COLUMNS)}) from stdin`, copyChunks(fresh, sameAs));
+  }
+  const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
+  if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
+}
+
+/** Records each plan's rejections and resolutions, checks its counts, and returns its result. */
+async function settlePlans(tx: TransactionSql, plans: readonly Plan[]): Promise<FileResult[]> {
+  const fresh = plans.flatMap((p) => p.fresh);
+  // Open rejections a row of this group may resolve: recorded before, or by an earlier file of the group.
+  let openRejections = fresh.length > 0 && (await anyOpenRejection(tx, fresh));
+  const results: FileResult[] = [];
+  for (const p of plans) {
+    if (p.file.lost.length > 0) await recordLost(tx, p.file.lost, p.file.name);
+    const written = await recordRejections(tx, p.rejections);
+    openRejections ||= p.rejections.some((r) => r.status === "open");
+    const duplicates = p.duplicates + (p.rejections.length - written);
+    const resolved = openRejections ? await resolveRejections(tx, p.fresh, p.file.name) : 0;
+    const warnings = p.fresh.filter((c) => c.row.warnings !== null).length;
+    if (p.fresh.length + written + duplicates !== p.file.records) {
+      throw new LedgerMismatchError(
+        `${p.file.name}: ${p.file.records} records, but ${p.fresh.length} inserted + ${duplicates} duplicates + ` +
+          `${written} rejected; nothing was committed`,
+      );
+    }
+    results.push({
+      name: p.file.name,
+      status: "loaded",
+      records: p.file.records,
+      inserted: p.fresh.length,
+      duplicates,
+      rejected: written,
+      warnings,
+      resolved,
+      rejections: p.rejections,
+      lost: p.file.lost,
+      // A row PostgreSQL refused (row by row) is no longer fresh: only inserted rows count.
+      crossSource: p.fresh.flatMap((c) => p.sameAs.get(c) ?? []),
+    });
+  }
+  return results;
+}
+
+/**
+ * The ledger rows, written only by the transaction that began this load (`xid`): a statement that reached
+ * another session (a driver fault after a lost connection) inserts nothing, and the load fails.
+ */
+async function writeLedger(tx: TransactionSql, plans: readonly Plan[], results: readonly FileResult[], xid: string): Promise<void> {
+  const ledger = await tx`
+    insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings, cross_source)
+    select * from unnest(${plans.map((p) => p.file.hash)}::char(64)[], ${results.map((r) => r.name)}::text[],
+                         ${results.map((r) => r.records)}::int[], ${results.map((r) => r.inserted)}::int[],
+                         ${results.map((r) => r.duplicates)}::int[], ${results.map((r) => r.rejected)}::int[],
+                         ${results.map((r) => r.warnings)}::int[], ${results.map((r) => r.crossSource.length)}::int[])
+    where pg_current_xact_id()::text = ${xid}
+    returning 1
+  `;
+  if (ledger.length !== results.length) {
+    throw Object.assign(new Error("the ledger rows reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
+  }
+}
+
+/** The result of a file whose content the ledger already holds. */
+function alreadyLoaded(file: PreparedFile): FileResult {
+  return {
+    name: file.name,
+    status: "already-loaded",
+    records: file.records,
+    inserted: 0,
+    duplicates: 0,
+    rejected: 0,
+    warnings: 0,
+    resolved: 0,
+    rejections: [],
+    lost: [],
+    crossSource: [],
+  };
+}
+
+/** One group in one transaction, under the loader lock: look up, plan, insert, record, ledger, announce. */
+async function loadGroup(tx: TransactionSql, files: readonly PreparedFile[], options: CommitOptions): Promise<FileResult[]> {
+  // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
+  const xid = await takeLoaderLock(tx, options.lockWaitMs ?? LOCK_WAIT_MS);
+  const todo = await newFiles(tx, files);
+  const known = await lookUp(tx, todo);
+  const plans = todo.map((file) => plan(file, known));
+  await insertFresh(tx, plans, options);
+  const results = await settlePlans(tx, plans);
+  if (results.length > 0) {
+    await writeLedger(tx, plans, results, xid);
+    const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
+    await tx`select pg_notify(${LOADED_CHANNEL}, ${payload})`;
+  }
+  return [...results, ...files.filter((f) => !todo.includes(f)).map(alreadyLoaded)];
+}
+
 /**
  * Loads `files` in one transaction. Files whose content is already in the ledger are skipped. Throws on any
- * database error (nothing of the group is kept then); the caller decides whether to retry or isolate.
+ * database error (nothing of the group is kept then); the caller decides whether to retry or isolate. When the
+ * loader lock is not free in time, throws LoaderLockError naming the session that holds it.
  */
 export async function commitFiles(db: Database, files: readonly PreparedFile[], options: CommitOptions = {}): Promise<FileResult[]> {
-  return db.transaction(async (tx) => {
-    // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
-    const [{ xid } = { xid: "" }] = await tx<{ xid: string }[]>`
-      select pg_current_xact_id()::text as xid, pg_advisory_xact_lock(hashtext('sales-load'))
-    `;
-    const done = new Set(
-      (await tx<{ sha256: string }[]>`select sha256 from loaded_files where sha256 = any(${files.map((f) => f.hash)}::char(64)[])`).map((r) => r.sha256),
-    );
-    const todo: PreparedFile[] = [];
-    const seen = new Set<string>();
-    for (const file of files) {
-      if (!done.has(file.hash) && !seen.has(file.hash)) todo.push(file);
-      seen.add(file.hash);
-    }
-
-    const known = await lookUp(tx, todo);
-    const plans = todo.map((file) => plan(file, known));
-    const fresh = plans.flatMap((p) => p.fresh);
-    const freshRows = fresh.map((c) => c.row);
-
-    let inserted: number;
-    if (options.isolate) {
-      inserted = 0;
-      for (const p of plans) inserted += await insertIsolated(tx, p);
-    } else if (fresh.length > 0) {
-      // users and products first: orders refers to them. Sent together: one wait for the server, not two.
-      await Promise.all([
-        upsertLatest(tx, "users", "customer_id", USER_COLUMNS, freshRows),
-        upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, freshRows),
-      ]);
-      // COPY: the rows are known to be new (checked above, under the lock), and COPY is the fast way in.
-      inserted = await copyIn(tx`copy orders (${tx(ORDER_COLUMNS as unknown as string[])}) from stdin`, copyChunks(fresh));
-    } else inserted = 0;
-    const expected = plans.reduce((n, p) => n + p.fresh.length, 0);
-    if (inserted !== expected) throw new LedgerMismatchError(`COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
-
-    // Open rejections a row of this group may resolve: recorded before, or by an earlier file of the group.
-    let openRejections = fresh.length > 0 && (await anyOpenRejection(tx, fresh));
-    const results: FileResult[] = [];
-    for (const p of plans) {
-      if (p.file.lost.length > 0) await recordLost(tx, p.file.lost, p.file.name);
-      const written = await recordRejections(tx, p.rejections);
-      openRejections ||= p.rejections.some((r) => r.status === "open");
-      const duplicates = p.duplicates + (p.rejections.length - written);
-      const resolved = openRejections ? await resolveRejections(tx, p.fresh, p.file.name) : 0;
-      const warnings = p.fresh.filter((c) => c.row.warnings !== null).length;
-      if (p.fresh.length + written + duplicates !== p.file.records) {
-        throw new LedgerMismatchError(
-          `${p.file.name}: ${p.file.records} records, but ${p.fresh.length} inserted + ${duplicates} duplicates + ` +
-            `${written} rejected; nothing was committed`,
-        );
-      }
-      results.push({
-        name: p.file.name,
-        status: "loaded",
-        records: p.file.records,
-        inserted: p.fresh.length,
-        duplicates,
-        rejected: written,
-        warnings,
-        resolved,
-        rejections: p.rejections,
-        lost: p.file.lost,
-      });
-    }
-    if (results.length > 0) {
-      // The ledger rows are written only by the transaction that began this load: a statement that reached
-      // another session (a driver fault after a lost connection) inserts nothing, and the load fails.
-      const ledger = await tx`
-        insert into loaded_files (sha256, file_name, records, inserted, duplicates, rejected, warnings)
-        select * from unnest(${plans.map((p) => p.file.hash)}::char(64)[], ${results.map((r) => r.name)}::text[],
-                             ${results.map((r) => r.records)}::int[], ${results.map((r) => r.inserted)}::int[],
-                             ${results.map((r) => r.duplicates)}::int[], ${results.map((r) => r.rejected)}::int[],
-                             ${results.map((r) => r.warnings)}::int[])
-        where pg_current_xact_id()::text = ${xid}
-        returning 1
-      `;
-      if (ledger.length !== results.length) {
-        throw Object.assign(new Error("the ledger rows reached another session than the load's transaction"), { code: "CONNECTION_CLOSED" });
-      }
-    }
-    if (results.length > 0) {
-      const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
-      await tx`select pg_notify(${LOADED_CHANNEL}, ${payload})`;
-    }
-    const skipped = files
-      .filter((f) => !todo.includes(f))
-      .map((f): FileResult => ({
-        name: f.name,
-        status: "already-loaded",
-        records: f.records,
-        inserted: 0,
-        duplicates: 0,
-        rejected: 0,
-        warnings: 0,
-        resolved: 0,
-        rejections: [],
-        lost: [],
-      }));
-    return [...results, ...skipped];
-  });
+  try {
+    return await db.transaction((tx) => loadGroup(tx, files, options));
+  } catch (error) {
+    // Rolled back by now: the pool's connection is free to ask who holds the lock.
+    if (error instanceof LoaderLockTimeout) throw await loaderLockError(db.sql, options.lockWaitMs ?? LOCK_WAIT_MS);
+    throw error;
+  }
 }
