@@ -38,6 +38,7 @@ describe("migrate.ts", () => {
       expect(tables.filter((r) => r.kind === "BASE TABLE").map((r) => r.t)).toEqual([
         "loaded_files",
         "loader_lock",
+        "lost_offsets",
         "orders",
         "products",
         "rejected_rows",
