@@ -25,8 +25,8 @@ import { join } from "node:path";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase } from "./lib/db.ts";
-import { ORDER_COLUMNS, prepareFile } from "./lib/load/read.ts";
-import { copyChunks } from "./lib/load/transaction.ts";
+import { prepareFile } from "./lib/load/read.ts";
+import { COPY_COLUMNS, copyChunks } from "./lib/load/transaction.ts";
 import type { Admin } from "kafkajs";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
@@ -263,7 +263,7 @@ async function load(b: Bench, dirs: { small: string; large: string }, runs: numb
     const sql = connect(peerDb, quiet, { max: 1 });
     await sql`truncate orders`;
     await sql.end();
-    const psql = await measure(["psql", "-q", "-v", "ON_ERROR_STOP=1", databaseUrl(peerDb), "-c", `\\copy orders (${ORDER_COLUMNS.join(", ")}) from '${copyFile}'`]);
+    const psql = await measure(["psql", "-q", "-v", "ON_ERROR_STOP=1", databaseUrl(peerDb), "-c", `\\copy orders (${COPY_COLUMNS.join(", ")}) from '${copyFile}'`]);
     b.check("psql \\copy", await b.count(peerDb));
 
     const large = await b.database("load10k");

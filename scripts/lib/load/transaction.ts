@@ -105,7 +105,7 @@ export function latestBy(rows: readonly OrderRow[], id: "customer_id" | "product
 }
 
 /** Columns of orders a load writes: the row's own, then the source whose row it repeats (null for most). */
-const COPY_COLUMNS = [...ORDER_COLUMNS, "same_as_source"];
+export const COPY_COLUMNS = [...ORDER_COLUMNS, "same_as_source"];
 
 /** COPY text for candidates (COPY_COLUMNS), made as it is sent, a few hundred lines per chunk. */
 export function* copyChunks(candidates: readonly Candidate[], sameAs: ReadonlyMap<Candidate, SameAs> = new Map()): Generator<string> {
