@@ -24,7 +24,8 @@ import { KAFKA_SECURITY_ENV, parseStackMode, readConfig, type Config, type Stack
 import { describeDatabase, maintenance } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, type ComposeFacts } from "./lib/stack/compose.ts";
-import { kafkaAnswers, startLocalKafka } from "./lib/stack/kafka.ts";
+import { kafkaAnswers } from "./lib/kafka.ts";
+import { startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
 import { pidAlive, stopPid, waitForService } from "./lib/stack/process.ts";
 import { readState, STATE_DIR, writeState, type Mode, type State } from "./lib/stack/state.ts";

@@ -6,7 +6,7 @@
 import type { Admin, ConsumerConfig, Kafka, KafkaConfig, LogEntry, logCreator, PartitionerArgs, ProducerConfig, SASLOptions } from "kafkajs";
 import type { Config } from "./config.ts";
 import { loadKafkajs } from "./kafkajs_fixes.ts";
-import type { Logger } from "./log.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { pollUntil } from "./retry.ts";
 
 const { Kafka: KafkaClient, logLevel, CompressionTypes } = loadKafkajs();
@@ -131,6 +131,20 @@ export function createKafka(config: Config, log: Logger, options: KafkaOptions =
     ...(options.probe ? { requestTimeout: 3000 } : {}),
     retry: options.probe ? { retries: 0 } : { retries: 8, initialRetryTime: 300, maxRetryTime: 5000 },
   });
+}
+
+/** Does a broker answer at config's address? One quick attempt, no logs. */
+export async function kafkaAnswers(config: Config): Promise<boolean> {
+  const admin = createKafka(config, createLogger("kafka", "silent"), { probe: true }).admin();
+  try {
+    await admin.connect();
+    await admin.describeCluster();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
 }
 
 /**

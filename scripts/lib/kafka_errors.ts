@@ -7,7 +7,7 @@ import { connect as netConnect, isIP } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { Admin, Kafka } from "kafkajs";
 import type { Config } from "./config.ts";
-import { createKafka, describeBrokers, kafkaSecurity } from "./kafka.ts";
+import { createKafka, describeBrokers, kafkaAnswers, kafkaSecurity } from "./kafka.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { GaveUpError, retryWhile } from "./retry.ts";
 
@@ -165,17 +165,8 @@ function speaksTls(host: string, port: number): Promise<boolean> {
 }
 
 /** Does Kafka answer at host:port without TLS? An ApiVersions request only: no login, so no password travels. */
-async function answersPlaintext(config: Config, host: string, port: number): Promise<boolean> {
-  const plain = { ...config, kafkaBrokers: [`${host}:${port}`], kafkaSsl: undefined, kafkaSasl: undefined };
-  const admin = createKafka(plain, createLogger("kafka", "silent"), { probe: true }).admin();
-  try {
-    await admin.connect();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await admin.disconnect().catch(() => undefined);
-  }
+function answersPlaintext(config: Config, host: string, port: number): Promise<boolean> {
+  return kafkaAnswers({ ...config, kafkaBrokers: [`${host}:${port}`], kafkaSsl: undefined, kafkaSasl: undefined });
 }
 
 /** Kafka's SaslHandshake request (api key 17, version 1) asking for PLAIN: the answer lists the mechanisms. */

@@ -8,8 +8,8 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "../config.ts";
-import { createKafka } from "../kafka.ts";
-import { createLogger, type Logger } from "../log.ts";
+import { kafkaAnswers } from "../kafka.ts";
+import type { Logger } from "../log.ts";
 import { COMPOSE_FILE, type ComposeFacts } from "./compose.ts";
 import { has, pidAlive, run, tail, waitForService } from "./process.ts";
 import { STATE_DIR } from "./state.ts";
@@ -189,20 +189,6 @@ export function launchBroker(options: BrokerOptions, log: Logger): number {
   const child = spawn("java", java("kafka.Kafka", [propsFile]), { detached: true, stdio: ["ignore", console, console] });
   child.unref();
   return child.pid!;
-}
-
-/** Does a broker answer at config's address? One quick attempt, no logs. */
-export async function kafkaAnswers(config: Config): Promise<boolean> {
-  const admin = createKafka(config, createLogger("stack", "silent"), { probe: true }).admin();
-  try {
-    await admin.connect();
-    await admin.describeCluster();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await admin.disconnect().catch(() => undefined);
-  }
 }
 
 /** Waits until the broker at config's address answers; fails early with its log if process `pid` died. */
