@@ -511,8 +511,17 @@ function createBatchingRun(o: RunOptions) {
 
   return {
     async start() {
-      await consumer.connect();
-      await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+      // A broker that has not yet heard of a topic just created by another member answers "unknown topic",
+      // and kafkajs' subscribe does not retry that: waited through like a broker that is away.
+      await whileKafkaUnavailable(
+        `subscribing to ${o.topic}`,
+        async () => {
+          await consumer.connect();
+          await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+        },
+        log,
+        shutdown.signal,
+      );
       await consumer.run(runOptions);
     },
     get failure() {
@@ -550,12 +559,17 @@ function watchGroup(
     log.info(`joined group ${o.groupId}: ${topic} partitions [${partitions.join(", ")}]`);
     // Synchronous, in kafkajs' own emit: no fetch of these partitions happens before the check below.
     if (partitions.length > 0) consumer.pause([{ topic, partitions }]);
+    // After a stop request (a rebalance as the other members leave) the partitions stay paused: nothing of
+    // them is read or committed, so their check is skipped, and one cut short by the stop is no failure.
     void s
-      .locked(() => s.assign(partitions))
+      .locked(async () => !o.shutdown.requested && (await s.assign(partitions)))
       .then((goOn) => {
         if (goOn && !s.failed() && !o.shutdown.requested) consumer.resume([{ topic, partitions }]);
       })
-      .catch((error: Error) => s.stopWith(error));
+      .catch((error: Error) => {
+        if (o.shutdown.requested) log.info(`the check of partitions [${partitions.join(", ")}] was cut short by the stop (${error.message}); they were not read`);
+        else s.stopWith(error);
+      });
   });
   // "Idle" means fetches succeed and bring nothing, not that the broker is unreachable.
   consumer.on(consumer.events.FETCH, () => (s.activity.lastFetch = performance.now()));
