@@ -30,7 +30,7 @@
 import { mkdir } from "node:fs/promises";
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { batchFileName, gapFile, syncFolder, writeFileDurably, type LostRange } from "./lib/batch.ts";
-import { Batcher, batchLayout, messageToRow, type Batch } from "./lib/batcher.ts";
+import { Batcher, batchLayout, messageToRow, recordFingerprint, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
@@ -353,7 +353,7 @@ async function checkAssignment({ o, account, record }: Gaps, partitions: readonl
  */
 async function checkArrival({ o, account, record }: Gaps, partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean): Promise<boolean> {
   const { topic, groupId } = o;
-  if (arrival.kind === "expected" || (arrival.kind === "ahead" && !firstOfFetch)) return true;
+  if (arrival.kind === "expected" || arrival.kind === "again" || (arrival.kind === "ahead" && !firstOfFetch)) return true;
   if (arrival.kind === "behind") {
     const range = recreatedRange(topic, groupId, partition, arrival.expected, account.end(partition), `offset ${offset} arrived where ${arrival.expected} was expected`);
     account.restartAt(partition, offset);
@@ -462,7 +462,7 @@ function createBatchingRun(o: RunOptions) {
   const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
   const locked = createLock();
   const progress = createProgress(log, "received", undefined, 1000);
-  const activity = { received: 0, unreadable: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
+  const activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
   let failure: Error | undefined;
   const stopWith = (error: Error) => {
     failure ??= error;
@@ -479,9 +479,15 @@ function createBatchingRun(o: RunOptions) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
         const offset = BigInt(message.offset);
-        const arrival = account.arrive(batch.partition, offset);
+        const fingerprint = recordFingerprint(message);
+        const arrival = account.arrive(batch.partition, offset, fingerprint);
+        // Taken already, from a fetch that overlapped this one (a leader moved): in the batcher or a file.
+        if (arrival.kind === "again") {
+          activity.repeated++;
+          continue;
+        }
         if (arrival.kind !== "expected" && !(await guard.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (stopWith(e), false)))) break;
-        account.took(batch.partition, offset);
+        account.took(batch.partition, offset, fingerprint);
         const row = messageToRow(message, batch.topic, batch.partition);
         if (row._error !== null) activity.unreadable++;
         activity.received++;
@@ -530,13 +536,13 @@ function createBatchingRun(o: RunOptions) {
     fail: (error: Error) => void (failure ??= error),
     summary: (ms: number) =>
       `done: received=${activity.received} files=${writer.counts.files} rows_written=${writer.counts.rows} ` +
-      `unreadable=${activity.unreadable} gaps=${writer.counts.gaps}${activity.drained ? " every_partition_read=yes" : ""} ` +
+      `unreadable=${activity.unreadable} gaps=${writer.counts.gaps}${activity.repeated > 0 ? ` repeats_skipped=${activity.repeated}` : ""}${activity.drained ? " every_partition_read=yes" : ""} ` +
       `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`,
     stopProgress: () => progress.done(),
   };
 }
 
-type Activity = { received: number; unreadable: number; joined: boolean; last: number; lastFetch: number; drained: boolean };
+type Activity = { received: number; unreadable: number; repeated: number; joined: boolean; last: number; lastFetch: number; drained: boolean };
 type Locked = ReturnType<typeof createLock>;
 
 /**

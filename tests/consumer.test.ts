@@ -13,6 +13,7 @@ import {
   MAX_SOURCE_COLUMNS,
   MAX_VALUE_BYTES,
   messageToRow,
+  recordFingerprint,
 } from "../scripts/lib/batcher.ts";
 import { KEPT_CHARS } from "../scripts/lib/input.ts";
 
@@ -41,6 +42,31 @@ const META = {
 };
 
 const HEADERS: IHeaders = { source_file: Buffer.from("a.csv"), source_line: Buffer.from("2") };
+
+describe("recordFingerprint", () => {
+  const record = (timestamp: string, key: string | null, value: string | null) => ({
+    timestamp,
+    key: key === null ? null : Buffer.from(key),
+    value: value === null ? null : Buffer.from(value),
+  });
+
+  test("is the same for the same record delivered twice", () => {
+    expect(recordFingerprint(record("1700000000000", "a.csv:2", '{"Sales":"1"}'))).toBe(recordFingerprint(record("1700000000000", "a.csv:2", '{"Sales":"1"}')));
+  });
+
+  test("differs when the timestamp, the key or the value differs, also for the same bytes split otherwise", () => {
+    const prints = [
+      record("1700000000000", "a.csv:2", '{"Sales":"1"}'),
+      record("1700000000001", "a.csv:2", '{"Sales":"1"}'),
+      record("1700000000000", "a.csv:3", '{"Sales":"1"}'),
+      record("1700000000000", "a.csv:2", '{"Sales":"2"}'),
+      record("1700000000000", "ab", "c"),
+      record("1700000000000", "a", "bc"),
+      record("1700000000000", null, null),
+    ].map(recordFingerprint);
+    expect(new Set(prints).size).toBe(prints.length);
+  });
+});
 
 describe("messageToRow", () => {
   test("turns a JSON object into its fields followed by the meta columns", () => {

@@ -2,7 +2,7 @@
 // a committed offset before the log's start or one that vanished means.
 
 import { describe, expect, test } from "bun:test";
-import { deletedRange, OffsetAccount, parseCommitted, recreatedRange } from "../scripts/lib/offsets.ts";
+import { deletedRange, OffsetAccount, parseCommitted, recreatedRange, REMEMBERED } from "../scripts/lib/offsets.ts";
 
 const LOG = { low: 0n, high: 1000n };
 
@@ -49,6 +49,35 @@ describe("OffsetAccount", () => {
     expect(account.arrive(0, 201n)).toEqual({ kind: "expected" });
     expect(account.arrive(0, 205n)).toEqual({ kind: "ahead", expected: 201n });
     expect(account.arrive(0, 150n)).toEqual({ kind: "behind", expected: 201n });
+  });
+
+  test("knows a record delivered again below the position (two fetches overlapped as a leader moved) from one of a replaced log", () => {
+    const account = new OffsetAccount("t", "g");
+    account.assign(0, 200n, LOG);
+    for (let offset = 200n; offset < 226n; offset++) account.took(0, offset, offset * 7n);
+    expect(account.arrive(0, 200n, 1400n)).toEqual({ kind: "again" });
+    expect(account.arrive(0, 225n, 1575n)).toEqual({ kind: "again" });
+    expect(account.arrive(0, 200n, 1401n)).toEqual({ kind: "behind", expected: 226n });
+    expect(account.arrive(0, 199n, 1393n)).toEqual({ kind: "behind", expected: 226n });
+    expect(account.arrive(0, 226n, 1n)).toEqual({ kind: "expected" });
+    account.restartAt(0, 0n);
+    account.took(0, 0n, 5n);
+    expect(account.arrive(0, 0n, 5n)).toEqual({ kind: "again" });
+    expect(account.arrive(0, 0n, 6n)).toEqual({ kind: "behind", expected: 1n });
+  });
+
+  test("a replaced log forgets the records taken, and at most REMEMBERED are kept per partition", () => {
+    const account = new OffsetAccount("t", "g");
+    account.took(0, 10n, 1n);
+    account.restartAt(0, 0n);
+    account.took(0, 20n, 1n);
+    expect(account.arrive(0, 10n, 1n)).toEqual({ kind: "behind", expected: 21n });
+    const last = BigInt(REMEMBERED);
+    for (let offset = 1n; offset <= last; offset++) account.took(1, offset, offset);
+    expect(account.arrive(1, 1n, 1n)).toEqual({ kind: "again" });
+    account.took(1, last + 1n, last + 1n);
+    expect(account.arrive(1, 1n, 1n)).toEqual({ kind: "behind", expected: last + 2n });
+    expect(account.arrive(1, 2n, 2n)).toEqual({ kind: "again" });
   });
 
   test("expects nothing of a partition the group never committed (a new group starts where the log starts)", () => {

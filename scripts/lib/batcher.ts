@@ -117,6 +117,16 @@ function fieldsOf(value: string | null, row: BatchRow): boolean {
 }
 
 /**
+ * Tells a record from another at the same offset (one of a re-created topic): a hash of its timestamp, key and
+ * value, each hashed on its own so that no two splits of the same bytes collide.
+ */
+export function recordFingerprint(message: Pick<KafkaMessage, "timestamp" | "key" | "value">): bigint {
+  const seed = BigInt.asUintN(64, BigInt(message.timestamp || "0"));
+  const key = BigInt(Bun.hash(message.key ?? "", seed));
+  return BigInt(Bun.hash(message.value ?? "", key));
+}
+
+/**
  * The batch row for one message. A message that is not a JSON object (a record the producer could not
  * split, or something another producer wrote), or whose value or provenance headers cannot be read, keeps its
  * raw text in _raw and says why in _error. Never throws: whatever a message holds becomes a row.

@@ -10,7 +10,12 @@
 //
 // - deleted: the group's committed offset (or the next record) lies before the start of the log. The range from
 //   the expected offset to the log's start is gone; exactly known.
-// - recreated: a record arrives at an offset below the expected one (the log behind the position was replaced),
+// - again: a record arrives below the expected offset, and it is the very record taken there before (same
+//   timestamp, key and value). kafkajs fetches each broker's partitions in a loop of its own; when a leader
+//   moves, the old leader's fetch and the new one's can both start at the same position, and both batches are
+//   handed over. Nothing is lost or replaced: the repeat is skipped.
+// - recreated: a record arrives at an offset below the expected one and is not the record taken there (the log
+//   behind the position was replaced),
 //   or the committed offset this process knew has vanished from the group (Kafka deletes a topic's committed
 //   offsets with the topic). Records of the old log that had not reached a batch file are gone; how many is
 //   known only as far as the log end this process saw.
@@ -28,6 +33,7 @@ export function parseCommitted(offset: string): Committed {
 /** Where a record arrived, against the offset expected. */
 export type Arrival =
   | { readonly kind: "expected" }
+  | { readonly kind: "again" }
   | { readonly kind: "ahead"; readonly expected: bigint }
   | { readonly kind: "behind"; readonly expected: bigint };
 
@@ -64,6 +70,12 @@ export function recreatedRange(topic: string, group: string, partition: number, 
   };
 }
 
+/**
+ * How many taken records per partition are remembered to recognise a repeat: more than one fetch holds (kafkajs
+ * fetches up to 1 MB per partition, a few thousand rows), about 1 MB of memory per partition.
+ */
+export const REMEMBERED = 10_000;
+
 export class OffsetAccount {
   /** partition -> the offset expected next; absent when nothing is expected (a group that never committed) */
   private readonly expected = new Map<number, bigint>();
@@ -71,6 +83,8 @@ export class OffsetAccount {
   private readonly committed = new Map<number, bigint>();
   /** partition -> the highest log end seen in the log read now */
   private readonly ends = new Map<number, bigint>();
+  /** partition -> offset -> fingerprint of the record taken there: the last REMEMBERED records taken */
+  private readonly taken = new Map<number, Map<bigint, bigint>>();
 
   constructor(
     readonly topic: string,
@@ -104,16 +118,27 @@ export class OffsetAccount {
     return undefined;
   }
 
-  /** Where a record at `offset` arrived; the first record of a partition without an expectation is expected. */
-  arrive(partition: number, offset: bigint): Arrival {
+  /**
+   * Where a record at `offset` arrived; the first record of a partition without an expectation is expected.
+   * `fingerprint` (of its timestamp, key and value) tells a record taken before from one of a replaced log.
+   */
+  arrive(partition: number, offset: bigint, fingerprint?: bigint): Arrival {
     const expected = this.expected.get(partition);
     if (expected === undefined || offset === expected) return { kind: "expected" };
-    return offset > expected ? { kind: "ahead", expected } : { kind: "behind", expected };
+    if (offset > expected) return { kind: "ahead", expected };
+    const before = this.taken.get(partition)?.get(offset);
+    return before !== undefined && before === fingerprint ? { kind: "again" } : { kind: "behind", expected };
   }
 
   /** The record at `offset` was taken: the next one is expected after it. */
-  took(partition: number, offset: bigint): void {
+  took(partition: number, offset: bigint, fingerprint?: bigint): void {
     this.expected.set(partition, offset + 1n);
+    if (fingerprint === undefined) return;
+    let taken = this.taken.get(partition);
+    if (!taken) this.taken.set(partition, (taken = new Map()));
+    taken.delete(offset); // taken again after a rebalance: now the newest
+    taken.set(offset, fingerprint);
+    if (taken.size > REMEMBERED) taken.delete(taken.keys().next().value!);
   }
 
   /** A fetch said the log ends at `highWatermark`. */
@@ -143,6 +168,7 @@ export class OffsetAccount {
   restartAt(partition: number, offset: bigint | undefined): void {
     this.committed.delete(partition);
     this.ends.delete(partition);
+    this.taken.delete(partition);
     if (offset === undefined) this.expected.delete(partition);
     else this.expected.set(partition, offset);
   }
