@@ -39,7 +39,7 @@ import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS,
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { deletedRange, OffsetAccount, parseCommitted, recreatedRange, type Arrival, type Committed } from "./lib/offsets.ts";
-import { backoffDelay } from "./lib/retry.ts";
+import { backoffDelay, sleep } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
 const command = {
@@ -292,6 +292,25 @@ async function topicState(admin: Admin, groupId: string, topic: string) {
   };
 }
 
+type TopicState = Awaited<ReturnType<typeof topicState>>;
+
+/**
+ * `read`, and read again (up to three times, 1, 2, then 3 s apart) while it says that a committed offset this
+ * process knew of `partitions` is gone. A group coordinator that has just taken over from a killed broker can
+ * answer for a moment as if the group had committed nothing; a deleted topic's offsets stay gone.
+ */
+async function settledState(o: GuardOptions, account: OffsetAccount, partitions: readonly number[], read: () => Promise<TopicState>): Promise<TopicState> {
+  let state = await read();
+  for (let again = 1; again <= 3; again++) {
+    const vanished = partitions.filter((p) => state.committed(p) === "none" && account.knowsCommitted(p));
+    if (vanished.length === 0 || o.shutdown.requested) break;
+    o.log.warn(`group ${o.groupId} has no committed offset for ${o.topic} partitions [${vanished.join(", ")}], which had one; asking again in ${again}s`);
+    await sleep(1000 * again, o.shutdown.signal);
+    state = await read();
+  }
+  return state;
+}
+
 /** What the offset checks share: the options, the account, and recording a lost range. */
 interface Gaps {
   readonly o: GuardOptions;
@@ -326,7 +345,8 @@ async function recordGap(o: GuardOptions, range: LostRange): Promise<OffsetGapEr
 async function checkAssignment({ o, account, record }: Gaps, partitions: readonly number[]): Promise<boolean> {
   if (partitions.length === 0) return true;
   const { consumer, topic } = o;
-  const state = await whileKafkaUnavailable("reading committed offsets", () => topicState(o.admin, o.groupId, topic), o.log, o.shutdown.signal);
+  const read = () => whileKafkaUnavailable("reading committed offsets", () => topicState(o.admin, o.groupId, topic), o.log, o.shutdown.signal);
+  const state = await settledState(o, account, partitions, read);
   for (const partition of partitions) {
     const groupSays = state.committed(partition);
     const range = account.assign(partition, groupSays, state.logs.get(partition) ?? { low: 0n, high: 0n });
@@ -379,7 +399,7 @@ async function checkArrival({ o, account, record }: Gaps, partition: number, off
  * again from the new log's start. Returns the partitions to leave out of the commit.
  */
 async function checkBeforeCommit({ o, account, record }: Gaps, partitions: number[]): Promise<number[]> {
-  const state = await topicState(o.admin, o.groupId, o.topic);
+  const state = await settledState(o, account, partitions, () => topicState(o.admin, o.groupId, o.topic));
   const vanished: number[] = [];
   for (const partition of partitions) {
     const range = account.checkCommitted(partition, state.committed(partition));

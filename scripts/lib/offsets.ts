@@ -173,6 +173,11 @@ export class OffsetAccount {
     else this.expected.set(partition, offset);
   }
 
+  /** Whether this process knows a committed offset of the partition (from the group, or its own commit). */
+  knowsCommitted(partition: number): boolean {
+    return this.committed.has(partition);
+  }
+
   /** The offset expected next, or undefined. */
   position(partition: number): bigint | undefined {
     return this.expected.get(partition);
