@@ -295,17 +295,41 @@ async function topicState(admin: Admin, groupId: string, topic: string) {
 type TopicState = Awaited<ReturnType<typeof topicState>>;
 
 /**
- * `read`, and read again (up to three times, 1, 2, then 3 s apart) while it says that a committed offset this
- * process knew of `partitions` is gone. A group coordinator that has just taken over from a killed broker can
- * answer for a moment as if the group had committed nothing; a deleted topic's offsets stay gone.
+ * The partitions of __consumer_offsets that lack an in-sync replica, or a leader. While there are any, the group
+ * coordinator can answer from an old state: Kafka 4 serves committed offsets up to the partition's high
+ * watermark, which does not move while fewer than min.insync.replicas replicas are in sync.
+ */
+async function offsetsLogBehind(admin: Admin): Promise<string> {
+  try {
+    const { topics } = await admin.fetchTopicMetadata({ topics: ["__consumer_offsets"] });
+    const short = (topics[0]?.partitions ?? []).filter((p) => p.leader < 0 || p.isr.length < p.replicas.length);
+    return short.length === 0 ? "" : `${short.length} partitions of __consumer_offsets lack in-sync replicas`;
+  } catch (error) {
+    return `__consumer_offsets cannot be described (${(error as Error).message})`;
+  }
+}
+
+/**
+ * `read`, and read again while it says that a committed offset this process knew of `partitions` is gone: three
+ * times (1, 2, 3 s apart), then for as long as __consumer_offsets lacks in-sync replicas, since its answer can be
+ * old until then (a coordinator that has just taken over from a killed broker, two of three brokers down).
+ * Only an answer that stays "nothing committed" on a healthy offsets log counts as a deleted topic's.
  */
 async function settledState(o: GuardOptions, account: OffsetAccount, partitions: readonly number[], read: () => Promise<TopicState>): Promise<TopicState> {
   let state = await read();
-  for (let again = 1; again <= 3; again++) {
+  for (let asked = 1; !o.shutdown.requested; asked++) {
     const vanished = partitions.filter((p) => state.committed(p) === "none" && account.knowsCommitted(p));
-    if (vanished.length === 0 || o.shutdown.requested) break;
-    o.log.warn(`group ${o.groupId} has no committed offset for ${o.topic} partitions [${vanished.join(", ")}], which had one; asking again in ${again}s`);
-    await sleep(1000 * again, o.shutdown.signal);
+    if (vanished.length === 0) break;
+    const behind = await offsetsLogBehind(o.admin);
+    if (asked > 3 && behind === "") break;
+    const delay = Math.min(asked, 5);
+    if (asked <= 3 || asked % 12 === 0) {
+      o.log.warn(
+        `group ${o.groupId} has no committed offset for ${o.topic} partitions [${vanished.join(", ")}], which had one` +
+          `${behind ? ` (${behind}: the answer may be old)` : ""}; their records are not read until it is settled; asking again in ${delay}s`,
+      );
+    }
+    await sleep(1000 * delay, o.shutdown.signal);
     state = await read();
   }
   return state;
@@ -368,13 +392,25 @@ async function checkAssignment({ o, account, record }: Gaps, partitions: readonl
 /**
  * A record arrived at another offset than expected; false when intake must stop. Ahead at the start of a
  * fetch: deleted records if the log now starts past the expected offset (else control records or compacted
- * ones: nothing lost). Inside a fetch the broker sent everything in between: nothing lost. Behind: the log
- * was replaced (kafkajs found the position out of range and started the new log from its beginning).
+ * ones: nothing lost). Inside a fetch the broker sent everything in between: nothing lost. Behind: read again
+ * from an older position when the group has committed at least the expected offset and the log still reaches
+ * it (kafkajs was given a stale committed offset by a coordinator that had just taken over: the repeats are
+ * written again and the loader skips them); otherwise the log was replaced (kafkajs found the position out of
+ * range and started the new log from its beginning).
  */
 async function checkArrival({ o, account, record }: Gaps, partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean): Promise<boolean> {
   const { topic, groupId } = o;
   if (arrival.kind === "expected" || arrival.kind === "again" || (arrival.kind === "ahead" && !firstOfFetch)) return true;
   if (arrival.kind === "behind") {
+    const read = () => whileKafkaUnavailable("reading committed offsets", () => topicState(o.admin, groupId, topic), o.log, o.shutdown.signal);
+    const state = await settledState(o, account, [partition], read);
+    const committed = state.committed(partition);
+    const log = state.logs.get(partition);
+    if (typeof committed === "bigint" && committed >= arrival.expected && log !== undefined && log.high >= arrival.expected) {
+      o.log.info(`${topic} partition ${partition}: offset ${offset} arrived again (group ${groupId} committed ${committed}); written again, the loader skips the repeats`);
+      account.took(partition, offset - 1n);
+      return true;
+    }
     const range = recreatedRange(topic, groupId, partition, arrival.expected, account.end(partition), `offset ${offset} arrived where ${arrival.expected} was expected`);
     account.restartAt(partition, offset);
     const stop = await record(range);

@@ -229,7 +229,7 @@ describe("make export", () => {
         if (copied < names.length) copyFileSync(join(batches, names[copied]!), join(watched, names[copied++]!));
         const dir = join(tmp.path, `snapshot-${++exports}`);
         const result = await runScript("export.ts", ["--dir", dir], loadEnv);
-        expect(result.code).toBe(0);
+        expect(result.code, result.stderr).toBe(0);
         const sums = EXPORTS.map(({ view }) => decimalSum(read(dir, view).map((r) => r.sales!)));
         expect(new Set(sums).size).toBe(1);
         const lines = read(dir, "v_sales").length;

@@ -182,7 +182,7 @@ describe("the loaders' turn", () => {
       expect(await outcome(other, "begin; set local lock_timeout = '500ms'; select pg_advisory_xact_lock(hashtext('sales-load'))")).toBe("55P03");
       await other.unsafe("rollback");
       const run = await runScript("load.ts", [], { ...env, LOG_LEVEL: "info" });
-      expect(run.code).toBe(0);
+      expect(run.code, run.stderr).toBe(0);
       expect(run.stderr).toContain("inserted=50 ");
       expect(await count(db.sql)).toBe(50);
     } finally {
@@ -204,7 +204,7 @@ describe("the loaders' turn", () => {
     try {
       const pid = await locked.promise;
       const run = await runScript("load.ts", [], env);
-      expect(run.code).toBe(1);
+      expect(run.code, run.stderr).toBe(1);
       expect(run.stderr).toContain(`cannot load ${join(dir, "held.csv")} into ${describeDatabase(db.target)}: `);
       expect(run.stderr).toMatch(
         new RegExp(`loader lock \\(the row of table loader_lock\\) was not free within 30 s: held by pid ${pid} \\(user ${db.target.user}, application "hand-holder", .*transaction open since `),
@@ -274,7 +274,7 @@ describe("a database switched read-only under load --watch", () => {
       await db.sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'sales-load'`;
       batch(dir, "second.csv", 21, 30);
       const stopped = await loader.finish(60_000);
-      expect(stopped.code).toBe(1);
+      expect(stopped.code, stopped.stderr).toBe(1);
       expect(stopped.stderr).toContain(`cannot load ${join(dir, "second.csv")} into ${describeDatabase(db.target)}: the database is read-only`);
       expect(stopped.stderr).toContain(`alter database "${db.name}" set default_transaction_read_only = off`);
       await admin.unsafe(`alter database "${db.name}" set default_transaction_read_only = off`);
@@ -283,7 +283,7 @@ describe("a database switched read-only under load --watch", () => {
       await admin.end({ timeout: 1 });
     }
     const again = await runScript("load.ts", [], { DATABASE_URL: db.url, BATCHES_DIR: dir });
-    expect(again.code).toBe(0);
+    expect(again.code, again.stderr).toBe(0);
     expect(await count(db.sql)).toBe(30);
     expect(readdirSync(dir).filter((f) => f.endsWith(".csv")).sort()).toEqual(["first.csv", "second.csv"]);
   });

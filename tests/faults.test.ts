@@ -132,7 +132,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
         try {
           await runOk("producer.ts", ["--file", s.file, "--rate", "max"], s.env);
           const crashed = await runScript("consumer_batch_to_csv.ts", ["--until-idle", "3"], { ...s.env, SALES_CRASH_AT: point });
-          expect(crashed.code).toBe(137); // SIGKILL
+          expect(crashed.code, crashed.stderr).toBe(137); // SIGKILL
           const written = batchFiles(s);
           const temporary = readdirSync(s.env.BATCHES_DIR!).filter((f) => f.endsWith(".tmp"));
           // before-commit: the files of the first commit (one or two of the 250 records' three) are on disk.
@@ -158,7 +158,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
         await consumer.waitForOutput(/50 records buffered/);
         consumer.child.kill("SIGTERM");
         const stopped = await consumer.finish();
-        expect(stopped.code).toBe(0);
+        expect(stopped.code, stopped.stderr).toBe(0);
         expect(batchFiles(s)).toHaveLength(2); // 100 + the partial 50
         expect(await lag(s)).toBe(0);
 
@@ -207,10 +207,10 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
 
       // Both wait for the broker and carry on by themselves, saying what they wait for.
       const produced = await producer.finish();
-      expect(produced.code).toBe(0);
+      expect(produced.code, produced.stderr).toBe(0);
       expect(produced.stderr).toMatch(/Kafka unavailable \(.*\); sending \d+ messages again in/);
       const consumed = await consumer.finish();
-      expect(consumed.code).toBe(0);
+      expect(consumed.code, consumed.stderr).toBe(0);
       expect(consumed.stderr).toMatch(/Kafka unavailable|Kafka error/);
       expect(await lag(s)).toBe(0); // it caught up before going idle
       await runOk("load.ts", [], s.env);
@@ -297,7 +297,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
           total += cuts;
           loader.child.kill("SIGTERM");
           const stopped = await loader.finish();
-          expect(stopped.code).toBe(0);
+          expect(stopped.code, stopped.stderr).toBe(0);
           expect(stopped.stderr).not.toMatch(/uncaught|unhandled/);
           const [ledger] = await db.sql`
             select (select sum(inserted)::int from loaded_files) as ledger, (select count(*)::int from orders) as orders
@@ -339,7 +339,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
       });
       loader.child.kill("SIGTERM");
       const stopped = await loader.finish(30_000);
-      expect(stopped.code).toBe(1); // by itself (the test would SIGKILL it after 30 s: 137)
+      expect(stopped.code, stopped.stderr).toBe(1); // by itself (the test would SIGKILL it after 30 s: 137)
       expect(stopped.stderr).toMatch(/did not stop within \d+s .*exiting now/);
       release();
       await holder;
@@ -418,7 +418,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
       writeFileSync(join(dir, "garbage.csv"), Buffer.from([0x61, 0x2c, 0x62, 0x0a, 0xff, 0xfe, 0x22, 0x0a]));
 
       const load = await runScript("load.ts", [], { ...s.env, LOG_LEVEL: "info" });
-      expect(load.code).toBe(1); // files were set aside: the run says so
+      expect(load.code, load.stderr).toBe(1); // files were set aside: the run says so
       expect(load.stderr).toContain("failed_files=2");
       expect(readdirSync(join(dir, "failed")).sort()).toEqual(
         ["garbage.csv", "garbage.csv.reason.txt", second!, `${second}.reason.txt`].sort(),

@@ -202,7 +202,7 @@ describe("input that cannot be read correctly is refused before anything is sent
     const file = join(tmp.path, `${name.replace(/\W+/g, "-")}.csv`);
     writeFileSync(file, content);
     const result = await runScript("producer.ts", ["--file", file, "--rate", "max"], env);
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toContain(file);
     expect(result.stderr).toMatch(message);
   });
@@ -250,7 +250,7 @@ describe("standard input", () => {
 
   test("an empty pipe is refused with exit 1 instead of sending nothing quietly", async () => {
     const result = await runScript("producer.ts", ["--file", "-", "--rate", "max"], env, 60_000, "");
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toContain("the file is empty: nothing was sent");
   });
 });

@@ -166,7 +166,7 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
       // Without --allow-gaps: exit 1 naming topic, partition and offsets, every time, and nothing committed past them.
       for (let run = 1; run <= 2; run++) {
         const stopped = await runScript("consumer_batch_to_csv.ts", ["--until-idle", "2"], c.env);
-        expect(stopped.code).toBe(1);
+        expect(stopped.code, stopped.stderr).toBe(1);
         expect(stopped.stderr).toContain(`offsets 200-399 of topic ${c.topic} partition 0 were deleted before group ${c.group} read them`);
         expect(stopped.stderr).toContain("run again with --allow-gaps");
         expect(await committed(c)).toEqual(["200"]);
@@ -175,7 +175,7 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
       expect(gapFiles).toEqual([expect.stringMatching(/_p0_000000000200-000000000399_lost_[0-9a-f]{12}\.csv$/)]);
 
       const goingOn = await runScript("consumer_batch_to_csv.ts", ["--until-idle", "2", "--allow-gaps"], { ...c.env, LOG_LEVEL: "info" });
-      expect(goingOn.code).toBe(0);
+      expect(goingOn.code, goingOn.stderr).toBe(0);
       expect(goingOn.stderr).toContain("going on (--allow-gaps)");
       expect(await committed(c)).toEqual(["600"]);
 
@@ -205,13 +205,13 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
       // kafkajs, asked for an offset before 4000, resets to the earliest one and commits it; the consumer
       // notices the jump, puts the group back and stops.
       const stopped = await consumer.finish(60_000);
-      expect(stopped.code).toBe(1);
+      expect(stopped.code, stopped.stderr).toBe(1);
       const first = new RegExp(`offsets (\\d+)-3999 of topic ${c.topic} partition 0 were deleted before group ${c.group} read them`).exec(stopped.stderr)?.[1] ?? "none";
       expect(Number(first)).toBeGreaterThanOrEqual(200);
       expect(await committed(c)).toEqual([first]);
 
       const again = await runScript("consumer_batch_to_csv.ts", ["--until-idle", "2"], c.env);
-      expect(again.code).toBe(1);
+      expect(again.code, again.stderr).toBe(1);
       expect(again.stderr).toContain(`offsets ${first}-3999 of topic ${c.topic} partition 0 were deleted`);
       await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", "--allow-gaps"], c.env);
       await runOk("load.ts", [], c.env);
@@ -279,7 +279,7 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
         await waitFor(() => `round ${n + 1} (${way}): the new topic read to its end\n${consumer.output()}`, async () => (await committed(c))[0] === "600", 90_000);
         consumer.child.kill("SIGTERM");
         const stopped = await consumer.finish(30_000);
-        expect(stopped.code).toBe(0);
+        expect(stopped.code, stopped.stderr).toBe(0);
         seen.push(`${way}: ${/\(([^)]*)\): records of the old log/.exec(stopped.stderr)?.[1] ?? "not noticed"}`);
         await runOk("load.ts", [], c.env);
         expect(await landed(c)).toEqual({ orders: range(2, 301), rejected: [] });
@@ -292,7 +292,7 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
     test("without --allow-gaps the consumer stops naming the topic; the next run reads the new topic from its start", async () => {
       const { c, consumer } = await round("at once", []);
       const stopped = await consumer.finish(90_000);
-      expect(stopped.code).toBe(1);
+      expect(stopped.code, stopped.stderr).toBe(1);
       expect(stopped.stderr).toContain(`topic ${c.topic} was deleted and re-created, or its log truncated, while group ${c.group} read partition 0`);
       await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2"], c.env);
       expect(await committed(c)).toEqual(["600"]);
@@ -352,7 +352,7 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
     expect(Object.values(perPartition).reduce((n, lines) => n + lines!.length, 0)).toBe(300);
 
     const done = await consumer.finish(90_000);
-    expect(done.code).toBe(0);
+    expect(done.code, done.stderr).toBe(0);
     expect(done.stderr).toContain("every partition read to its end (--until-idle)");
     expect(done.stderr).toMatch(/done: received=\d+ .*every_partition_read=yes/);
     expect(await groupLag(kafka.brokers, c.group, c.topic)).toBe(0);
@@ -417,7 +417,7 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
     expect(written[58]!.payload).toBeNull();
 
     const consumed = await runScript("consumer_batch_to_csv.ts", ["--until-idle", "2"], c.env);
-    expect(consumed.code).toBe(0);
+    expect(consumed.code, consumed.stderr).toBe(0);
     expect(consumed.stderr).not.toMatch(/TypeError|is not an object|undefined is not/);
     await runOk("load.ts", [], c.env);
     expect(await landed(c)).toEqual({ orders: range(2, 101), rejected: [] });
@@ -454,12 +454,12 @@ describe.skipIf(missing.length > 0)("Kafka's own edges", () => {
     expect(megabytes).toBeGreaterThan(4.5);
 
     const consumer = await measured("consumer_batch_to_csv.ts", ["--until-idle", "2"], c.env);
-    expect(consumer.code).toBe(0);
+    expect(consumer.code, consumer.stderr).toBe(0);
     const files = readdirSync(c.env.BATCHES_DIR!).filter((f) => f.endsWith(".csv"));
     const widths = files.map((f) => readFileSync(join(c.env.BATCHES_DIR!, f), "utf8").split("\n", 1)[0]!.split(",").length);
     expect(Math.max(...widths)).toBeLessThanOrEqual(110);
     const loader = await measured("load.ts", [], c.env);
-    expect(loader.code).toBe(0);
+    expect(loader.code, loader.stderr).toBe(0);
     console.info(`${megabytes.toFixed(1)} MB of messages, files at most ${Math.max(...widths)} columns: peak RSS consumer ${consumer.peakMb} MB, loader ${loader.peakMb} MB`);
 
     expect(await landed(c)).toEqual({ orders: range(2, 101), rejected: [] });

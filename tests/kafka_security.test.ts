@@ -102,7 +102,7 @@ describe.skipIf(missing.length > 0)("Kafka over TLS and SASL", () => {
     const wrong = "Wr0ng-pass-4471";
     const s = scenario({ ...kafka.env("scram-sha-256"), KAFKA_SASL_PASSWORD: wrong, LOG_LEVEL: "debug" });
     const result = await runRefused("producer.ts", ["--file", input, "--rate", "max"], s.env);
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.seconds).toBeLessThan(AT_ONCE_SECONDS);
     expect(result.stderr).toContain(
       `Kafka at ${kafka.saslSsl} refused the SASL login of user "alice" (KAFKA_SASL_MECHANISM=scram-sha-256): check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD`,
@@ -115,7 +115,7 @@ describe.skipIf(missing.length > 0)("Kafka over TLS and SASL", () => {
     const s = scenario(kafka.env("plain"));
     await produce(s.env);
     const result = await runRefused("consumer_batch_to_csv.ts", ["--until-idle", "2"], { ...s.env, KAFKA_SASL_PASSWORD: "not-alices-pass" });
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.seconds).toBeLessThan(AT_ONCE_SECONDS);
     expect(result.stderr).toContain('refused the SASL login of user "alice" (KAFKA_SASL_MECHANISM=plain)');
     expect(`${result.stdout}${result.stderr}`).not.toContain("not-alices-pass");
@@ -130,7 +130,7 @@ describe.skipIf(missing.length > 0)("Kafka over TLS and SASL", () => {
       ["consumer_batch_to_csv.ts", ["--until-idle", "2"]],
     ] as const) {
       const result = await runRefused(script, [...args], s.env);
-      expect(result.code).toBe(1);
+      expect(result.code, result.stderr).toBe(1);
       expect(result.seconds).toBeLessThan(AT_ONCE_SECONDS);
       // The reason in brackets is the runtime's own ("self signed certificate in certificate chain" on Bun).
       expect(result.stderr).toContain(`error: the TLS certificate of Kafka at ${kafka.saslSsl} is not trusted (`);
@@ -145,7 +145,7 @@ describe.skipIf(missing.length > 0)("Kafka over TLS and SASL", () => {
     const { KAFKA_SSL_CA_FILE: _ca, ...env } = kafka.env("plain");
     const s = scenario({ ...env, KAFKA_SSL: "true" });
     const result = await runRefused("producer.ts", ["--file", input, "--rate", "max"], s.env);
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toMatch(/is not trusted \(self.signed certificate in certificate chain\): set KAFKA_SSL_CA_FILE to the CA that signed it\n/);
     expect(await topicExists(kafka.plaintext, s.topic)).toBe(false);
   });
@@ -190,7 +190,7 @@ describe.skipIf(missing.length > 0)("Kafka over TLS and SASL", () => {
 
     const without = scenario(tls);
     const result = await runRefused("producer.ts", ["--file", input, "--rate", "max"], without.env);
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toContain(`error: Kafka at ${kafka.mtls} asks for a TLS client certificate`);
     expect(result.stderr).toContain("set KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE");
     expect(await topicExists(kafka.plaintext, without.topic)).toBe(false);

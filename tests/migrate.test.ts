@@ -68,7 +68,7 @@ describe("migrate.ts", () => {
     cpSync(join(ROOT, "sql"), dir, { recursive: true });
     writeFileSync(join(dir, "001_create_seed_tables.sql"), "-- edited\n");
     const result = await runScript("migrate.ts", ["--dir", dir], { DATABASE_URL: url });
-    expect(result.code).toBe(1);
+    expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toContain("001_create_seed_tables.sql changed after it was applied");
   });
 });
