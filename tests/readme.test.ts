@@ -8,7 +8,7 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { copyRepository, freshShellEnv, ROOT, type RepositoryCopy } from "./helpers.ts";
 
 const README = readFileSync(join(ROOT, "README.md"), "utf8");
@@ -87,6 +87,15 @@ function makeMentions(): { target: string; vars: string[]; text: string }[] {
 
 const SETUP = commands().filter((c) => c.startsWith("export PATH="));
 
+/**
+ * A fresh shell's environment. Where make found the pinned Bun on PATH already (no .local/bun), a user's shell
+ * has it too, and so does this one.
+ */
+function newShellEnv(): Record<string, string> {
+  const env = freshShellEnv();
+  return existsSync(join(ROOT, ".local", "bun")) ? env : { ...env, PATH: `${dirname(process.execPath)}:${env.PATH}` };
+}
+
 describe("the README", () => {
   let repo: RepositoryCopy;
 
@@ -102,7 +111,7 @@ describe("the README", () => {
   async function shell(command: string, setup = SETUP): Promise<{ code: number; output: string }> {
     const child = Bun.spawn(["bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", [...setup, command].join("\n")], {
       cwd: repo.root,
-      env: freshShellEnv(),
+      env: newShellEnv(),
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",
