@@ -23,6 +23,7 @@ import { connect, describeDatabase, type Sql } from "./lib/db.ts";
 import { detectEncoding } from "./lib/input.ts";
 import { createKafka } from "./lib/kafka.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
+import { sleep } from "./lib/retry.ts";
 
 const command = {
   script: "scripts/trace.ts",
@@ -93,6 +94,9 @@ async function sourceLine(path: string, line: number): Promise<string | undefine
   return text.split(/\r\n|\n|\r/)[line - 1];
 }
 
+/** How long the message may take to arrive once the consumer has joined its group. */
+const READ_TIMEOUT_MS = 30_000;
+
 /** The record at `offset` of a partition, read by a consumer that commits nothing; undefined when Kafka no longer holds it. */
 async function readMessage(config: Config, log: Logger, topic: string, partition: number, offset: string): Promise<KafkaMessage | undefined> {
   const kafka = createKafka(config, log);
@@ -102,6 +106,7 @@ async function readMessage(config: Config, log: Logger, topic: string, partition
   const range = ends.find((p) => p.partition === partition);
   if (!range || BigInt(offset) < BigInt(range.low) || BigInt(offset) >= BigInt(range.high)) return undefined;
   const consumer = kafka.consumer({ groupId: `trace-${randomBytes(4).toString("hex")}`, maxWaitTimeInMs: 500 });
+  const waited = new AbortController();
   try {
     await consumer.connect();
     await consumer.subscribe({ topic });
@@ -114,8 +119,14 @@ async function readMessage(config: Config, log: Logger, topic: string, partition
       });
     });
     consumer.seek({ topic, partition, offset });
-    return await found;
+    const late = sleep(READ_TIMEOUT_MS, waited.signal).then(() => {
+      // Aborted: the message arrived and the race is over.
+      if (!waited.signal.aborted) throw new Error(`${topic} partition ${partition} offset ${offset} did not arrive within ${READ_TIMEOUT_MS / 1000} s`);
+      return undefined;
+    });
+    return await Promise.race([found, late]);
   } finally {
+    waited.abort();
     await consumer.disconnect();
   }
 }
