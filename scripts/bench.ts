@@ -23,7 +23,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { cpus, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { parsePositiveInt, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
+import { parsePositiveInt, projectPath, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase } from "./lib/db.ts";
 import { prepareFile } from "./lib/load/read.ts";
 import { COPY_COLUMNS, copyChunks } from "./lib/load/transaction.ts";
@@ -47,7 +47,7 @@ const command = {
   notes: "Run by: make bench (SIZE=full for a million rows). Needs kcat and psql (apt-get install kcat postgresql-client).",
 } as const;
 
-const ROOT = ".local/bench";
+const ROOT = projectPath(".local/bench");
 const log = createLogger("bench");
 const quiet = createLogger("bench", "silent");
 
@@ -73,7 +73,7 @@ async function measure(cmd: string[], env: Record<string, string> = {}, stdoutFi
   return { ms, cpuMs: Number(usage.cpuTime.total) / 1000, rssBytes: usage.maxRSS };
 }
 
-const script = (name: string, args: string[]) => [process.execPath, join("scripts", name), ...args];
+const script = (name: string, args: string[]) => [process.execPath, join(import.meta.dir, name), ...args];
 
 interface Row {
   readonly stage: string;
@@ -115,7 +115,7 @@ class Bench {
     await ensureDatabase(target, quiet);
     const sql = connect(target, quiet, { max: 1 });
     try {
-      await migrate(sql, "sql", quiet);
+      await migrate(sql, projectPath("sql"), quiet);
     } finally {
       await sql.end();
     }
@@ -334,7 +334,7 @@ function table(b: Bench, rows: Row[], started: Date, load: number[]): string {
 function localKafkaJars(): string | undefined {
   if (!Bun.which("java")) return undefined;
   try {
-    return kafkaJars(readCompose(readFileSync("docker-compose.yml", "utf8")).kafkaVersion, quiet);
+    return kafkaJars(readCompose(readFileSync(projectPath("docker-compose.yml"), "utf8")).kafkaVersion, quiet);
   } catch (error) {
     log.warn(`Kafka's own tools are left out of the comparison: ${(error as Error).message}`);
     return undefined;

@@ -12,7 +12,7 @@
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { readConfig } from "./lib/config.ts";
+import { projectPath, readConfig } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
 import { connect, describeDatabase, type TransactionSql } from "./lib/db.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
@@ -75,7 +75,7 @@ async function exportView(tx: TransactionSql, dir: string, view: string, orderBy
 
 /** The workbook with its text-file folder pointed at `dir` (an absolute path). */
 export async function workbookFor(dir: string): Promise<string> {
-  const text = await readFile(WORKBOOK, "utf8");
+  const text = await readFile(projectPath(WORKBOOK), "utf8");
   if (!text.includes(`'${WORKBOOK_DIRECTORY}'`) && !text.includes(`"${WORKBOOK_DIRECTORY}"`)) {
     throw new Error(`${WORKBOOK} does not name ${WORKBOOK_DIRECTORY} as its folder`);
   }
@@ -88,7 +88,7 @@ async function main(): Promise<void> {
   if (!flags) return;
   const config = readConfig();
   const log = createLogger("export", config.logLevel);
-  const dir = resolve(flags.dir ?? "data/exports");
+  const dir = resolve(flags.dir ?? projectPath("data/exports"));
   const started = performance.now();
   await mkdir(dir, { recursive: true });
   const sql = connect(config.database, log, { max: 1 });

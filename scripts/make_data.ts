@@ -11,7 +11,7 @@ import { dirname } from "node:path";
 import { mkdirSync } from "node:fs";
 import { stringify } from "csv-stringify/sync";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { parsePositiveInt, readConfig } from "./lib/config.ts";
+import { parsePositiveInt, projectPath, readConfig } from "./lib/config.ts";
 import { readCsv } from "./lib/csv.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
 import { findRowIdColumn, normalizeHeader } from "./lib/record.ts";
@@ -68,7 +68,7 @@ async function main(): Promise<void> {
   if (!flags) return;
   const log = createLogger("data");
   const started = performance.now();
-  const source = flags.source ?? DEFAULT_SOURCE;
+  const source = flags.source ?? projectPath(DEFAULT_SOURCE);
   const out = flags.out ?? readConfig().dataFile;
   const limit = flags.rows === undefined ? Infinity : parsePositiveInt(flags.rows, "--rows");
   const copies = flags.copies === undefined ? 1 : parsePositiveInt(flags.copies, "--copies", 1000);

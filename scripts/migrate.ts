@@ -13,7 +13,7 @@ import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { readConfig, type DatabaseTarget } from "./lib/config.ts";
+import { projectPath, readConfig, type DatabaseTarget } from "./lib/config.ts";
 import { connect, describeDatabase, isConnectionError, maintenance, type Sql } from "./lib/db.ts";
 import { createLogger, formatDuration, type Logger } from "./lib/log.ts";
 
@@ -153,7 +153,7 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger("migrate", config.logLevel);
   const started = performance.now();
-  const dir = flags.dir ?? "sql";
+  const dir = flags.dir ?? projectPath("sql");
   await ensureDatabase(config.database, log).catch((error: Error) => {
     throw isConnectionError(error)
       ? new Error(`cannot reach PostgreSQL at ${describeDatabase(config.database)}: ${error.message} (is it up? make up)`)

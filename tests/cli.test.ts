@@ -2,6 +2,7 @@
 
 import { describe, expect, test } from "bun:test";
 import { type Command, helpText, parseCli, UsageError } from "../scripts/lib/cli.ts";
+import { PATHS_HELP } from "../scripts/lib/config.ts";
 
 const command = {
   script: "scripts/example.ts",
@@ -115,9 +116,11 @@ describe("helpText", () => {
         "  -w, --watch       keep going",
         "  -h, --help        show this help",
         "",
-        "Environment (flags win over these; Bun also reads .env):",
+        "Environment (flags win over these; the repository's .env fills in what is not set):",
         "  BATCH_SIZE            default 100",
         '  PRODUCER_RATE         default 1 (messages per second, or "max")',
+        "",
+        PATHS_HELP,
         "",
         "Run by: make example",
         "",
@@ -136,7 +139,9 @@ describe("helpText", () => {
         "Flags:",
         "  -h, --help  show this help",
         "",
-        "Environment (flags win over these; Bun also reads .env):",
+        "Environment (flags win over these; the repository's .env fills in what is not set):",
+        "",
+        PATHS_HELP,
         "",
       ].join("\n"),
     );

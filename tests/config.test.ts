@@ -16,7 +16,11 @@ import {
   parsePositiveNumber,
   parseRate,
   parseTopic,
+  projectPath,
   readConfig,
+  REPO_ROOT,
+  useRepositoryEnv,
+  expandEnvValue,
 } from "../scripts/lib/config.ts";
 import { databaseUrl } from "../scripts/lib/db.ts";
 import { redact } from "../scripts/lib/log.ts";
@@ -282,8 +286,8 @@ describe("Kafka TLS and SASL settings", () => {
     expect(() => readConfig(env)).toThrow(message);
   });
 
-  test("takes relative file paths from the working directory", () => {
-    expect(() => readConfig({ KAFKA_SSL_CA_FILE: "no/such/ca.pem" })).toThrow(`cannot read ${resolve("no/such/ca.pem")} (no such file)`);
+  test("takes relative file paths from the repository, not from the working directory", () => {
+    expect(() => readConfig({ KAFKA_SSL_CA_FILE: "no/such/ca.pem" })).toThrow(`cannot read ${join(REPO_ROOT, "no/such/ca.pem")} (no such file)`);
   });
 
   test("never prints the SASL password or the key, and masks the password in every log line", () => {
@@ -412,5 +416,67 @@ describe("ENV_DOCS", () => {
         "BI_READER_PASSWORD",
       ].sort(),
     );
+  });
+});
+
+describe("projectPath", () => {
+  test("takes a relative path from the repository, wherever the script runs", () => {
+    expect(projectPath("sql", "/tmp")).toBe(join(REPO_ROOT, "sql"));
+    expect(projectPath("data/x.csv", join(REPO_ROOT, "scripts"))).toBe(join(REPO_ROOT, "data/x.csv"));
+  });
+
+  test("says it relative to the working directory when it lies inside it", () => {
+    expect(projectPath("batches", REPO_ROOT)).toBe("batches");
+    expect(projectPath(REPO_ROOT, REPO_ROOT)).toBe(".");
+  });
+
+  test("keeps an absolute path", () => {
+    expect(projectPath("/var/lib/sales/batches", "/tmp")).toBe("/var/lib/sales/batches");
+  });
+});
+
+describe("useRepositoryEnv", () => {
+  const tmp = tempDir("sales-env-");
+  const repo = join(tmp.path, "repo");
+  const elsewhere = join(tmp.path, "elsewhere");
+  mkdirSync(repo);
+  mkdirSync(elsewhere);
+  writeFileSync(join(repo, ".env"), "KAFKA_TOPIC=from_repo\nDATABASE_URL=postgres://u@h/${KAFKA_TOPIC}_db # comment\nLOG_LEVEL=debug\n");
+  writeFileSync(join(elsewhere, ".env"), "KAFKA_TOPIC=from_elsewhere\nBATCHES_DIR=elsewhere\n");
+  afterAll(() => tmp.remove());
+
+  test("started elsewhere, takes out what that folder's .env added and reads the repository's", () => {
+    // What Bun leaves in the environment when started in `elsewhere`: its .env on top of the real variables.
+    const env: Record<string, string | undefined> = { HOME: "/root", KAFKA_TOPIC: "from_elsewhere", BATCHES_DIR: "elsewhere" };
+    useRepositoryEnv(env, { cwd: elsewhere, repo, started: new Set(["HOME"]) });
+    expect(env).toEqual({ HOME: "/root", KAFKA_TOPIC: "from_repo", DATABASE_URL: "postgres://u@h/from_repo_db", LOG_LEVEL: "debug" });
+  });
+
+  test("never overrides a variable the process was started with", () => {
+    const env: Record<string, string | undefined> = { KAFKA_TOPIC: "from_shell", LOG_LEVEL: "warn" };
+    useRepositoryEnv(env, { cwd: elsewhere, repo, started: new Set(["KAFKA_TOPIC", "LOG_LEVEL"]) });
+    expect(env).toEqual({ KAFKA_TOPIC: "from_shell", LOG_LEVEL: "warn", DATABASE_URL: "postgres://u@h/from_shell_db" });
+  });
+
+  test("without the list of starting variables, takes a variable holding exactly the file's value for the file's", () => {
+    const env: Record<string, string | undefined> = { KAFKA_TOPIC: "from_elsewhere", BATCHES_DIR: "set_in_shell" };
+    useRepositoryEnv(env, { cwd: elsewhere, repo, started: null });
+    expect(env.KAFKA_TOPIC).toBe("from_repo");
+    expect(env.BATCHES_DIR).toBe("set_in_shell");
+  });
+
+  test("changes nothing in the repository itself, where Bun has read its .env", () => {
+    const env: Record<string, string | undefined> = { KAFKA_TOPIC: "x" };
+    useRepositoryEnv(env, { cwd: repo, repo, started: new Set() });
+    expect(env).toEqual({ KAFKA_TOPIC: "x" });
+  });
+});
+
+describe("expandEnvValue", () => {
+  test("expands $NAME and ${NAME} as Bun does, unset ones to nothing, and keeps an escaped dollar", () => {
+    const lookup = (name: string) => ({ A: "1" })[name];
+    expect(expandEnvValue("${A}x$A", lookup)).toBe("1x1");
+    expect(expandEnvValue("${NOPE}-z", lookup)).toBe("-z");
+    expect(expandEnvValue("pa\\$s", lookup)).toBe("pa$s");
   });
 });

@@ -4,7 +4,7 @@
 // (certificates made with keytool), and a PostgreSQL.
 
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
@@ -640,4 +640,58 @@ export async function runPipeline(env: Record<string, string>, files: string[], 
   for (const file of files) await runOk("producer.ts", ["--file", file, "--rate", "max"], env);
   await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2", ...consumerArgs], env);
   return (await runOk("load.ts", [], { ...env, LOG_LEVEL: "info" })).stderr;
+}
+
+// --- A copy of the repository with a .env of its own, for the tests that run its commands as a user would.
+
+/** What the copy holds: the sources and the make front door; node_modules and the pinned Bun are linked. */
+const REPOSITORY_FILES = ["scripts", "sql", "Makefile", "package.json", "bun.lock", "bunfig.toml", "tsconfig.json", "docker-compose.yml", "README.md", ".env.example"];
+
+export interface RepositoryCopy {
+  readonly root: string;
+  /** the names its .env gives the scripts */
+  readonly topic: string;
+  readonly group: string;
+  readonly database: { readonly name: string; readonly url: string; readonly target: DatabaseTarget };
+  /** drops its database, deletes its topic and the copy */
+  remove(): Promise<void>;
+}
+
+/**
+ * A copy of the repository in a temp folder, with a .env naming a topic, group and database of its own on the
+ * services `make up` started (the database is created by whatever runs migrate in it). Timestamps are kept,
+ * so make finds the linked node_modules up to date.
+ */
+export function copyRepository(prefix: string): RepositoryCopy {
+  const root = mkdtempSync(join(tmpdir(), `sales-${prefix}-`));
+  for (const name of REPOSITORY_FILES) cpSync(join(ROOT, name), join(root, name), { recursive: true, preserveTimestamps: true });
+  for (const dir of ["batches", "data", ".local"]) mkdirSync(join(root, dir));
+  symlinkSync(join(ROOT, "node_modules"), join(root, "node_modules"));
+  if (existsSync(join(ROOT, ".local", "bun"))) symlinkSync(join(ROOT, ".local", "bun"), join(root, ".local", "bun"));
+  const name = uniqueName(prefix);
+  const target = withDatabase(BASE.database, name);
+  const database = { name, url: databaseUrl(target), target };
+  const settings = { KAFKA_BROKERS: BROKERS, KAFKA_NODES: String(BASE.kafkaNodes), KAFKA_TOPIC: name, KAFKA_GROUP_ID: `${name}-group`, DATABASE_URL: database.url, STACK_MODE: "local" };
+  writeFileSync(join(root, ".env"), Object.entries(settings).map(([k, v]) => `${k}=${v}\n`).join(""));
+  return {
+    root,
+    topic: name,
+    group: settings.KAFKA_GROUP_ID,
+    database,
+    async remove() {
+      const admin = maintenance(BASE.database, quiet);
+      try {
+        await admin`drop database if exists ${admin(name)} with (force)`;
+      } finally {
+        await admin.end({ timeout: 5 });
+      }
+      await withAdmin(BROKERS, (kafka) => kafka.deleteTopics({ topics: [name] })).catch(() => undefined); // never created: nothing to delete
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The environment of a new login shell: the system's PATH and HOME, none of the variables the tests run with. */
+export function freshShellEnv(): Record<string, string> {
+  return { HOME: process.env.HOME ?? tmpdir(), PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", LANG: "C.UTF-8" };
 }

@@ -2,7 +2,7 @@
 // the flags and the environment variables the script reads, and `fail` for `main().catch(fail)`.
 
 import { parseArgs } from "node:util";
-import { ENV_DOCS, envLogLevel } from "./config.ts";
+import { ENV_DOCS, envLogLevel, PATHS_HELP } from "./config.ts";
 import { redact } from "./log.ts";
 
 export interface Flag {
@@ -52,8 +52,10 @@ export function helpText<F extends Record<string, Flag>>(command: Command<F>): s
     "Flags:",
     ...rows.map(([left, right]) => `  ${left.padEnd(width)}${right}`),
     "",
-    "Environment (flags win over these; Bun also reads .env):",
+    "Environment (flags win over these; the repository's .env fills in what is not set):",
     ...env,
+    "",
+    PATHS_HELP,
     ...(command.notes ? ["", command.notes] : []),
     "",
   ].join("\n");

@@ -1,14 +1,43 @@
 // The environment, read once, in this module only: a typed, frozen object. Defaults match docker-compose.yml
 // and local mode, so nothing needs to be set for the walkthrough. A bad value stops the script at start-up
-// and names the variable; a value that may hold a password is never printed back. Bun loads `.env` by itself
-// (see .env.example); flags override these per run and are checked by the same parse* functions.
+// and names the variable; a value that may hold a password is never printed back. The repository's `.env`
+// (see .env.example) fills in what the environment does not set, wherever the script is started; flags
+// override these per run and are checked by the same parse* functions.
 // Kafka's TLS and SASL settings (KAFKA_SSL*, KAFKA_SASL_*) are checked here too: the certificate and key files
 // are read once, and a file that is missing or not PEM stops the script before it connects.
+//
+// Paths come from the project, not from the working directory (cron, systemd and schedulers start scripts
+// elsewhere): a default, or a relative path in the environment or .env, is taken from the repository
+// (projectPath). A relative path in a flag is the user's, typed in a shell: it is taken from the working
+// directory, as every command-line tool does.
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { isAbsolute, join, relative, resolve } from "node:path";
+import { parseEnv } from "node:util";
 import { addSecret, isLevel, type Level } from "./log.ts";
+
+/** The repository: this file is scripts/lib/config.ts in it. */
+export const REPO_ROOT = resolve(import.meta.dir, "..", "..");
+
+/**
+ * A path of the project (a default, or a value of the environment or .env): relative ones are taken from the
+ * repository. The result is absolute, or relative to the working directory when it lies inside it, so
+ * messages stay as short as they were when the scripts ran from the repository's root only.
+ */
+export function projectPath(path: string, cwd = process.cwd()): string {
+  const absolute = resolve(REPO_ROOT, path);
+  const inside = relative(cwd, absolute);
+  if (inside === "") return ".";
+  return inside.startsWith("..") || isAbsolute(inside) ? absolute : inside;
+}
+
+/** For --help: how the scripts' paths resolve. */
+export const PATHS_HELP = [
+  "Paths: a relative path in a flag is taken from the current folder; a default, or a relative path in the",
+  `environment or .env, from the repository (${REPO_ROOT}). The repository's .env is read wherever the script`,
+  "starts, and never overrides a variable that is already set.",
+].join("\n");
 
 export type StackMode = "auto" | "docker" | "local";
 
@@ -125,6 +154,64 @@ export const KAFKA_SECURITY_ENV = [
 ] as const;
 
 type Env = Record<string, string | undefined>;
+
+/** The files Bun reads from the working directory by itself, whatever NODE_ENV says (bun.sh/docs/runtime/env). */
+const BUN_ENV_FILES = [".env", ".env.local", ".env.development", ".env.production", ".env.test"];
+
+/** `$NAME` and `${NAME}` in a .env value, as Bun expands them (unset: empty); `\$` is a dollar sign. */
+export function expandEnvValue(value: string, lookup: (name: string) => string | undefined): string {
+  return value.replace(/\\\$|\$\{(\w+)\}|\$(\w+)/g, (match, braced?: string, bare?: string) =>
+    match === "\\$" ? "$" : (lookup((braced ?? bare)!) ?? ""),
+  );
+}
+
+/** The variables of a .env file in their order, unexpanded; none when it does not exist. */
+function readEnvFile(path: string): [string, string][] {
+  return existsSync(path) ? Object.entries(parseEnv(readFileSync(path, "utf8"))).map(([name, value]) => [name, value ?? ""]) : [];
+}
+
+/** The names the process was started with, before Bun added any .env: Linux keeps them in /proc/self/environ. */
+function startupNames(): ReadonlySet<string> | null {
+  try {
+    return new Set(readFileSync("/proc/self/environ", "utf8").split("\0").map((entry) => entry.slice(0, entry.indexOf("="))));
+  } catch {
+    return null; // not Linux: told apart by value below
+  }
+}
+
+function sameFolder(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Bun reads .env from the working directory only, so a script started elsewhere would miss the repository's
+ * settings and take another folder's instead. Here the variables another folder's .env files added are taken
+ * out again (those the process was not started with), and the repository's .env fills in what the
+ * environment does not set. From the repository's root Bun has done the same already: nothing changes.
+ */
+export function useRepositoryEnv(
+  env: Env = process.env,
+  { cwd = process.cwd(), repo = REPO_ROOT, started = startupNames() }: { cwd?: string; repo?: string; started?: ReadonlySet<string> | null } = {},
+): void {
+  if (sameFolder(cwd, repo)) return;
+  for (const file of BUN_ENV_FILES) {
+    for (const [name, value] of readEnvFile(join(cwd, file))) {
+      // Without /proc: a variable holding exactly the file's value is taken for the file's.
+      const fromFile = started ? !started.has(name) : env[name] === value || env[name] === expandEnvValue(value, (n) => env[n]);
+      if (fromFile) delete env[name];
+    }
+  }
+  for (const [name, value] of readEnvFile(join(repo, ".env"))) {
+    if (env[name] === undefined) env[name] = expandEnvValue(value, (n) => env[n]);
+  }
+}
+
+// On import, before anything reads the environment: every script reaches this module through its imports.
+useRepositoryEnv();
 
 function text(env: Env, name: string, fallback: string): string {
   const value = env[name]?.trim();
@@ -315,8 +402,8 @@ export function readPrivateKey(path: string, name: string): string {
 
 /** KAFKA_SSL and its files: undefined for plaintext. A CA or a client certificate implies TLS. */
 export function parseKafkaTls(env: Env): KafkaTls | undefined {
-  // Relative paths are taken from the working directory, as a shell user would expect of a path they typed.
-  const file = (name: string) => (text(env, name, "") ? resolve(text(env, name, "")) : undefined);
+  // Settings, not flags: a relative path is taken from the repository, wherever the script runs.
+  const file = (name: string) => (text(env, name, "") ? resolve(REPO_ROOT, text(env, name, "")) : undefined);
   const [caFile, certFile, keyFile] = [file("KAFKA_SSL_CA_FILE"), file("KAFKA_SSL_CERT_FILE"), file("KAFKA_SSL_KEY_FILE")];
   const files = ["KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE"].filter((name) => file(name));
   const flag = text(env, "KAFKA_SSL", "");
@@ -381,8 +468,8 @@ export function readConfig(env: Env = process.env): Config {
     kafkaClientId: text(env, "KAFKA_CLIENT_ID", "sales-pipeline"),
     kafkaPartitions: parsePositiveInt(text(env, "KAFKA_PARTITIONS", "1"), "KAFKA_PARTITIONS", 1000),
     database: parseDatabase(env),
-    dataFile: text(env, "DATA_FILE", "data/Sample-Superstore.csv"),
-    batchesDir: text(env, "BATCHES_DIR", "batches"),
+    dataFile: projectPath(text(env, "DATA_FILE", "data/Sample-Superstore.csv")),
+    batchesDir: projectPath(text(env, "BATCHES_DIR", "batches")),
     batchSize: parsePositiveInt(text(env, "BATCH_SIZE", "100"), "BATCH_SIZE", 1_000_000),
     batchQuietSeconds: parsePositiveNumber(text(env, "BATCH_QUIET_SECONDS", "5"), "BATCH_QUIET_SECONDS"),
     producerRate: parseRate(text(env, "PRODUCER_RATE", "1"), "PRODUCER_RATE"),

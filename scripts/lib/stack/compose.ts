@@ -1,9 +1,10 @@
 // docker-compose.yml: the single source of the broker's version and settings, read by local mode too, and the
 // Docker Compose command that runs it where Docker can run containers.
 
+import { projectPath } from "../config.ts";
 import { has, run } from "./process.ts";
 
-export const COMPOSE_FILE = "docker-compose.yml";
+export const COMPOSE_FILE = projectPath("docker-compose.yml");
 /** Compose project name: names the containers and volumes (sales-stream_kafka-data, ...). */
 const COMPOSE_PROJECT = "sales-stream";
 

@@ -2,9 +2,10 @@
 
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { projectPath } from "../config.ts";
 
 /** Local state of the project: the broker's jars and data, a PostgreSQL cluster of its own, this file. */
-export const STATE_DIR = ".local";
+export const STATE_DIR = projectPath(".local");
 const STATE_FILE = join(STATE_DIR, "stack.json");
 
 export type Mode = "docker" | "local";
