@@ -1,5 +1,5 @@
 // Unit tests for scripts/lib/batcher.ts: a message becomes a batch row (whatever it holds), rows become batch
-// files of a bounded width.
+// files of a bounded width, closed by count, by a quiet period or by age (the clock passed in).
 
 import { describe, expect, test } from "bun:test";
 import type { IHeaders, KafkaMessage } from "kafkajs";
@@ -307,6 +307,45 @@ describe("Batcher", () => {
     expect(batcher.due(5999)).toEqual([]);
     expect(batcher.due(6000).map(offsets)).toEqual([{ first: 1, last: 1, rows: [1] }]);
     expect(batcher.buffered(1)).toBe(1);
+  });
+
+  test("closes a partial batch once its first row has waited the max age, though rows keep arriving", () => {
+    const batcher = new Batcher(100, 5000, 3000);
+    // One row a second: the quiet period never comes, the max age does.
+    for (const n of [0, 1, 2]) batcher.add(0, BigInt(n), row(n), n * 1000);
+    expect(batcher.due(2999)).toEqual([]);
+    expect(batcher.due(3000).map(offsets)).toEqual([{ first: 0, last: 2, rows: [0, 1, 2] }]);
+    // The next batch's age counts from its own first row.
+    batcher.add(0, 3n, row(3), 3000);
+    batcher.add(0, 4n, row(4), 4000);
+    expect(batcher.due(5999)).toEqual([]);
+    expect(batcher.due(6000).map(offsets)).toEqual([{ first: 3, last: 4, rows: [3, 4] }]);
+  });
+
+  test("ages each partition by its own first row", () => {
+    const batcher = new Batcher(100, 60_000, 3000);
+    batcher.add(0, 1n, row(1), 0);
+    batcher.add(1, 1n, row(1), 2000);
+    batcher.add(0, 2n, row(2), 2500);
+    expect(batcher.due(3000).map((b) => b.partition)).toEqual([0]);
+    expect(batcher.due(4999)).toEqual([]);
+    expect(batcher.due(5000).map((b) => b.partition)).toEqual([1]);
+  });
+
+  test("closes by count before the max age when rows come fast, and starts the next batch's age afresh", () => {
+    const batcher = new Batcher(2, 5000, 3000);
+    batcher.add(0, 1n, row(1), 0);
+    expect(offsets(batcher.add(0, 2n, row(2), 10))).toEqual({ first: 1, last: 2, rows: [1, 2] });
+    batcher.add(0, 3n, row(3), 2900);
+    expect(batcher.due(3000)).toEqual([]);
+    expect(batcher.due(5900)).toHaveLength(1);
+  });
+
+  test("without a max age, only the count and the quiet period close a batch", () => {
+    const batcher = new Batcher(100, 5000);
+    for (let n = 0; n < 60; n++) batcher.add(0, BigInt(n), row(n), n * 1000);
+    expect(batcher.due(63_999)).toEqual([]);
+    expect(batcher.buffered(0)).toBe(60);
   });
 
   test("starts a partition over when an offset it has already seen arrives again (a re-fetch)", () => {
