@@ -10,8 +10,10 @@
 // A batch file that cannot be written (disk full, no permission, a path in the way) stops the consumer with
 // the reason and exit code 1, and no offset past it is committed.
 //
-// A partial batch is closed after BATCH_QUIET_SECONDS without new messages (so a slow stream is still near
-// real time), and on shutdown. SIGINT/SIGTERM: write what is buffered, commit, disconnect, exit 0.
+// A partial batch is closed once its first record has waited BATCH_MAX_SECONDS (10 s; make stream: 2 s), so a
+// slow, steady stream still lands every few seconds, as Kafka Connect's sinks rotate files by time; after
+// BATCH_QUIET_SECONDS without new messages; and on shutdown. SIGINT/SIGTERM: write what is buffered, commit,
+// disconnect, exit 0.
 // The batching itself (which rows form which file) is scripts/lib/batcher.ts.
 //
 // Every offset is accounted for (scripts/lib/offsets.ts): offsets Kafka no longer has when the group reaches
@@ -21,8 +23,8 @@
 // exits only once every partition of the topic is read to its end, also partitions added meanwhile.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
-// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
-// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --allow-gaps, --help.
+// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, BATCH_MAX_SECONDS, LOG_LEVEL. Flags:
+// --topic, --group, --batch-size, --dir, --quiet, --max-age, --until-idle, --from-beginning, --allow-gaps, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
@@ -45,7 +47,8 @@ import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 const command = {
   script: "scripts/consumer_batch_to_csv.ts",
   summary: [
-    "Read the topic in a consumer group and write every BATCH_SIZE records as a CSV file.",
+    "Read the topic in a consumer group and write every BATCH_SIZE records as a CSV file, or fewer once the",
+    "first of them has waited BATCH_MAX_SECONDS, whichever comes first.",
     "Offsets are committed only after the file is safely on disk (at-least-once).",
   ].join("\n"),
   flags: {
@@ -54,6 +57,7 @@ const command = {
     "batch-size": { type: "string", short: "b", arg: "N", help: "records per file (default $BATCH_SIZE = 100)" },
     dir: { type: "string", short: "d", arg: "DIR", help: "output folder (default $BATCHES_DIR = batches)" },
     quiet: { type: "string", arg: "SECONDS", help: "close a partial batch after this long without messages (default 5)" },
+    "max-age": { type: "string", arg: "SECONDS", help: "close a partial batch once its first record has waited this long (default 10)" },
     "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long and every partition is read to its end" },
     "from-beginning": { type: "boolean", help: "replay: move the group back to the start of the topic first" },
     "allow-gaps": {
@@ -71,6 +75,7 @@ const command = {
     "BATCHES_DIR",
     "BATCH_SIZE",
     "BATCH_QUIET_SECONDS",
+    "BATCH_MAX_SECONDS",
     "LOG_LEVEL",
   ],
   notes: [
@@ -463,6 +468,8 @@ interface RunOptions {
   readonly dir: string;
   readonly batchSize: number;
   readonly quietMs: number;
+  /** a partial batch is written once its first record has waited this long */
+  readonly maxAgeMs: number;
   /** --until-idle: stop once nothing has arrived for this long and every partition is read to its end */
   readonly idleMs: number | undefined;
   readonly allowGaps: boolean;
@@ -473,12 +480,12 @@ interface RunOptions {
 
 /**
  * The consuming loop: each fetched batch of messages goes into the batcher, full batches are written (and
- * committed) at once, partial ones after the quiet period and at shutdown. Intake stops on a stop request, a
+ * committed) at once, partial ones at their max age, after the quiet period and at shutdown. Intake stops on a stop request, a
  * failed write or an offset gap without --allow-gaps, so nothing after an unwritten batch is ever committed.
  */
 function createBatchingRun(o: RunOptions) {
   const { consumer, log, shutdown } = o;
-  const batcher = new Batcher(o.batchSize, o.quietMs);
+  const batcher = new Batcher(o.batchSize, o.quietMs, o.maxAgeMs);
   const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
   const locked = createLock();
   const progress = createProgress(log, "received", undefined, 1000);
@@ -608,9 +615,9 @@ function watchGroup(
 }
 
 /**
- * Every 200 ms: partial batches whose quiet period is over are written and committed; with --until-idle, once
- * nothing has arrived for that long, the topic is checked (at most once a second) and the run stops when every
- * partition is read to its end.
+ * Every 200 ms: partial batches whose quiet period or max age is over are written and committed; with
+ * --until-idle, once nothing has arrived for that long, the topic is checked (at most once a second) and the run
+ * stops when every partition is read to its end.
  */
 function scheduleQuietWork(
   o: RunOptions,
@@ -673,6 +680,7 @@ async function main(): Promise<void> {
   const batchSize = flags["batch-size"] ? parsePositiveInt(flags["batch-size"], "--batch-size", 1_000_000) : config.batchSize;
   const dir = flags.dir ?? config.batchesDir;
   const quietMs = 1000 * (flags.quiet ? parsePositiveNumber(flags.quiet, "--quiet") : config.batchQuietSeconds);
+  const maxAgeMs = 1000 * (flags["max-age"] ? parsePositiveNumber(flags["max-age"], "--max-age") : config.batchMaxSeconds);
   const idleMs = flags["until-idle"] ? 1000 * parsePositiveNumber(flags["until-idle"], "--until-idle") : undefined;
   await mkdir(dir, { recursive: true });
 
@@ -683,12 +691,12 @@ async function main(): Promise<void> {
   const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 1000, allowAutoTopicCreation: false, sessionTimeout: 10_000, heartbeatInterval: 3_000 });
   const shutdown = createShutdown(log);
   const allowGaps = flags["allow-gaps"] === true;
-  const run = createBatchingRun({ consumer, admin, topic, groupId, dir, batchSize, quietMs, idleMs, allowGaps, crashAt: config.crashAt, log, shutdown });
+  const run = createBatchingRun({ consumer, admin, topic, groupId, dir, batchSize, quietMs, maxAgeMs, idleMs, allowGaps, crashAt: config.crashAt, log, shutdown });
 
   const started = performance.now();
   try {
     await run.start();
-    log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file)`);
+    log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file, or fewer after ${maxAgeMs / 1000}s)`);
     await shutdown.whenRequested;
   } catch (error) {
     run.fail((await explainKafkaFailure(error, config)) ?? (error as Error));
