@@ -1,7 +1,7 @@
 // The dashboard page's script: follows /api/events (server-sent events; the browser reconnects by itself) and
 // draws each snapshot: KPIs (exact value in data-value, rounded text for people), four ECharts charts, the
-// pipeline's health, how fresh the numbers are, and a clear banner when Kafka, PostgreSQL or the dashboard
-// server itself cannot be reached. No page reload, ever.
+// pipeline's health, which database and how fresh the numbers are, and a clear banner when Kafka, PostgreSQL
+// or the dashboard server itself cannot be reached. No page reload, ever.
 
 /* global echarts */
 "use strict";
@@ -148,8 +148,18 @@ function drawFreshness() {
 }
 setInterval(drawFreshness, 1000);
 
+/** Which database the numbers come from: make stream's live one (<name>_live) or the demo's. */
+function drawDatabase(database) {
+  const element = document.getElementById("database");
+  if (element.dataset.database === database) return;
+  element.dataset.database = database;
+  element.textContent = `database ${database}`;
+  document.title = `Superstore sales, live: ${database}`;
+}
+
 function draw(snapshot) {
   latest = snapshot;
+  drawDatabase(snapshot.database);
   if (snapshot.business) {
     setKpis(snapshot.business.kpis);
     drawCharts(snapshot.business);
