@@ -148,10 +148,25 @@ function drawFreshness() {
 }
 setInterval(drawFreshness, 1000);
 
-/** Which database the numbers come from: make stream's live one (<name>_live) or the demo's. */
+/** The numbers of a database the page no longer shows: gone until the new one's arrive. */
+function clearNumbers() {
+  for (const name of Object.keys(KPI_TEXT)) {
+    const element = document.querySelector(`[data-kpi="${name}"]`);
+    element.dataset.value = "";
+    element.textContent = "–";
+  }
+  for (const c of Object.values(charts)) c.clear();
+}
+
+/**
+ * Which database the numbers come from: make stream's live one (<name>_live) or the demo's. The server behind
+ * an open page can change (make dashboard stopped, make stream started on the same port): the other database's
+ * numbers are cleared, never shown under this one's name.
+ */
 function drawDatabase(database) {
   const element = document.getElementById("database");
   if (element.dataset.database === database) return;
+  if (element.dataset.database) clearNumbers();
   element.dataset.database = database;
   element.textContent = `database ${database}`;
   document.title = `Superstore sales, live: ${database}`;
