@@ -27,6 +27,8 @@ export KAFKA_NODES
 endif
 
 RATE ?= 1
+# make stream closes a batch file every STREAM_MAX_AGE seconds (or at 100 rows): at 1 row/s the page moves every 2 s.
+STREAM_MAX_AGE ?= 2
 TEST_TIMEOUT ?= 180000
 TESTS ?= tests/
 DEMO_START := $(shell date +%s)
@@ -117,11 +119,12 @@ load: migrate ## Load the pending batch files into PostgreSQL
 	$(BUN) scripts/load.ts
 
 .PHONY: stream
-stream: up migrate data ## Watch it live: producer at RATE rows/s (1), consumer, loader and dashboard side by side; Ctrl-C stops all
-	@echo "== producer at $(RATE)/s, consumer, loader and the dashboard running (it prints its address); Ctrl-C to stop"
-	@trap 'echo; echo "stopping..."' INT TERM; \
+stream: up data ## Watch it live in a database of its own (<db>_live, emptied first): producer at RATE rows/s (1), consumer, loader, dashboard; Ctrl-C stops all
+	@live="$$($(BUN) scripts/live.ts)"; eval "$$live"; \
+	echo "== producer at $(RATE)/s, consumer (a file every $(STREAM_MAX_AGE) s or 100 rows), loader and the dashboard (it prints its address) on the live database; Ctrl-C to stop"; \
+	trap 'echo; echo "stopping..."' INT TERM; \
 	$(BUN) scripts/dashboard.ts & \
-	$(BUN) scripts/consumer_batch_to_csv.ts & \
+	$(BUN) scripts/consumer_batch_to_csv.ts --max-age $(STREAM_MAX_AGE) & \
 	$(BUN) scripts/load.ts --watch & \
 	$(BUN) scripts/producer.ts --rate $(RATE) || true; \
 	while [ -n "$$(jobs -pr)" ]; do wait || true; done

@@ -10,8 +10,10 @@
 // A batch file that cannot be written (disk full, no permission, a path in the way) stops the consumer with
 // the reason and exit code 1, and no offset past it is committed.
 //
-// A partial batch is closed after BATCH_QUIET_SECONDS without new messages (so a slow stream is still near
-// real time), and on shutdown. SIGINT/SIGTERM: write what is buffered, commit, disconnect, exit 0.
+// A partial batch is closed once its first record has waited BATCH_MAX_SECONDS (10 s; make stream: 2 s), so a
+// slow, steady stream still lands every few seconds, as Kafka Connect's sinks rotate files by time; after
+// BATCH_QUIET_SECONDS without new messages; and on shutdown. SIGINT/SIGTERM: write what is buffered, commit,
+// disconnect, exit 0.
 // The batching itself (which rows form which file) is scripts/lib/batcher.ts.
 //
 // Every offset is accounted for (scripts/lib/offsets.ts): offsets Kafka no longer has when the group reaches
@@ -21,14 +23,14 @@
 // exits only once every partition of the topic is read to its end, also partitions added meanwhile.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
-// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
-// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --allow-gaps, --help.
+// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, BATCH_MAX_SECONDS, LOG_LEVEL. Flags:
+// --topic, --group, --batch-size, --dir, --quiet, --max-age, --until-idle, --from-beginning, --allow-gaps, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
 
 import { mkdir } from "node:fs/promises";
-import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import type { Admin, Consumer, ConsumerRunConfig, EachBatchPayload, Kafka } from "kafkajs";
 import { batchFileName, gapFile, syncFolder, writeFileDurably, type LostRange } from "./lib/batch.ts";
 import { Batcher, batchLayout, messageToRow, recordFingerprint, type Batch } from "./lib/batcher.ts";
 import { fail, parseCli } from "./lib/cli.ts";
@@ -36,7 +38,7 @@ import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber
 import { writeCsv } from "./lib/csv.ts";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
 import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS, whileKafkaUnavailable } from "./lib/kafka_errors.ts";
-import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
+import { createLogger, createProgress, formatDuration, formatRate, type Logger, type Progress } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { deletedRange, OffsetAccount, parseCommitted, recreatedRange, type Arrival, type Committed } from "./lib/offsets.ts";
 import { backoffDelay, sleep } from "./lib/retry.ts";
@@ -45,7 +47,8 @@ import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 const command = {
   script: "scripts/consumer_batch_to_csv.ts",
   summary: [
-    "Read the topic in a consumer group and write every BATCH_SIZE records as a CSV file.",
+    "Read the topic in a consumer group and write every BATCH_SIZE records as a CSV file, or fewer once the",
+    "first of them has waited BATCH_MAX_SECONDS, whichever comes first.",
     "Offsets are committed only after the file is safely on disk (at-least-once).",
   ].join("\n"),
   flags: {
@@ -54,6 +57,7 @@ const command = {
     "batch-size": { type: "string", short: "b", arg: "N", help: "records per file (default $BATCH_SIZE = 100)" },
     dir: { type: "string", short: "d", arg: "DIR", help: "output folder (default $BATCHES_DIR = batches)" },
     quiet: { type: "string", arg: "SECONDS", help: "close a partial batch after this long without messages (default 5)" },
+    "max-age": { type: "string", arg: "SECONDS", help: "close a partial batch once its first record has waited this long (default 10)" },
     "until-idle": { type: "string", arg: "SECONDS", help: "exit once nothing has arrived for this long and every partition is read to its end" },
     "from-beginning": { type: "boolean", help: "replay: move the group back to the start of the topic first" },
     "allow-gaps": {
@@ -71,6 +75,7 @@ const command = {
     "BATCHES_DIR",
     "BATCH_SIZE",
     "BATCH_QUIET_SECONDS",
+    "BATCH_MAX_SECONDS",
     "LOG_LEVEL",
   ],
   notes: [
@@ -126,95 +131,135 @@ interface WriterHooks {
   committed(offsets: Offsets): void;
 }
 
+/** The test hook SALES_CRASH_AT: dies like a power cut at that point. */
+type Crash = (point: (typeof CRASH_POINTS)[number]) => void;
+
+/** Files written and not committed yet. */
+interface Written {
+  /** partition -> the next offset to read once the files written so far are committed */
+  readonly next: Map<number, bigint>;
+  names: string[];
+}
+
+/** A batch as a CSV file, complete on disk before its name appears (the folder is synced at the commit). Returns its name. */
+async function writeBatchFile(dir: string, topic: string, batch: Batch, crash: Crash): Promise<string> {
+  const laid = batchLayout(batch.rows);
+  const content = writeCsv(laid.rows, laid.columns);
+  const name = batchFileName(topic, batch.partition, batch.first, batch.last, content);
+  crash("before-write");
+  try {
+    await writeFileDurably(dir, name, content, { beforeRename: () => crash("before-rename"), syncFolder: false });
+  } catch (error) {
+    throw new BatchWriteError(
+      `cannot write ${dir}/${name} (${(error as Error).message}); offsets ${batch.first}-${batch.last} of partition ` +
+        `${batch.partition} stay uncommitted and will be read again by the next run`,
+    );
+  }
+  collectGarbage(content.length); // the batch's rows are garbage now
+  return name;
+}
+
+/** A gap file, durable (folder synced) before anything past the gap can be committed. Returns its name. */
+async function writeGapFile(dir: string, range: LostRange): Promise<string> {
+  const { name, content } = gapFile(range);
+  try {
+    await writeFileDurably(dir, name, content);
+  } catch (error) {
+    throw new BatchWriteError(`cannot write ${dir}/${name} (${(error as Error).message}): ${range.reason}`);
+  }
+  return name;
+}
+
+/**
+ * The offset checks before a commit (they may write files, and leave out partitions whose log was replaced).
+ * False when Kafka cannot answer them: the files' offsets are then committed with the next files.
+ */
+async function checkBeforeCommitting(hooks: WriterHooks | undefined, written: Written, log: Logger): Promise<boolean> {
+  try {
+    for (const partition of await (hooks?.beforeCommit([...written.next.keys()]) ?? [])) written.next.delete(partition);
+    return true;
+  } catch (error) {
+    if (!isKafkaUnavailable(error)) throw error;
+    // Not checked, not committed: the files' offsets are committed with the next files once Kafka answers.
+    log.warn(`Kafka unavailable (${(error as Error).message}); the offsets of ${written.names.length} files are committed later`);
+    return false;
+  }
+}
+
+interface Committer {
+  readonly consumer: Consumer;
+  readonly dir: string;
+  readonly crash: Crash;
+  readonly log: Logger;
+  readonly hooks: WriterHooks | undefined;
+}
+
+/** One fsync of the folder makes the files' renames durable; then their offsets are committed. */
+async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, offsets: Offsets, names: readonly string[]): Promise<void> {
+  try {
+    await syncFolder(dir);
+  } catch (error) {
+    throw new BatchWriteError(`cannot sync ${dir}/ (${(error as Error).message}); the offsets of ${names.length} files stay uncommitted and will be read again by the next run`);
+  }
+  crash("before-commit");
+  // THE COMMIT POINT. The files are complete on disk (fsync, rename, fsync of the folder) before Kafka hears
+  // that these offsets are done. In the other order, a crash between the two would leave offsets committed
+  // for records that are in no file: lost for good. In this order a crash leaves files whose offsets are not
+  // committed: the records are read and written again, and the loader's ledger and row
+  // identity make that harmless. commitOffsets takes the next offset to read, hence last + 1.
+  try {
+    if (offsets.length > 0) await consumer.commitOffsets(offsets);
+    hooks?.committed(offsets);
+  } catch (error) {
+    // A rebalance took the partition away: the new owner reads these records again from the last commit.
+    log.warn(
+      `${names.length} files written (${names[0]}${names.length > 1 ? " ..." : ""}) but their offsets were not committed ` +
+        `(${(error as Error).message}); the records will be read again and the loader will skip the repeats`,
+    );
+  }
+}
+
 /**
  * Writes batch files and commits their offsets, in that order; counts what it wrote. Files are written one by
  * one (each complete on disk before its name appears); their offsets are committed together by commit(),
  * after one fsync of the folder makes every rename durable.
  */
 function createBatchWriter(consumer: Consumer, topic: string, dir: string, crashAt: string | undefined, log: Logger) {
-  const crash = (point: (typeof CRASH_POINTS)[number]) => {
+  const crash: Crash = (point) => {
     if (crashAt === point) process.kill(process.pid, "SIGKILL");
   };
   const counts = { files: 0, rows: 0, gaps: 0 };
-  /** partition -> the next offset to read once the files written so far are committed */
-  const uncommitted = new Map<number, bigint>();
-  let files: string[] = [];
+  const written: Written = { next: new Map(), names: [] };
   let hooks: WriterHooks | undefined;
   const commit = async () => {
-    if (files.length === 0) return;
-    try {
-      for (const partition of await (hooks?.beforeCommit([...uncommitted.keys()]) ?? [])) uncommitted.delete(partition);
-    } catch (error) {
-      if (!isKafkaUnavailable(error)) throw error;
-      // Not checked, not committed: the files' offsets are committed with the next files once Kafka answers.
-      log.warn(`Kafka unavailable (${(error as Error).message}); the offsets of ${files.length} files are committed later`);
-      return;
-    }
-    const offsets = [...uncommitted].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
-    const names = files;
-    uncommitted.clear();
-    files = [];
-    try {
-      await syncFolder(dir);
-    } catch (error) {
-      throw new BatchWriteError(`cannot sync ${dir}/ (${(error as Error).message}); the offsets of ${names.length} files stay uncommitted and will be read again by the next run`);
-    }
-    crash("before-commit");
-    // THE COMMIT POINT. The files are complete on disk (fsync, rename, fsync of the folder) before Kafka hears
-    // that these offsets are done. In the other order, a crash between the two would leave offsets committed
-    // for records that are in no file: lost for good. In this order a crash leaves files whose offsets are not
-    // committed: the records are read and written again, and the loader's ledger and row
-    // identity make that harmless. commitOffsets takes the next offset to read, hence last + 1.
-    try {
-      if (offsets.length > 0) await consumer.commitOffsets(offsets);
-      hooks?.committed(offsets);
-    } catch (error) {
-      // A rebalance took the partition away: the new owner reads these records again from the last commit.
-      log.warn(
-        `${names.length} files written (${names[0]}${names.length > 1 ? " ..." : ""}) but their offsets were not committed ` +
-          `(${(error as Error).message}); the records will be read again and the loader will skip the repeats`,
-      );
-    }
+    if (written.names.length === 0) return;
+    if (!(await checkBeforeCommitting(hooks, written, log))) return;
+    const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
+    const names = written.names;
+    written.next.clear();
+    written.names = [];
+    await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names);
   };
   const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
-    const laid = batchLayout(batch.rows);
-    const content = writeCsv(laid.rows, laid.columns);
-    const name = batchFileName(topic, batch.partition, batch.first, batch.last, content);
-    crash("before-write");
-    try {
-      await writeFileDurably(dir, name, content, { beforeRename: () => crash("before-rename"), syncFolder: false });
-    } catch (error) {
-      throw new BatchWriteError(
-        `cannot write ${dir}/${name} (${(error as Error).message}); offsets ${batch.first}-${batch.last} of partition ` +
-          `${batch.partition} stay uncommitted and will be read again by the next run`,
-      );
-    }
+    const name = await writeBatchFile(dir, topic, batch, crash);
     counts.files++;
-    collectGarbage(content.length); // the batch's rows are garbage now
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
-    uncommitted.set(batch.partition, batch.last + 1n);
-    files.push(name);
-    if (options.commit && files.length >= COMMIT_EVERY_FILES) await commit();
-  };
-  /** A gap file, durable (folder synced) before anything past the gap can be committed. Returns its name. */
-  const writeGap = async (range: LostRange): Promise<string> => {
-    const { name, content } = gapFile(range);
-    try {
-      await writeFileDurably(dir, name, content);
-    } catch (error) {
-      throw new BatchWriteError(`cannot write ${dir}/${name} (${(error as Error).message}): ${range.reason}`);
-    }
-    counts.gaps++;
-    return name;
+    written.next.set(batch.partition, batch.last + 1n);
+    written.names.push(name);
+    if (options.commit && written.names.length >= COMMIT_EVERY_FILES) await commit();
   };
   return {
     write,
-    writeGap,
+    async writeGap(range: LostRange): Promise<string> {
+      const name = await writeGapFile(dir, range);
+      counts.gaps++;
+      return name;
+    },
     commit,
     counts,
     /** The partition's written offsets are not to be committed (its log was replaced). */
-    forget: (partition: number) => void uncommitted.delete(partition),
+    forget: (partition: number) => void written.next.delete(partition),
     setHooks: (h: WriterHooks) => void (hooks = h),
   };
 }
@@ -499,6 +544,8 @@ interface RunOptions {
   readonly dir: string;
   readonly batchSize: number;
   readonly quietMs: number;
+  /** a partial batch is written once its first record has waited this long */
+  readonly maxAgeMs: number;
   /** --until-idle: stop once nothing has arrived for this long and every partition is read to its end */
   readonly idleMs: number | undefined;
   readonly allowGaps: boolean;
@@ -507,30 +554,30 @@ interface RunOptions {
   readonly shutdown: Shutdown;
 }
 
-/**
- * The consuming loop: each fetched batch of messages goes into the batcher, full batches are written (and
- * committed) at once, partial ones after the quiet period and at shutdown. Intake stops on a stop request, a
- * failed write or an offset gap without --allow-gaps, so nothing after an unwritten batch is ever committed.
- */
-function createBatchingRun(o: RunOptions) {
-  const { consumer, log, shutdown } = o;
-  const batcher = new Batcher(o.batchSize, o.quietMs);
-  const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
-  const locked = createLock();
-  const progress = createProgress(log, "received", undefined, 1000);
-  const activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
-  let failure: Error | undefined;
-  const stopWith = (error: Error) => {
-    failure ??= error;
-    shutdown.request(error.message);
-  };
-  const guard = createGapGuard({ ...o, batcher, writer, stopWith });
-  const { account } = guard;
-  const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
-  const commit = () => writer.commit().catch((error: Error) => stopWith(error));
+/** What the intake shares with the rest of the run. */
+interface Intake {
+  readonly batcher: Batcher;
+  readonly account: OffsetAccount;
+  readonly activity: Activity;
+  readonly locked: Locked;
+  readonly progress: Progress;
+  /** the offset checks for a record that arrived elsewhere than expected; false when intake must stop */
+  readonly unexpected: (partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean) => Promise<boolean>;
+  readonly write: (batch: Batch) => Promise<void>;
+  readonly commit: () => Promise<void>;
+  readonly stopWith: (error: Error) => void;
+  readonly failed: () => boolean;
+}
 
-  const eachBatch = async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
-    locked(async () => {
+/**
+ * kafkajs' eachBatch: each record of a fetch goes into the batcher and a full batch is written at once; after
+ * the fetch, what was written is committed.
+ */
+function createEachBatch(o: RunOptions, s: Intake) {
+  const { log, shutdown } = o;
+  const { batcher, account, activity } = s;
+  return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
+    s.locked(async () => {
       for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
@@ -542,7 +589,7 @@ function createBatchingRun(o: RunOptions) {
           activity.repeated++;
           continue;
         }
-        if (arrival.kind !== "expected" && !(await guard.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (stopWith(e), false)))) break;
+        if (arrival.kind !== "expected" && !(await s.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (s.stopWith(e), false)))) break;
         account.took(batch.partition, offset, fingerprint);
         const row = messageToRow(message, batch.topic, batch.partition);
         if (row._error !== null) activity.unreadable++;
@@ -552,48 +599,86 @@ function createBatchingRun(o: RunOptions) {
         // resolveOffset moves kafkajs' fetch position past this record. With autoCommit off it commits
         // nothing: the commit happens in the writer, after the file is on disk.
         resolveOffset(message.offset);
-        if (full) await write(full);
+        if (full) await s.write(full);
         if (activity.received % 200 === 0) await heartbeat();
       }
       // After the records: a fetch from a replaced log says where the new log ends, not the old one.
       account.sawEnd(batch.partition, BigInt(batch.highWatermark));
-      if (!failure) await commit();
+      if (!s.failed()) await s.commit();
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
-      progress.update(activity.received);
+      s.progress.update(activity.received);
     });
-  const runOptions = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
+}
 
-  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed: () => failure !== undefined });
+/**
+ * Joins the group and starts consuming. A broker that has not yet heard of a topic just created by another
+ * member answers "unknown topic", and kafkajs' subscribe does not retry that: waited through like a broker
+ * that is away.
+ */
+async function startConsuming(o: RunOptions, runOptions: ConsumerRunConfig): Promise<void> {
+  const { consumer } = o;
+  await whileKafkaUnavailable(
+    `subscribing to ${o.topic}`,
+    async () => {
+      await consumer.connect();
+      await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
+    },
+    o.log,
+    o.shutdown.signal,
+  );
+  await consumer.run(runOptions);
+}
+
+/** The run's one-line summary. */
+function runSummary(activity: Activity, counts: BatchWriter["counts"], ms: number): string {
+  return (
+    `done: received=${activity.received} files=${counts.files} rows_written=${counts.rows} ` +
+    `unreadable=${activity.unreadable} gaps=${counts.gaps}${activity.repeated > 0 ? ` repeats_skipped=${activity.repeated}` : ""}${activity.drained ? " every_partition_read=yes" : ""} ` +
+    `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`
+  );
+}
+
+/**
+ * The consuming loop: each fetched batch of messages goes into the batcher, full batches are written (and
+ * committed) at once, partial ones at their max age, after the quiet period and at shutdown. Intake stops on a
+ * stop request, a failed write or an offset gap without --allow-gaps, so nothing after an unwritten batch is
+ * ever committed.
+ */
+function createBatchingRun(o: RunOptions) {
+  const { consumer, log, shutdown } = o;
+  const batcher = new Batcher(o.batchSize, o.quietMs, o.maxAgeMs);
+  const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
+  const locked = createLock();
+  const progress = createProgress(log, "received", undefined, 1000);
+  const activity: Activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
+  let failure: Error | undefined;
+  const failed = () => failure !== undefined;
+  const stopWith = (error: Error) => {
+    failure ??= error;
+    shutdown.request(error.message);
+  };
+  const guard = createGapGuard({ ...o, batcher, writer, stopWith });
+  const { account } = guard;
+  const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
+  const commit = () => writer.commit().catch((error: Error) => stopWith(error));
+  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, write, commit, stopWith, failed });
+  const runOptions: ConsumerRunConfig = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
+
+  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed });
   const restart = async () => {
     await consumer.connect();
     await consumer.run(runOptions);
   };
   superviseConsumer(consumer, restart, batcher, shutdown, log, stopWith);
-  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed: () => failure !== undefined });
+  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed });
 
   return {
-    async start() {
-      // A broker that has not yet heard of a topic just created by another member answers "unknown topic",
-      // and kafkajs' subscribe does not retry that: waited through like a broker that is away.
-      await whileKafkaUnavailable(
-        `subscribing to ${o.topic}`,
-        async () => {
-          await consumer.connect();
-          await consumer.subscribe({ topics: [o.topic], fromBeginning: true });
-        },
-        log,
-        shutdown.signal,
-      );
-      await consumer.run(runOptions);
-    },
+    start: () => startConsuming(o, runOptions),
     get failure() {
       return failure;
     },
     fail: (error: Error) => void (failure ??= error),
-    summary: (ms: number) =>
-      `done: received=${activity.received} files=${writer.counts.files} rows_written=${writer.counts.rows} ` +
-      `unreadable=${activity.unreadable} gaps=${writer.counts.gaps}${activity.repeated > 0 ? ` repeats_skipped=${activity.repeated}` : ""}${activity.drained ? " every_partition_read=yes" : ""} ` +
-      `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`,
+    summary: (ms: number) => runSummary(activity, writer.counts, ms),
     stopProgress: () => progress.done(),
   };
 }
@@ -644,9 +729,9 @@ function watchGroup(
 }
 
 /**
- * Every 200 ms: partial batches whose quiet period is over are written and committed; with --until-idle, once
- * nothing has arrived for that long, the topic is checked (at most once a second) and the run stops when every
- * partition is read to its end.
+ * Every 200 ms: partial batches whose quiet period or max age is over are written and committed; with
+ * --until-idle, once nothing has arrived for that long, the topic is checked (at most once a second) and the run
+ * stops when every partition is read to its end.
  */
 function scheduleQuietWork(
   o: RunOptions,
@@ -709,6 +794,7 @@ async function main(): Promise<void> {
   const batchSize = flags["batch-size"] ? parsePositiveInt(flags["batch-size"], "--batch-size", 1_000_000) : config.batchSize;
   const dir = flags.dir ?? config.batchesDir;
   const quietMs = 1000 * (flags.quiet ? parsePositiveNumber(flags.quiet, "--quiet") : config.batchQuietSeconds);
+  const maxAgeMs = 1000 * (flags["max-age"] ? parsePositiveNumber(flags["max-age"], "--max-age") : config.batchMaxSeconds);
   const idleMs = flags["until-idle"] ? 1000 * parsePositiveNumber(flags["until-idle"], "--until-idle") : undefined;
   await mkdir(dir, { recursive: true });
 
@@ -719,12 +805,12 @@ async function main(): Promise<void> {
   const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 1000, allowAutoTopicCreation: false, sessionTimeout: 10_000, heartbeatInterval: 3_000 });
   const shutdown = createShutdown(log);
   const allowGaps = flags["allow-gaps"] === true;
-  const run = createBatchingRun({ consumer, admin, topic, groupId, dir, batchSize, quietMs, idleMs, allowGaps, crashAt: config.crashAt, log, shutdown });
+  const run = createBatchingRun({ consumer, admin, topic, groupId, dir, batchSize, quietMs, maxAgeMs, idleMs, allowGaps, crashAt: config.crashAt, log, shutdown });
 
   const started = performance.now();
   try {
     await run.start();
-    log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file)`);
+    log.info(`reading ${topic} as group ${groupId} into ${dir}/ (${batchSize} per file, or fewer after ${maxAgeMs / 1000}s)`);
     await shutdown.whenRequested;
   } catch (error) {
     run.fail((await explainKafkaFailure(error, config)) ?? (error as Error));

@@ -61,6 +61,8 @@ export interface Business {
 }
 
 export interface Snapshot {
+  /** the database whose numbers these are (make stream's is <name>_live), shown at the top of the page */
+  readonly database: string;
   /** when the database part was gathered (ISO), null before the first time */
   readonly at: string | null;
   /** database snapshots gathered since start: one per change, whatever the number of pages */
@@ -212,6 +214,7 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
   const loaded = new Set<string>();
   let loadedUpTo: Date | undefined;
   let snapshot: Snapshot = {
+    database: config.database.database,
     at: null,
     gathered: 0,
     business: null,
@@ -382,7 +385,7 @@ async function main(): Promise<void> {
       return new Response("not found\n", { status: 404 });
     },
   });
-  log.info(`dashboard at http://127.0.0.1:${server.port}/ (Ctrl-C to stop)`);
+  log.info(`dashboard at http://127.0.0.1:${server.port}/ showing database ${config.database.database} at ${config.database.host}:${config.database.port} (Ctrl-C to stop)`);
 
   const pipelineTimer = setInterval(() => void hub.refreshPipeline(), PIPELINE_EVERY_MS);
   const pingTimer = setInterval(() => hub.ping(), 15_000);

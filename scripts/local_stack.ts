@@ -21,10 +21,11 @@ import { createInterface } from "node:readline/promises";
 import { join } from "node:path";
 import { fail, parseCommandLine, UsageError } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseStackMode, readConfig, type Config, type StackMode } from "./lib/config.ts";
-import { describeDatabase, maintenance } from "./lib/db.ts";
+import { describeDatabase, dropDatabase } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, type ComposeFacts } from "./lib/stack/compose.ts";
 import { kafkaAnswers } from "./lib/kafka.ts";
+import { liveTarget } from "./lib/live.ts";
 import { startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
 import { pidAlive, stopPid, waitForService } from "./lib/stack/process.ts";
@@ -132,6 +133,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
   const state = readState();
   const effective = state?.mode ?? mode;
   const db = config.database.database;
+  const live = liveTarget(config).database.database;
   const lost =
     effective === "docker"
       ? [
@@ -141,7 +143,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
       : [
           `  - Kafka's data in ${STATE_DIR}/kafka/data and ${STATE_DIR}/kafka-cluster: every topic, message and committed offset`,
           `  - the database "${db}" at ${describeDatabase(config.database)}: users, products, orders, rejected rows,`,
-          "    the load ledger and migration history",
+          `    the load ledger and migration history; and "${live}", make stream's`,
           ...(state?.postgres?.how === "pg_ctl" ? [`  - the local PostgreSQL cluster in ${STATE_DIR}/postgres`] : []),
         ];
   process.stderr.write(`This deletes, with no way back:\n${lost.join("\n")}\nBatch files in batches/ stay (make clean removes them).\n`);
@@ -154,13 +156,8 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
   } else {
     // The database goes while PostgreSQL still runs; Kafka's folder once the broker has stopped.
     if (await postgresUp(config)) {
-      const sql = maintenance(config.database, log);
-      try {
-        await sql`drop database if exists ${sql(db)} with (force)`;
-        log.info(`dropped database ${db}`);
-      } finally {
-        await sql.end({ timeout: 5 });
-      }
+      for (const name of [db, live]) await dropDatabase(config.database, name, log);
+      log.info(`dropped database ${db} (and ${live}, if make stream had made it)`);
     }
     const stopped = await down(log);
     rmSync(join(STATE_DIR, "kafka", "data"), { recursive: true, force: true });

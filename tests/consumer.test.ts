@@ -1,7 +1,10 @@
 // Unit tests for scripts/lib/batcher.ts: a message becomes a batch row (whatever it holds), rows become batch
-// files of a bounded width.
+// files of a bounded width, closed by count, by a quiet period or by age (the clock passed in). Then the
+// consumer itself against the real broker: at a slow rate, a file appears within the max age.
 
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
 import type { IHeaders, KafkaMessage } from "kafkajs";
 import { META_COLUMNS } from "../scripts/lib/batch.ts";
 import {
@@ -15,7 +18,9 @@ import {
   messageToRow,
   recordFingerprint,
 } from "../scripts/lib/batcher.ts";
+import { parseCsv } from "../scripts/lib/csv.ts";
 import { KEPT_CHARS } from "../scripts/lib/input.ts";
+import { BROKERS, groupLag, pipelineEnv, runOk, startScript, tempDir, uniqueName, waitFor } from "./helpers.ts";
 
 function message(value: Buffer | null, headers: IHeaders = { source_file: Buffer.from("a.csv") }): KafkaMessage {
   return {
@@ -309,6 +314,45 @@ describe("Batcher", () => {
     expect(batcher.buffered(1)).toBe(1);
   });
 
+  test("closes a partial batch once its first row has waited the max age, though rows keep arriving", () => {
+    const batcher = new Batcher(100, 5000, 3000);
+    // One row a second: the quiet period never comes, the max age does.
+    for (const n of [0, 1, 2]) batcher.add(0, BigInt(n), row(n), n * 1000);
+    expect(batcher.due(2999)).toEqual([]);
+    expect(batcher.due(3000).map(offsets)).toEqual([{ first: 0, last: 2, rows: [0, 1, 2] }]);
+    // The next batch's age counts from its own first row.
+    batcher.add(0, 3n, row(3), 3000);
+    batcher.add(0, 4n, row(4), 4000);
+    expect(batcher.due(5999)).toEqual([]);
+    expect(batcher.due(6000).map(offsets)).toEqual([{ first: 3, last: 4, rows: [3, 4] }]);
+  });
+
+  test("ages each partition by its own first row", () => {
+    const batcher = new Batcher(100, 60_000, 3000);
+    batcher.add(0, 1n, row(1), 0);
+    batcher.add(1, 1n, row(1), 2000);
+    batcher.add(0, 2n, row(2), 2500);
+    expect(batcher.due(3000).map((b) => b.partition)).toEqual([0]);
+    expect(batcher.due(4999)).toEqual([]);
+    expect(batcher.due(5000).map((b) => b.partition)).toEqual([1]);
+  });
+
+  test("closes by count before the max age when rows come fast, and starts the next batch's age afresh", () => {
+    const batcher = new Batcher(2, 5000, 3000);
+    batcher.add(0, 1n, row(1), 0);
+    expect(offsets(batcher.add(0, 2n, row(2), 10))).toEqual({ first: 1, last: 2, rows: [1, 2] });
+    batcher.add(0, 3n, row(3), 2900);
+    expect(batcher.due(3000)).toEqual([]);
+    expect(batcher.due(5900)).toHaveLength(1);
+  });
+
+  test("without a max age, only the count and the quiet period close a batch", () => {
+    const batcher = new Batcher(100, 5000);
+    for (let n = 0; n < 60; n++) batcher.add(0, BigInt(n), row(n), n * 1000);
+    expect(batcher.due(63_999)).toEqual([]);
+    expect(batcher.buffered(0)).toBe(60);
+  });
+
   test("starts a partition over when an offset it has already seen arrives again (a re-fetch)", () => {
     const batcher = new Batcher(100, 5000);
     for (const n of [5, 6, 7]) batcher.add(0, BigInt(n), row(n), 0);
@@ -326,5 +370,43 @@ describe("Batcher", () => {
     batcher.clear();
     expect(batcher.empty).toBe(true);
     expect(batcher.drain()).toEqual([]);
+  });
+});
+
+describe("the consumer at a slow rate", () => {
+  const tmp = tempDir();
+  afterAll(() => tmp.remove());
+
+  /** The batch files in `dir` (not the temporary ones being written), oldest offsets first. */
+  const batchFiles = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".csv") && !f.startsWith(".")).sort();
+
+  test("writes a file within the max age of its first record while records keep coming, and commits it", async () => {
+    const env = pipelineEnv({ topic: uniqueName("slow"), group: uniqueName("g"), dir: join(tmp.path, "batches"), databaseUrl: "postgres://unused@127.0.0.1:1/none" });
+    const file = join(tmp.path, "data.csv");
+    await runOk("make_data.ts", ["--out", file, "--rows", "16"], {});
+    // A quiet period far away: only the max age can close a file while the producer sends.
+    const consumer = startScript("consumer_batch_to_csv.ts", ["--max-age", "2", "--quiet", "600"], { ...env, LOG_LEVEL: "info" });
+    await consumer.waitForOutput(/joined group/);
+    const producer = startScript("producer.ts", ["--file", file, "--rate", "2"], env);
+
+    const first = await waitFor("the first batch file", () => batchFiles(env.BATCHES_DIR!)[0], 20_000, 50);
+    const seenAt = Date.now();
+    expect(producer.child.exitCode).toBeNull(); // still sending: no quiet period and no shutdown closed the file
+    const rows = parseCsv(await Bun.file(join(env.BATCHES_DIR!, first)).text(), first).rows;
+    const sentAt = Date.parse(rows[0]!.values._timestamp!);
+    // The max age (2 s) after its first record arrived, plus the 200 ms timer and this test's 50 ms poll.
+    expect(seenAt - sentAt).toBeLessThan(3500);
+    expect(rows.length).toBeGreaterThan(1);
+    expect(rows.length).toBeLessThan(16);
+
+    expect((await producer.finish()).code).toBe(0);
+    await waitFor("every record in a file", async () => (await groupLag(BROKERS, env.KAFKA_GROUP_ID!, env.KAFKA_TOPIC!)) === 0, 20_000);
+    consumer.child.kill("SIGTERM");
+    expect((await consumer.finish()).code).toBe(0);
+    const files = batchFiles(env.BATCHES_DIR!);
+    let written = 0;
+    for (const name of files) written += parseCsv(await Bun.file(join(env.BATCHES_DIR!, name)).text(), name).rows.length;
+    expect(written).toBe(16);
+    expect(files.length).toBeGreaterThanOrEqual(3); // 8 s of records at one file per 2 s
   });
 });

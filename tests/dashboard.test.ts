@@ -1,6 +1,8 @@
 // The live dashboard in a real headless Chromium (Debian's chromium, driven by playwright-core): the KPIs equal
 // the database's numbers, the charts are drawn, the page moves by itself when rows load (no reload), two open
-// pages cost the database one snapshot per change, and an unreachable Kafka or PostgreSQL shows as such. Then
+// pages cost the database one snapshot per change, and an unreachable Kafka or PostgreSQL shows as such. make
+// stream right after make demo moves an open page within 15 s, in a database of its own, and leaves the demo's
+// totals as they were. Then
 // slow and hostile clients: a page that stops reading gets the newest snapshot, never a queue; a DNS-rebinding
 // page and other origins are refused (curl and Chromium, beside the same requests by the dashboard's own names);
 // a flood of NOTIFY from bi_reader costs at most one read of the views a second.
@@ -16,9 +18,14 @@ import { connect } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import {
   createTestDatabase,
+  dropDatabase,
   freePorts,
   pipelineEnv,
+  ROOT,
   runOk,
+  runPipeline,
+  signalGroup,
+  startCommand,
   startScript,
   tempDir,
   uniqueName,
@@ -181,6 +188,75 @@ describe.skipIf(!CHROMIUM)("the live dashboard", () => {
       down.server.child.kill("SIGTERM");
       await down.server.finish();
     }
+  });
+});
+
+// --- make stream right after make demo: the same make target, pointed at a test's own database, topic, group and
+// folder. Its live database starts empty, so the replayed rows are new there and an open page moves.
+
+describe.skipIf(!CHROMIUM)("make stream after make demo", () => {
+  const tmp = tempDir();
+  const data = join(ROOT, "data", "Sample-Superstore.csv");
+  let demo: TestDatabase;
+  let env: Record<string, string>;
+  let browser: Browser;
+
+  const totals = async (sql: TestDatabase["sql"]) =>
+    (await sql`select count(*)::int as orders, sum(sales)::text as sales from orders`)[0] as { orders: number; sales: string };
+
+  beforeAll(async () => {
+    // make demo's file (the stream's `data` prerequisite), then make demo's three steps into the test's database.
+    const made = Bun.spawnSync(["make", "-s", "data"], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    if (made.exitCode !== 0) throw new Error(`make data exited ${made.exitCode}: ${made.stderr.toString()}`);
+    demo = await createTestDatabase("demo");
+    env = pipelineEnv({ topic: uniqueName("demo"), group: uniqueName("g"), dir: join(tmp.path, "batches"), databaseUrl: demo.url });
+    await runPipeline(env, [data]);
+    browser = await launch();
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await demo?.drop();
+    tmp.remove();
+  });
+
+  test("moves the KPIs of an open page within 15 s, without a reload, in a database of its own; the demo's totals stay", async () => {
+    expect(await totals(demo.sql)).toEqual({ orders: 9994, sales: "2297200.8603" });
+    // The page is open before make stream starts: on the demo's numbers, from the dashboard of make dashboard.
+    const before = await startDashboard({ ...env, LOG_LEVEL: "info" });
+    const page = await browser.newPage();
+    await page.goto(before.url);
+    await waitFor("the demo's numbers", async () => (await kpi(page, "lines")) === "9994");
+    expect(await page.getAttribute("#database", "data-database")).toBe(demo.name);
+    await page.evaluate(() => ((globalThis as unknown as { mark: number }).mark = 42)); // a reload would wipe it out
+    before.server.child.kill("SIGTERM");
+    await before.server.finish();
+
+    // make stream on the same port: the page reconnects by itself and follows the live database, whose numbers
+    // start at zero (the demo's are cleared as soon as the page hears of the other database).
+    const live = `${demo.name}_live`;
+    const started = performance.now();
+    const stream = startCommand(["make", "-s", "stream"], { ...env, DASHBOARD_PORT: new URL(before.url).port, LOG_LEVEL: "info" }, { group: true });
+    try {
+      const moved = async () => (await page.getAttribute("#database", "data-database")) === live && Number(await kpi(page, "lines")) > 0;
+      await waitFor(() => `the live numbers to move on the open page\n${stream.output()}`, moved, 15_000);
+      console.log(`make stream: the open page's KPIs moved ${((performance.now() - started) / 1000).toFixed(1)} s after it started`);
+      // And they keep moving, a file every 2 s at one row a second.
+      const lines = await kpi(page, "lines");
+      await waitFor("the next file's rows on the page", async () => (await kpi(page, "lines")) !== lines, 10_000);
+      expect(await page.evaluate(() => (globalThis as unknown as { mark: number }).mark)).toBe(42);
+      // Which database is shown, in the terminal and on the page.
+      expect(stream.output()).toContain(`[live] streaming into database ${live} `);
+      expect(stream.output()).toContain(`[dashboard] dashboard at ${before.url} showing database ${live} `);
+      expect(await page.textContent("#database")).toBe(`database ${live}`);
+    } finally {
+      await page.close();
+      signalGroup(stream.child, "SIGINT"); // Ctrl-C in the terminal
+      const stopped = await stream.finish(30_000);
+      await dropDatabase(demo.target, live);
+      // Each of the four stopped cleanly, with its summary.
+      for (const name of ["dashboard", "consumer", "load", "producer"]) expect(stopped.stderr).toContain(`[${name}] done: `);
+    }
+    expect(await totals(demo.sql)).toEqual({ orders: 9994, sales: "2297200.8603" });
   });
 });
 

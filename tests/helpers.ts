@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
 import { parseDatabase, readConfig, type DatabaseTarget, type SaslMechanism } from "../scripts/lib/config.ts";
-import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
+import { connect, databaseUrl, dropDatabase as dropDatabaseOn, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { consumerLag, createKafka } from "../scripts/lib/kafka.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { pollUntil, type Truthy } from "../scripts/lib/retry.ts";
@@ -472,14 +472,14 @@ export async function createDatabaseOn(server: DatabaseTarget, prefix = "faults"
     sql,
     async drop() {
       await sql.end({ timeout: 5 });
-      const admin = maintenance(server, quiet);
-      try {
-        await admin`drop database if exists ${admin(name)} with (force)`;
-      } finally {
-        await admin.end({ timeout: 5 });
-      }
+      await dropDatabase(server, name);
     },
   };
+}
+
+/** Drops the database `name` on the server of `server`, closing its sessions. */
+export function dropDatabase(server: DatabaseTarget, name: string): Promise<void> {
+  return dropDatabaseOn(server, name, quiet);
 }
 
 export interface Running {
@@ -492,22 +492,32 @@ export interface Running {
   finish(timeoutMs?: number): Promise<RunResult>;
 }
 
-/** Scripts started in the background and not finished yet: a failed test must not leave them running. */
-const background = new Set<Bun.Subprocess>();
+/** Commands started in the background and not finished yet: a failed test must not leave them running. */
+const background = new Map<Bun.Subprocess, () => void>();
 process.on("exit", () => {
-  for (const child of background) child.kill("SIGKILL");
+  for (const kill of background.values()) kill();
 });
 
 /** Starts `bun scripts/<script>` in the background, collecting its stderr as it comes. */
 export function startScript(script: string, args: string[], env: Record<string, string>): Running {
-  const child = Bun.spawn([process.execPath, join("scripts", script), ...args], {
+  return startCommand([process.execPath, join("scripts", script), ...args], env, { name: script });
+}
+
+/**
+ * Starts `cmd` from the repository root in the background, collecting its stderr as it comes. `group`: in a
+ * process group of its own (as a terminal runs `make stream`), so that signalGroup reaches every process it starts.
+ */
+export function startCommand(cmd: string[], env: Record<string, string>, options: { name?: string; group?: boolean } = {}): Running {
+  const script = options.name ?? cmd.join(" ");
+  const child = Bun.spawn(cmd, {
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
+    detached: options.group === true,
   });
-  background.add(child);
+  background.set(child, () => (options.group ? signalGroup(child, "SIGKILL") : child.kill("SIGKILL")));
   void child.exited.then(() => background.delete(child));
   let err = "";
   const reading = (async () => {
@@ -528,6 +538,15 @@ export function startScript(script: string, args: string[], env: Record<string, 
       return { code, stdout: await stdout, stderr: err };
     },
   };
+}
+
+/** Sends `signal` to every process of the group startCommand started `child` in (gone already: nothing to do). */
+export function signalGroup(child: Bun.Subprocess, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // the group has exited
+  }
 }
 
 // --- kcat (librdkafka): the standard client beside ours, as a control and as an independent reader.

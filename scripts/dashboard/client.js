@@ -1,7 +1,7 @@
 // The dashboard page's script: follows /api/events (server-sent events; the browser reconnects by itself) and
 // draws each snapshot: KPIs (exact value in data-value, rounded text for people), four ECharts charts, the
-// pipeline's health, how fresh the numbers are, and a clear banner when Kafka, PostgreSQL or the dashboard
-// server itself cannot be reached. No page reload, ever.
+// pipeline's health, which database and how fresh the numbers are, and a clear banner when Kafka, PostgreSQL
+// or the dashboard server itself cannot be reached. No page reload, ever.
 
 /* global echarts */
 "use strict";
@@ -148,8 +148,33 @@ function drawFreshness() {
 }
 setInterval(drawFreshness, 1000);
 
+/** The numbers of a database the page no longer shows: gone until the new one's arrive. */
+function clearNumbers() {
+  for (const name of Object.keys(KPI_TEXT)) {
+    const element = document.querySelector(`[data-kpi="${name}"]`);
+    element.dataset.value = "";
+    element.textContent = "–";
+  }
+  for (const c of Object.values(charts)) c.clear();
+}
+
+/**
+ * Which database the numbers come from: make stream's live one (<name>_live) or the demo's. The server behind
+ * an open page can change (make dashboard stopped, make stream started on the same port): the other database's
+ * numbers are cleared, never shown under this one's name.
+ */
+function drawDatabase(database) {
+  const element = document.getElementById("database");
+  if (element.dataset.database === database) return;
+  if (element.dataset.database) clearNumbers();
+  element.dataset.database = database;
+  element.textContent = `database ${database}`;
+  document.title = `Superstore sales, live: ${database}`;
+}
+
 function draw(snapshot) {
   latest = snapshot;
+  drawDatabase(snapshot.database);
   if (snapshot.business) {
     setKpis(snapshot.business.kpis);
     drawCharts(snapshot.business);

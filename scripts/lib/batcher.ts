@@ -1,7 +1,9 @@
 // The consumer's batching, without Kafka: messages become batch rows, rows collect per partition, and a
-// partition's rows are handed out as one batch file when BATCH_SIZE is reached, when the partition has been
-// quiet for a while, or when everything is drained at shutdown. Pure state, unit-tested on its own; the
-// consumer script does the I/O (writing files, committing offsets).
+// partition's rows are handed out as one batch file when BATCH_SIZE is reached, when its first row has waited
+// BATCH_MAX_SECONDS (a steady trickle still lands every few seconds, as Kafka Connect's sinks rotate files by
+// time), when the partition has been quiet for a while, or when everything is drained at shutdown. Pure
+// state with the clock passed in, unit-tested on its own; the consumer script does the I/O (writing files,
+// committing offsets).
 //
 // No message can stop the consumer: a value that is not a JSON object, not UTF-8 or too large, and headers
 // without a value, not UTF-8 or too large, make a row with the reason in _error and the value in _raw, which
@@ -216,16 +218,23 @@ interface Buffer {
   rows: BatchRow[];
   first: bigint;
   last: bigint;
-  /** when the last row was added (ms, any clock) */
+  /** when the first row was added (ms, any clock) */
+  opened: number;
+  /** when the last row was added (ms, the same clock) */
   touched: number;
 }
 
 export class Batcher {
   private readonly buffers = new Map<number, Buffer>();
 
+  /**
+   * A partition's rows become a batch at `batchSize` rows, after `quietMs` without a new row, or once its first
+   * row has waited `maxAgeMs`, whichever comes first.
+   */
   constructor(
     private readonly batchSize: number,
     private readonly quietMs: number,
+    private readonly maxAgeMs: number = Infinity,
   ) {}
 
   /** Adds a row; returns the partition's batch when it is full. */
@@ -235,7 +244,7 @@ export class Batcher {
     // a failed commit). What is buffered arrives again too: start over.
     if (buffer && offset <= buffer.last) buffer = undefined;
     if (!buffer) {
-      buffer = { rows: [], first: offset, last: offset, touched: now };
+      buffer = { rows: [], first: offset, last: offset, opened: now, touched: now };
       this.buffers.set(partition, buffer);
     }
     buffer.rows.push(row);
@@ -244,9 +253,9 @@ export class Batcher {
     return buffer.rows.length >= this.batchSize ? this.take(partition) : undefined;
   }
 
-  /** Partial batches whose partition has been quiet for quietMs. */
+  /** Partial batches whose partition has been quiet for quietMs, or whose first row has waited maxAgeMs. */
   due(now: number): Batch[] {
-    const ready = [...this.buffers].filter(([, b]) => now - b.touched >= this.quietMs).map(([p]) => p);
+    const ready = [...this.buffers].filter(([, b]) => now - b.touched >= this.quietMs || now - b.opened >= this.maxAgeMs).map(([p]) => p);
     return ready.map((p) => this.take(p)!);
   }
 

@@ -94,6 +94,8 @@ export interface Config {
   readonly batchesDir: string;
   readonly batchSize: number;
   readonly batchQuietSeconds: number;
+  /** a partial batch is written once its first record has waited this long, however fast records come */
+  readonly batchMaxSeconds: number;
   /** messages per second; Infinity for "max" */
   readonly producerRate: number;
   readonly logLevel: Level;
@@ -134,6 +136,7 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   BATCHES_DIR: "batches",
   BATCH_SIZE: "100",
   BATCH_QUIET_SECONDS: "5",
+  BATCH_MAX_SECONDS: "10 (a batch file is written at BATCH_SIZE records or once its first record has waited this long)",
   PRODUCER_RATE: '1 (messages per second, or "max")',
   LOG_LEVEL: "info (error | warn | info | debug)",
   STACK_MODE: "auto (docker when Docker runs containers, else local)",
@@ -472,6 +475,7 @@ export function readConfig(env: Env = process.env): Config {
     batchesDir: projectPath(text(env, "BATCHES_DIR", "batches")),
     batchSize: parsePositiveInt(text(env, "BATCH_SIZE", "100"), "BATCH_SIZE", 1_000_000),
     batchQuietSeconds: parsePositiveNumber(text(env, "BATCH_QUIET_SECONDS", "5"), "BATCH_QUIET_SECONDS"),
+    batchMaxSeconds: parsePositiveNumber(text(env, "BATCH_MAX_SECONDS", "10"), "BATCH_MAX_SECONDS"),
     producerRate: parseRate(text(env, "PRODUCER_RATE", "1"), "PRODUCER_RATE"),
     logLevel,
     stackMode: parseStackMode(text(env, "STACK_MODE", "auto"), "STACK_MODE"),

@@ -59,6 +59,16 @@ export function maintenance(target: DatabaseTarget, log: Logger): Sql {
   return connect(target, log, { max: 1, database: "postgres" });
 }
 
+/** Drops the database `name` on the server `server` is on, if it is there, closing its sessions first. */
+export async function dropDatabase(server: DatabaseTarget, name: string, log: Logger): Promise<void> {
+  const admin = maintenance(server, log);
+  try {
+    await admin`drop database if exists ${admin(name)} with (force)`;
+  } finally {
+    await admin.end({ timeout: 5 });
+  }
+}
+
 /** The same server and credentials, another database. */
 export function withDatabase(target: DatabaseTarget, database: string): DatabaseTarget {
   return { ...target, database };
