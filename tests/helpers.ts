@@ -698,12 +698,7 @@ export function copyRepository(prefix: string): RepositoryCopy {
     group: settings.KAFKA_GROUP_ID,
     database,
     async remove() {
-      const admin = maintenance(BASE.database, quiet);
-      try {
-        await admin`drop database if exists ${admin(name)} with (force)`;
-      } finally {
-        await admin.end({ timeout: 5 });
-      }
+      await dropDatabase(BASE.database, name);
       await withAdmin(BROKERS, (kafka) => kafka.deleteTopics({ topics: [name] })).catch(() => undefined); // never created: nothing to delete
       rmSync(root, { recursive: true, force: true });
     },
