@@ -21,6 +21,7 @@ const NOT_RUN: Readonly<Record<string, string>> = {
   "make chaos": "a test suite of its own, for minutes",
   "make stream": "runs until Ctrl-C",
   "make stream RATE=20": "runs until Ctrl-C",
+  "make stream STREAM_MAX_AGE=10": "runs until Ctrl-C",
   "bun scripts/consumer_batch_to_csv.ts --allow-gaps": "runs until Ctrl-C",
   "BATCHES_DIR=/var/lib/sales/batches bun scripts/consumer_batch_to_csv.ts": "runs until Ctrl-C, in a system folder",
   "BATCHES_DIR=/var/lib/sales/batches bun scripts/load.ts --watch": "runs until Ctrl-C, in a system folder",
