@@ -116,10 +116,13 @@ consume: up ## Write batch files of BATCH_SIZE records; exits when the topic is 
 load: migrate ## Load the pending batch files into PostgreSQL
 	$(BUN) scripts/load.ts
 
+# The four processes share one terminal: LOG_PROGRESS=lines makes each print its progress as a whole line every
+# 10 s, where a line redrawn in place (\r) would overwrite another process's.
 .PHONY: stream
 stream: up migrate data ## Watch it live: producer at RATE rows/s (1), consumer, loader and dashboard side by side; Ctrl-C stops all
 	@echo "== producer at $(RATE)/s, consumer, loader and the dashboard running (it prints its address); Ctrl-C to stop"
 	@trap 'echo; echo "stopping..."' INT TERM; \
+	export LOG_PROGRESS=lines; \
 	$(BUN) scripts/dashboard.ts & \
 	$(BUN) scripts/consumer_batch_to_csv.ts & \
 	$(BUN) scripts/load.ts --watch & \

@@ -21,8 +21,8 @@
 // exits only once every partition of the topic is read to its end, also partitions added meanwhile.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
-// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL. Flags: --topic, --group,
-// --batch-size, --dir, --quiet, --until-idle, --from-beginning, --allow-gaps, --help.
+// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, LOG_LEVEL, LOG_PROGRESS. Flags: --topic,
+// --group, --batch-size, --dir, --quiet, --until-idle, --from-beginning, --allow-gaps, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
@@ -72,6 +72,7 @@ const command = {
     "BATCH_SIZE",
     "BATCH_QUIET_SECONDS",
     "LOG_LEVEL",
+    "LOG_PROGRESS",
   ],
   notes: [
     "Examples:",
@@ -667,7 +668,7 @@ async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("consumer", config.logLevel);
+  const log = createLogger("consumer", config.logLevel, config.logProgress);
   const topic = flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic");
   const groupId = flags.group === undefined ? config.kafkaGroupId : parseGroupId(flags.group, "--group");
   const batchSize = flags["batch-size"] ? parsePositiveInt(flags["batch-size"], "--batch-size", 1_000_000) : config.batchSize;

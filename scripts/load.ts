@@ -21,7 +21,7 @@
 // (switched read-only, or a hot standby) stops the loader with the database and the file in the message: the
 // files wait in the folder, and the next run loads them.
 //
-// Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL. Flags: --dir, --watch, --help.
+// Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL, LOG_PROGRESS. Flags: --dir, --watch, --help.
 
 import { existsSync, watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
@@ -49,7 +49,7 @@ const command = {
     dir: { type: "string", short: "d", arg: "DIR", help: "folder of batch files (default $BATCHES_DIR = batches)" },
     watch: { type: "boolean", short: "w", help: "keep running and load new files as they appear" },
   },
-  env: ["DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL"],
+  env: ["DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL", "LOG_PROGRESS"],
   notes: "Run by: make load (once), make stream (with --watch)",
 } as const;
 
@@ -426,7 +426,7 @@ async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("load", config.logLevel);
+  const log = createLogger("load", config.logLevel, config.logProgress);
   const dir = flags.dir ?? config.batchesDir;
   const where = describeDatabase(config.database);
   const watch = flags.watch === true;

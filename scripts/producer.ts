@@ -21,7 +21,7 @@
 //   before it is in Kafka, and --from-line resumes there.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_* (TLS and the
-// SASL login), DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
+// SASL login), DATA_FILE, PRODUCER_RATE, LOG_LEVEL, LOG_PROGRESS.
 // Flags: --file, --topic, --rate, --limit, --from-line, --encoding, --source, --help.
 
 import { dirname, isAbsolute, relative, resolve } from "node:path";
@@ -65,7 +65,7 @@ const command = {
     encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8, windows-1252, utf-16le or utf-16be" },
     source: { type: "string", arg: "NAME", help: "name of the source in lineage (default: path relative to the data folder; stdin: \"stdin\")" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", ...KAFKA_SECURITY_ENV, "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
+  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", ...KAFKA_SECURITY_ENV, "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL", "LOG_PROGRESS"],
   notes: [
     "Examples:",
     "  bun scripts/producer.ts                      # the seed's pace, 1 row per second",
@@ -260,7 +260,7 @@ async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("producer", config.logLevel);
+  const log = createLogger("producer", config.logLevel, config.logProgress);
   const file = flags.file ?? config.dataFile;
   const topic = flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic");
   const rate = flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate");

@@ -8,7 +8,7 @@
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { addSecret, isLevel, type Level } from "./log.ts";
+import { addSecret, isLevel, isProgressMode, type Level, type ProgressMode } from "./log.ts";
 
 export type StackMode = "auto" | "docker" | "local";
 
@@ -68,6 +68,8 @@ export interface Config {
   /** messages per second; Infinity for "max" */
   readonly producerRate: number;
   readonly logLevel: Level;
+  /** LOG_PROGRESS: "lines" where several processes share a terminal (make stream), else "auto" */
+  readonly logProgress: ProgressMode;
   readonly stackMode: StackMode;
   /** CONFIRM=1: destructive commands do not ask */
   readonly confirm: boolean;
@@ -107,6 +109,7 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   BATCH_QUIET_SECONDS: "5",
   PRODUCER_RATE: '1 (messages per second, or "max")',
   LOG_LEVEL: "info (error | warn | info | debug)",
+  LOG_PROGRESS: "auto (progress redrawn in place on a terminal; lines: a whole line every 10 s, for a terminal processes share, as in make stream)",
   STACK_MODE: "auto (docker when Docker runs containers, else local)",
   CONFIRM: "unset (1: do not ask before deleting data)",
   DASHBOARD_PORT: "8050",
@@ -366,6 +369,8 @@ export function envLogLevel(env: Env = process.env): Level {
 export function readConfig(env: Env = process.env): Config {
   const logLevel = text(env, "LOG_LEVEL", "info").toLowerCase();
   if (!isLevel(logLevel)) throw new Error(`LOG_LEVEL must be error, warn, info or debug, got "${logLevel}"`);
+  const logProgress = text(env, "LOG_PROGRESS", "auto").toLowerCase();
+  if (!isProgressMode(logProgress)) throw new Error(`LOG_PROGRESS must be auto or lines, got "${logProgress}"`);
   const biReaderPassword = env.BI_READER_PASSWORD || undefined;
   if (biReaderPassword) addSecret(biReaderPassword);
   // First of the Kafka checks: the password is registered with the logger before any of them can fail.
@@ -387,6 +392,7 @@ export function readConfig(env: Env = process.env): Config {
     batchQuietSeconds: parsePositiveNumber(text(env, "BATCH_QUIET_SECONDS", "5"), "BATCH_QUIET_SECONDS"),
     producerRate: parseRate(text(env, "PRODUCER_RATE", "1"), "PRODUCER_RATE"),
     logLevel,
+    logProgress,
     stackMode: parseStackMode(text(env, "STACK_MODE", "auto"), "STACK_MODE"),
     confirm: text(env, "CONFIRM", "") === "1",
     dashboardPort: parsePort(text(env, "DASHBOARD_PORT", "8050"), "DASHBOARD_PORT"),
