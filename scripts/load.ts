@@ -234,17 +234,27 @@ interface LoaderOptions {
   readonly shutdown: Shutdown;
 }
 
-/** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
-function createLoader({ db, dir, database, where, watch, log, shutdown }: LoaderOptions) {
-  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0, lost: 0 };
+/** Runs an attempt until it succeeds through lost connections; undefined when a stop was asked for meanwhile. */
+type Persist = <T>(what: string, attempt: () => Promise<T>) => Promise<T | undefined>;
 
-  /**
-   * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
-   * does an attempt the server gave up on for its own reasons (cancelled, deadlock, disk full): the group
-   * whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a stop was
-   * asked for meanwhile.
-   */
-  const persist = <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
+/** What the loader's steps share in one run: its options, the counts so far, and how it waits for PostgreSQL. */
+interface LoaderRun extends LoaderOptions {
+  readonly totals: Totals;
+  /** Files that were not judged yet because they may still be being written; looked at again on the next pass. */
+  readonly unsettled: Set<string>;
+  readonly persist: Persist;
+  /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */
+  readonly lockWaitMs: number;
+}
+
+/**
+ * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
+ * does an attempt the server gave up on for its own reasons (cancelled, deadlock, disk full): the group
+ * whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a stop was
+ * asked for meanwhile.
+ */
+function createPersist({ where, watch, log, shutdown }: LoaderOptions): Persist {
+  return <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
     // A single run waited its whole patience for the loader lock in one attempt (lockWaitMs): no second one.
     retryWhile((error) => isRetryable(error) && (watch || !(error instanceof LoaderLockError)), attempt, {
       backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
@@ -262,164 +272,176 @@ function createLoader({ db, dir, database, where, watch, log, shutdown }: Loader
         ? new Error(`cannot reach PostgreSQL at ${where}: ${error.message} (is it up? make up)`)
         : error;
     });
+}
 
-  /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */
-  const lockWaitMs = watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS;
+/**
+ * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
+ * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
+ */
+async function explainStop({ db, dir, database, where }: LoaderOptions, error: unknown, files: readonly PreparedFile[]): Promise<unknown> {
+  const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
+  if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
+  if ((error as { code?: string }).code !== "25006") return error;
+  const [state] = await db.sql<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`.catch(() => [{ standby: false }]);
+  const [why, then] = state?.standby
+    ? ["the server is a hot standby (in recovery) and takes no writes", "point DATABASE_URL at the primary and start the loader again"]
+    : [
+        `the database is read-only (${(error as Error).message})`,
+        `start the loader again once it takes writes (alter database "${database}" set default_transaction_read_only = off)`,
+      ];
+  return new Error(`cannot load ${what} into ${where}: ${why}. Nothing of these files was written; they wait in ${dir}: ${then}`);
+}
 
-  /**
-   * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
-   * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
-   */
-  const explain = async (error: unknown, files: readonly PreparedFile[]): Promise<unknown> => {
-    const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
-    if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
-    if ((error as { code?: string }).code !== "25006") return error;
-    const [state] = await db.sql<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`.catch(() => [{ standby: false }]);
-    const [why, then] = state?.standby
-      ? ["the server is a hot standby (in recovery) and takes no writes", "point DATABASE_URL at the primary and start the loader again"]
-      : [
-          `the database is read-only (${(error as Error).message})`,
-          `start the loader again once it takes writes (alter database "${database}" set default_transaction_read_only = off)`,
-        ];
-    return new Error(`cannot load ${what} into ${where}: ${why}. Nothing of these files was written; they wait in ${dir}: ${then}`);
-  };
-
-  /** Files that were not judged yet because they may still be being written; looked at again on the next pass. */
-  const unsettled = new Set<string>();
-
-  /**
-   * Reads and transforms a group; bad files are set aside (and counted), vanished ones skipped. A file that
-   * was modified a moment ago is not judged yet, unless its name holds the hash of its content (the
-   * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
-   * look like a good one.
-   */
-  const prepare = async (files: readonly PendingFile[]): Promise<PreparedFile[]> => {
-    const prepared: PreparedFile[] = [];
-    for (const { name, young } of files) {
-      if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
-        log.debug(`${name}: modified a moment ago, looked at again shortly`);
-        unsettled.add(name);
-        continue;
-      }
-      try {
-        prepared.push(await prepareFile(dir, name));
-        unsettled.delete(name);
-      } catch (error) {
-        if ((error as { code?: string }).code === "ENOENT") {
-          log.debug(`${name}: gone before it was read (another loader set it aside)`);
-        } else if (error instanceof BadBatchFileError && young) {
-          log.debug(`${name}: ${error.message}; modified a moment ago, looked at again shortly`);
-          unsettled.add(name);
-        } else if (error instanceof BadBatchFileError) {
-          totals.failed++;
-          log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
-          await setAside(dir, name, error.message);
-        } else throw error;
-      }
+/**
+ * Reads and transforms a group; bad files are set aside (and counted), vanished ones skipped. A file that
+ * was modified a moment ago is not judged yet, unless its name holds the hash of its content (the
+ * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
+ * look like a good one.
+ */
+async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: readonly PendingFile[]): Promise<PreparedFile[]> {
+  const prepared: PreparedFile[] = [];
+  for (const { name, young } of files) {
+    if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
+      log.debug(`${name}: modified a moment ago, looked at again shortly`);
+      unsettled.add(name);
+      continue;
     }
-    return prepared;
-  };
-
-  /**
-   * One group: together; after a refusal of data, file by file; a single file then row by row. A file that
-   * PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
-   * reason, so the files after it still load. Any other error stops the loader.
-   */
-  const load = async (files: PreparedFile[]): Promise<FileResult[] | undefined> => {
-    if (files.length === 0) return [];
-    const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
     try {
-      return await persist(label, () => commitFiles(db, files, { lockWaitMs }));
+      prepared.push(await prepareFile(dir, name));
+      unsettled.delete(name);
     } catch (error) {
-      if (!isDataError(error)) throw await explain(error, files);
-      if (files.length > 1) {
-        const results: FileResult[] = [];
-        for (const file of files) {
-          const loaded = await load([file]);
-          if (loaded === undefined) return undefined;
-          results.push(...loaded);
-        }
-        return results;
-      }
-      const { name } = files[0]!;
-      log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
-      try {
-        return await persist(`loading ${name} row by row`, () => commitFiles(db, files, { isolate: true }));
-      } catch (refused) {
-        if (!isDataError(refused)) throw refused;
-        const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
+      if ((error as { code?: string }).code === "ENOENT") {
+        log.debug(`${name}: gone before it was read (another loader set it aside)`);
+      } else if (error instanceof BadBatchFileError && young) {
+        log.debug(`${name}: ${error.message}; modified a moment ago, looked at again shortly`);
+        unsettled.add(name);
+      } else if (error instanceof BadBatchFileError) {
         totals.failed++;
-        log.error(`${join(dir, name)}: ${reason}; moved to ${dir}/failed/`);
-        await setAside(dir, name, reason);
-        return [];
+        log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
+        await setAside(dir, name, error.message);
+      } else throw error;
+    }
+  }
+  return prepared;
+}
+
+/**
+ * One group: together; after a refusal of data, file by file; a single file then row by row (loadRowByRow).
+ * Any other error stops the loader.
+ */
+async function loadGroup(run: LoaderRun, files: PreparedFile[]): Promise<FileResult[] | undefined> {
+  if (files.length === 0) return [];
+  const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
+  try {
+    return await run.persist(label, () => commitFiles(run.db, files, { lockWaitMs: run.lockWaitMs }));
+  } catch (error) {
+    if (!isDataError(error)) throw await explainStop(run, error, files);
+    if (files.length === 1) return await loadRowByRow(run, files[0]!, error);
+    const results: FileResult[] = [];
+    for (const file of files) {
+      const loaded = await loadGroup(run, [file]);
+      if (loaded === undefined) return undefined;
+      results.push(...loaded);
+    }
+    return results;
+  }
+}
+
+/**
+ * A file whose COPY PostgreSQL refused (`error`), loaded row by row: the refused row becomes a rejection. A file
+ * that PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
+ * reason, so the files after it still load.
+ */
+async function loadRowByRow({ db, dir, log, totals, persist }: LoaderRun, file: PreparedFile, error: unknown): Promise<FileResult[] | undefined> {
+  const { name } = file;
+  log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
+  try {
+    return await persist(`loading ${name} row by row`, () => commitFiles(db, [file], { isolate: true }));
+  } catch (refused) {
+    if (!isDataError(refused)) throw refused;
+    const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
+    totals.failed++;
+    log.error(`${join(dir, name)}: ${reason}; moved to ${dir}/failed/`);
+    await setAside(dir, name, reason);
+    return [];
+  }
+}
+
+/** Counts a file's result and says what needs saying: lost offsets, rows of another source, rejected rows. */
+async function recordResult({ dir, log, totals }: LoaderRun, result: FileResult): Promise<void> {
+  if (result.status === "already-loaded") {
+    totals.skipped++;
+    return;
+  }
+  totals.files++;
+  totals.records += result.records;
+  totals.inserted += result.inserted;
+  totals.duplicates += result.duplicates;
+  totals.rejected += result.rejected;
+  totals.warnings += result.warnings;
+  totals.resolved += result.resolved;
+  totals.crossSource += result.crossSource.length;
+  log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
+  for (const range of result.lost) {
+    totals.lost++;
+    log.warn(`${result.name}: recorded in lost_offsets: ${range.reason}`);
+  }
+  for (const line of describeCrossSource(result.name, result.crossSource)) log.warn(line);
+  if (result.rejections.length > 0) {
+    log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
+    await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
+      log.warn(`could not write ${dir}/rejected/${result.name} (${error.message}); the rows are in rejected_rows`),
+    );
+  }
+}
+
+/**
+ * Loads what is pending in the folder, group by group. The next group is read and transformed while this
+ * one's transaction runs: JavaScript and PostgreSQL work at the same time (each on its own core).
+ * Returns false when it stopped early (a stop request while waiting for the database).
+ */
+async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> {
+  const { dir, log, shutdown } = run;
+  run.unsettled.clear();
+  const pending = await pendingFiles(dir, done);
+  const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
+  const groups = groupFiles(pending);
+  const progress = createProgress(log, "files", pending.length, 100);
+  let next = groups[0] === undefined ? undefined : prepareGroup(run, groups[0]);
+  let finished = 0;
+  try {
+    for (const [i, names] of groups.entries()) {
+      if (shutdown.requested || !next) return false;
+      const files = await next;
+      // Garbage is collected (when due) once the next group is ready, while PostgreSQL works on this one.
+      const after = groups[i + 1];
+      next = after === undefined ? undefined : prepareGroup(run, after).then((prepared) => (collectGarbage(after.reduce((n, f) => n + f.size, 0)), prepared));
+      next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
+      const results = await loadGroup(run, files);
+      if (results === undefined) return false;
+      for (const result of results) {
+        await recordResult(run, result);
+        done.loaded(result.name, stamps.get(result.name)!);
       }
+      progress.update((finished += names.length));
     }
-  };
+    return true;
+  } finally {
+    await next?.catch(() => undefined); // a prefetch left behind by a stop: let it settle before the process ends
+    progress.done();
+  }
+}
 
-  const record = async (result: FileResult) => {
-    if (result.status === "already-loaded") {
-      totals.skipped++;
-      return;
-    }
-    totals.files++;
-    totals.records += result.records;
-    totals.inserted += result.inserted;
-    totals.duplicates += result.duplicates;
-    totals.rejected += result.rejected;
-    totals.warnings += result.warnings;
-    totals.resolved += result.resolved;
-    totals.crossSource += result.crossSource.length;
-    log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
-    for (const range of result.lost) {
-      totals.lost++;
-      log.warn(`${result.name}: recorded in lost_offsets: ${range.reason}`);
-    }
-    for (const line of describeCrossSource(result.name, result.crossSource)) log.warn(line);
-    if (result.rejections.length > 0) {
-      log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
-      await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
-        log.warn(`could not write ${dir}/rejected/${result.name} (${error.message}); the rows are in rejected_rows`),
-      );
-    }
+/** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
+function createLoader(options: LoaderOptions) {
+  const run: LoaderRun = {
+    ...options,
+    totals: { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0, lost: 0 },
+    unsettled: new Set<string>(),
+    persist: createPersist(options),
+    lockWaitMs: options.watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS,
   };
-
-  /**
-   * Loads what is pending in the folder, group by group. The next group is read and transformed while this
-   * one's transaction runs: JavaScript and PostgreSQL work at the same time (each on its own core).
-   * Returns false when it stopped early (a stop request while waiting for the database).
-   */
-  const loadPending = async (done: LoadedFiles): Promise<boolean> => {
-    unsettled.clear();
-    const pending = await pendingFiles(dir, done);
-    const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
-    const groups = groupFiles(pending);
-    const progress = createProgress(log, "files", pending.length, 100);
-    let next = groups[0] === undefined ? undefined : prepare(groups[0]);
-    let finished = 0;
-    try {
-      for (const [i, names] of groups.entries()) {
-        if (shutdown.requested || !next) return false;
-        const files = await next;
-        // Garbage is collected (when due) once the next group is ready, while PostgreSQL works on this one.
-        const after = groups[i + 1];
-        next = after === undefined ? undefined : prepare(after).then((prepared) => (collectGarbage(after.reduce((n, f) => n + f.size, 0)), prepared));
-        next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
-        const results = await load(files);
-        if (results === undefined) return false;
-        for (const result of results) {
-          await record(result);
-          done.loaded(result.name, stamps.get(result.name)!);
-        }
-        progress.update((finished += names.length));
-      }
-      return true;
-    } finally {
-      await next?.catch(() => undefined); // a prefetch left behind by a stop: let it settle before the process ends
-      progress.done();
-    }
-  };
-
-  return { totals, persist, loadPending, unsettled };
+  return { totals: run.totals, persist: run.persist, loadPending: (done: LoadedFiles) => loadPending(run, done), unsettled: run.unsettled };
 }
 
 async function main(): Promise<void> {
