@@ -3,7 +3,7 @@
 // and reverse-order loads must leave every table exactly as it was.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify } from "csv-stringify/sync";
 import { parseCsv } from "../scripts/lib/csv.ts";
@@ -19,6 +19,7 @@ import {
   pipelineEnv,
   runOk,
   runPipeline,
+  startScript,
   superstoreRows,
   tableRows,
   tempDir,
@@ -457,6 +458,30 @@ describe("loader", () => {
       expect(await new Response(child.stderr).text()).toContain(`done: files=1 rows=${rows} inserted=${rows}`);
     } finally {
       child.kill("SIGKILL");
+      await db.drop();
+    }
+  });
+
+  test("--watch says for each group of files what their rows became, and how many orders the table holds", async () => {
+    const db = await createTestDatabase();
+    const watched = join(tmp.path, "reported");
+    mkdirSync(watched);
+    const loader = startScript("load.ts", ["--watch", "--dir", watched], { ...env, DATABASE_URL: db.url, LOG_LEVEL: "info" });
+    try {
+      await loader.waitForOutput(/watching for new files/);
+      const name = files.sort()[0]!;
+      const parsed = parseCsv(readFileSync(join(source, name), "utf8"), name);
+      const rows = parsed.rows.length;
+      copyFileSync(join(source, name), join(watched, name));
+      await loader.waitForOutput(new RegExp(`\\[load\\] 1 file: inserted=${rows} duplicates=0 rejected=0 \\(orders total ${rows}\\)\n`));
+      // The same rows again in a file written by hand, the last one changed so that it cannot be cleaned.
+      const again = parsed.rows.map(({ values }, i) => (i === rows - 1 ? { ...values, Sales: "lots" } : values));
+      writeFileSync(join(watched, "sent-again.csv"), stringify(again, { header: true, columns: parsed.columns }));
+      await loader.waitForOutput(new RegExp(`\\[load\\] 1 file: inserted=0 duplicates=${rows - 1} rejected=1 \\(orders total ${rows}\\)\n`));
+      loader.child.kill("SIGTERM");
+      expect((await loader.finish()).code).toBe(0);
+    } finally {
+      loader.child.kill("SIGKILL");
       await db.drop();
     }
   });
