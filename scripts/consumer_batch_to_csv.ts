@@ -36,7 +36,7 @@ import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber
 import { writeCsv } from "./lib/csv.ts";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
 import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS, whileKafkaUnavailable } from "./lib/kafka_errors.ts";
-import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
+import { createLogger, createProgress, formatDuration, rateWhile, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { deletedRange, OffsetAccount, parseCommitted, recreatedRange, type Arrival, type Committed } from "./lib/offsets.ts";
 import { backoffDelay, sleep } from "./lib/retry.ts";
@@ -483,7 +483,7 @@ function createBatchingRun(o: RunOptions) {
   const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
   const locked = createLock();
   const progress = createProgress(log, "received", undefined, 1000);
-  const activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
+  const activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false, firstRecord: 0, lastRecord: 0 };
   let failure: Error | undefined;
   const stopWith = (error: Error) => {
     failure ??= error;
@@ -513,6 +513,8 @@ function createBatchingRun(o: RunOptions) {
         if (row._error !== null) activity.unreadable++;
         activity.received++;
         activity.last = performance.now();
+        activity.firstRecord ||= activity.last;
+        activity.lastRecord = activity.last;
         const full = batcher.add(batch.partition, offset, row, activity.last);
         // resolveOffset moves kafkajs' fetch position past this record. With autoCommit off it commits
         // nothing: the commit happens in the writer, after the file is on disk.
@@ -558,12 +560,14 @@ function createBatchingRun(o: RunOptions) {
     summary: (ms: number) =>
       `done: received=${activity.received} files=${writer.counts.files} rows_written=${writer.counts.rows} ` +
       `unreadable=${activity.unreadable} gaps=${writer.counts.gaps}${activity.repeated > 0 ? ` repeats_skipped=${activity.repeated}` : ""}${activity.drained ? " every_partition_read=yes" : ""} ` +
-      `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`,
+      // The rate leaves out the waits before the first record and after the last (--until-idle's quiet period):
+      // n records arrive over n - 1 intervals.
+      `in ${formatDuration(ms)}${rateWhile(activity.received - 1, activity.lastRecord - activity.firstRecord, "while records arrived")}`,
     stopProgress: () => progress.done(),
   };
 }
 
-type Activity = { received: number; unreadable: number; repeated: number; joined: boolean; last: number; lastFetch: number; drained: boolean };
+type Activity = { received: number; unreadable: number; repeated: number; joined: boolean; last: number; lastFetch: number; drained: boolean; firstRecord: number; lastRecord: number };
 type Locked = ReturnType<typeof createLock>;
 
 /**

@@ -2,7 +2,7 @@
 // as a live line or as whole lines (LOG_PROGRESS=lines, which make stream sets).
 
 import { afterEach, beforeEach, describe, expect, spyOn, test } from "bun:test";
-import { createLogger, createProgress, formatDuration, formatRate, isLevel, PROGRESS_LINE_MS, type ProgressMode } from "../scripts/lib/log.ts";
+import { createLogger, createProgress, formatDuration, formatRate, isLevel, PROGRESS_LINE_MS, rateWhile, type ProgressMode } from "../scripts/lib/log.ts";
 import { ROOT } from "./helpers.ts";
 
 describe("formatDuration", () => {
@@ -41,6 +41,16 @@ describe("formatRate", () => {
   test("shows a dash when no time has passed", () => {
     expect(formatRate(10, 0)).toBe("-");
     expect(formatRate(10, -5)).toBe("-");
+  });
+});
+
+describe("rateWhile", () => {
+  test("says a rate over the time spent working, and what that time was", () => {
+    expect(rateWhile(9993, 1_230, "while records arrived")).toBe(" (8124/s while records arrived)");
+  });
+
+  test("says nothing when no working time was measured", () => {
+    expect(rateWhile(1, 0, "while records arrived")).toBe("");
   });
 });
 

@@ -189,6 +189,16 @@ describe("pipeline with the Kaggle-style file (Windows-1252, M/D/YYYY, CRLF)", (
     await runOk("load.ts", [], replay);
     expect(await snapshot(db)).toEqual(first);
   });
+
+  test("the consumer's summary rate leaves out its waits, before the first record and after the last", async () => {
+    const replay = { ...env, KAFKA_GROUP_ID: uniqueName("rate"), BATCHES_DIR: join(tmp.path, "rate"), LOG_LEVEL: "info" };
+    const { stderr } = await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3", "--from-beginning"], replay);
+    const [, received, seconds, rate] = stderr.match(/done: received=(\d+) .* in (\d+\.\d)s \((\d+)\/s while records arrived\)/) ?? [];
+    expect(Number(received)).toBe(await topicSize(BROKERS, topic));
+    // Joining the group and --until-idle's 3 quiet seconds are in the run's time, not in the rate.
+    expect(Number(seconds)).toBeGreaterThan(3);
+    expect(Number(rate)).toBeGreaterThan((2 * Number(received)) / Number(seconds));
+  });
 });
 
 /** The Global Superstore's shape: other column order, Order Priority / Market / Shipping Cost, D-M-YYYY dates. */
@@ -462,7 +472,7 @@ describe("loader", () => {
     }
   });
 
-  test("--watch says for each group of files what their rows became, and how many orders the table holds", async () => {
+  test("--watch says for each group of files what their rows became and the orders in the table; its rate leaves out the waiting", async () => {
     const db = await createTestDatabase();
     const watched = join(tmp.path, "reported");
     mkdirSync(watched);
@@ -479,7 +489,11 @@ describe("loader", () => {
       writeFileSync(join(watched, "sent-again.csv"), stringify(again, { header: true, columns: parsed.columns }));
       await loader.waitForOutput(new RegExp(`\\[load\\] 1 file: inserted=0 duplicates=${rows - 1} rejected=1 \\(orders total ${rows}\\)\n`));
       loader.child.kill("SIGTERM");
-      expect((await loader.finish()).code).toBe(0);
+      const { code, stderr } = await loader.finish();
+      expect(code).toBe(0);
+      // The summary's rate counts the time spent on the two files, not the seconds of waiting for them.
+      const [, seconds, rate] = stderr.match(new RegExp(`done: files=2 rows=${2 * rows} .* in (\\d+\\.\\d)s \\((\\d+(?:\\.\\d)?)/s while loading files\\)`)) ?? [];
+      expect(Number(rate)).toBeGreaterThan((2 * 2 * rows) / Number(seconds));
     } finally {
       loader.child.kill("SIGKILL");
       await db.drop();

@@ -106,6 +106,15 @@ export function formatRate(count: number, ms: number): string {
   return rate >= 100 ? `${Math.round(rate)}/s` : `${rate.toFixed(1)}/s`;
 }
 
+/**
+ * A summary's rate over the time spent working, saying so: " (812/s while records arrived)". A run's whole
+ * duration holds waits (for the first record, for a topic to stay quiet, for new files) that say nothing about
+ * its speed. Empty when no working time was measured.
+ */
+export function rateWhile(count: number, ms: number, what: string): string {
+  return ms > 0 ? ` (${formatRate(count, ms)} ${what})` : "";
+}
+
 export interface Progress {
   /** Report that `done` items are finished (absolute, not an increment). */
   update(done: number): void;
