@@ -470,6 +470,29 @@ function createLoader(options: LoaderOptions) {
   return { totals: run.totals, persist: run.persist, loadPending: (done: LoadedFiles) => loadPending(run, done), unsettled: run.unsettled };
 }
 
+/**
+ * The files loaded before, from the ledger, once the loader's tables are known to be there (make migrate creates
+ * them; sql/007 and sql/008 added the loader lock and orders.same_as_source).
+ */
+async function readLedger(persist: Persist, db: Database, where: string): Promise<LoadedFiles> {
+  await persist("checking the tables", async () => {
+    const [row] = await db.sql<{ ok: string | null; lock: string | null; marks: boolean }[]>`
+      select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock,
+             exists (
+               select from information_schema.columns
+               where table_schema = current_schema() and table_name = 'orders' and column_name = 'same_as_source'
+             ) as marks
+    `;
+    if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
+    if (!row.lock) throw new Error(`${where} has no table loader_lock (sql/007): run "make migrate" first`);
+    if (!row.marks) throw new Error(`${where} has no column orders.same_as_source (sql/008): run "make migrate" first`);
+  });
+  const ledger = new Map<string, Set<string>>();
+  const rows = await persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
+  for (const { file_name, sha256 } of rows ?? []) ledger.set(file_name, (ledger.get(file_name) ?? new Set()).add(sha256));
+  return new LoadedFiles(ledger);
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -491,22 +514,7 @@ async function main(): Promise<void> {
 
   const started = performance.now();
   try {
-    await loader.persist("checking the tables", async () => {
-      const [row] = await db.sql<{ ok: string | null; lock: string | null; marks: boolean }[]>`
-        select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock,
-               exists (
-                 select from information_schema.columns
-                 where table_schema = current_schema() and table_name = 'orders' and column_name = 'same_as_source'
-               ) as marks
-      `;
-      if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
-      if (!row.lock) throw new Error(`${where} has no table loader_lock (sql/007): run "make migrate" first`);
-      if (!row.marks) throw new Error(`${where} has no column orders.same_as_source (sql/008): run "make migrate" first`);
-    });
-    const ledger = new Map<string, Set<string>>();
-    const rows = await loader.persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
-    for (const { file_name, sha256 } of rows ?? []) ledger.set(file_name, (ledger.get(file_name) ?? new Set()).add(sha256));
-    const done = new LoadedFiles(ledger);
+    const done = await readLedger(loader.persist, db, where);
     log.info(`loading ${dir}/*.csv into ${where}${watch ? " (watching for new files, Ctrl-C to stop)" : ""}`);
     while (!shutdown.requested) {
       if (!(await loader.loadPending(done))) break;
