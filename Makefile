@@ -118,11 +118,14 @@ consume: up ## Write batch files of BATCH_SIZE records; exits when the topic is 
 load: migrate ## Load the pending batch files into PostgreSQL
 	$(BUN) scripts/load.ts
 
+# The four processes share one terminal: LOG_PROGRESS=lines makes each print its progress as a whole line every
+# 10 s, where a line redrawn in place (\r) would overwrite another process's.
 .PHONY: stream
 stream: up data ## Watch it live in a database of its own (<db>_live, emptied first): producer at RATE rows/s (1), consumer, loader, dashboard; Ctrl-C stops all
 	@live="$$($(BUN) scripts/live.ts)"; eval "$$live"; \
 	echo "== producer at $(RATE)/s, consumer (a file every $(STREAM_MAX_AGE) s or 100 rows), loader and the dashboard (it prints its address) on the live database; Ctrl-C to stop"; \
 	trap 'echo; echo "stopping..."' INT TERM; \
+	export LOG_PROGRESS=lines; \
 	$(BUN) scripts/dashboard.ts & \
 	$(BUN) scripts/consumer_batch_to_csv.ts --max-age $(STREAM_MAX_AGE) & \
 	$(BUN) scripts/load.ts --watch & \

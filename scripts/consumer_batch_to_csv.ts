@@ -23,8 +23,8 @@
 // exits only once every partition of the topic is read to its end, also partitions added meanwhile.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_*
-// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, BATCH_MAX_SECONDS, LOG_LEVEL. Flags:
-// --topic, --group, --batch-size, --dir, --quiet, --max-age, --until-idle, --from-beginning, --allow-gaps, --help.
+// (TLS and the SASL login), BATCHES_DIR, BATCH_SIZE, BATCH_QUIET_SECONDS, BATCH_MAX_SECONDS, LOG_LEVEL, LOG_PROGRESS.
+// Flags: --topic, --group, --batch-size, --dir, --quiet, --max-age, --until-idle, --from-beginning, --allow-gaps, --help.
 // Test hook, off by default: SALES_CRASH_AT=before-write | before-rename | before-commit kills the process
 // with SIGKILL at that point of its first batch file (before-commit: of its first offset commit), as a power
 // cut would (tests/faults.test.ts).
@@ -38,7 +38,7 @@ import { KAFKA_SECURITY_ENV, parseGroupId, parsePositiveInt, parsePositiveNumber
 import { writeCsv } from "./lib/csv.ts";
 import { createKafka, ensureTopic } from "./lib/kafka.ts";
 import { connectAdmin, explainKafkaFailure, isKafkaUnavailable, KAFKA_OUTAGE_MS, whileKafkaUnavailable } from "./lib/kafka_errors.ts";
-import { createLogger, createProgress, formatDuration, formatRate, type Logger, type Progress } from "./lib/log.ts";
+import { createLogger, createProgress, formatDuration, rateWhile, type Logger, type Progress } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { deletedRange, OffsetAccount, parseCommitted, recreatedRange, type Arrival, type Committed } from "./lib/offsets.ts";
 import { backoffDelay, sleep } from "./lib/retry.ts";
@@ -77,6 +77,7 @@ const command = {
     "BATCH_QUIET_SECONDS",
     "BATCH_MAX_SECONDS",
     "LOG_LEVEL",
+    "LOG_PROGRESS",
   ],
   notes: [
     "Examples:",
@@ -595,6 +596,8 @@ function createEachBatch(o: RunOptions, s: Intake) {
         if (row._error !== null) activity.unreadable++;
         activity.received++;
         activity.last = performance.now();
+        activity.firstRecord ||= activity.last;
+        activity.lastRecord = activity.last;
         const full = batcher.add(batch.partition, offset, row, activity.last);
         // resolveOffset moves kafkajs' fetch position past this record. With autoCommit off it commits
         // nothing: the commit happens in the writer, after the file is on disk.
@@ -634,7 +637,9 @@ function runSummary(activity: Activity, counts: BatchWriter["counts"], ms: numbe
   return (
     `done: received=${activity.received} files=${counts.files} rows_written=${counts.rows} ` +
     `unreadable=${activity.unreadable} gaps=${counts.gaps}${activity.repeated > 0 ? ` repeats_skipped=${activity.repeated}` : ""}${activity.drained ? " every_partition_read=yes" : ""} ` +
-    `in ${formatDuration(ms)} (${formatRate(activity.received, ms)})`
+    // The rate leaves out the waits before the first record and after the last (--until-idle's quiet period):
+    // n records arrive over n - 1 intervals.
+    `in ${formatDuration(ms)}${rateWhile(activity.received - 1, activity.lastRecord - activity.firstRecord, "while records arrived")}`
   );
 }
 
@@ -650,7 +655,7 @@ function createBatchingRun(o: RunOptions) {
   const writer = createBatchWriter(consumer, o.topic, o.dir, o.crashAt, log);
   const locked = createLock();
   const progress = createProgress(log, "received", undefined, 1000);
-  const activity: Activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false };
+  const activity: Activity = { received: 0, unreadable: 0, repeated: 0, joined: false, last: performance.now(), lastFetch: 0, drained: false, firstRecord: 0, lastRecord: 0 };
   let failure: Error | undefined;
   const failed = () => failure !== undefined;
   const stopWith = (error: Error) => {
@@ -683,7 +688,7 @@ function createBatchingRun(o: RunOptions) {
   };
 }
 
-type Activity = { received: number; unreadable: number; repeated: number; joined: boolean; last: number; lastFetch: number; drained: boolean };
+type Activity = { received: number; unreadable: number; repeated: number; joined: boolean; last: number; lastFetch: number; drained: boolean; firstRecord: number; lastRecord: number };
 type Locked = ReturnType<typeof createLock>;
 
 /**
@@ -788,7 +793,7 @@ async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("consumer", config.logLevel);
+  const log = createLogger("consumer", config.logLevel, config.logProgress);
   const topic = flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic");
   const groupId = flags.group === undefined ? config.kafkaGroupId : parseGroupId(flags.group, "--group");
   const batchSize = flags["batch-size"] ? parsePositiveInt(flags["batch-size"], "--batch-size", 1_000_000) : config.batchSize;

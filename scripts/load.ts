@@ -10,6 +10,9 @@
 // that is not a readable batch (truncated, edited, not CSV) is moved to BATCHES_DIR/failed/ with a
 // .reason.txt next to it; the other files still load.
 //
+// With --watch, each group of files loaded gets a line: inserted, duplicate and rejected rows, and the orders
+// the table holds now.
+//
 // A gap file from the consumer (offsets Kafka no longer had when the group reached them) is recorded in
 // lost_offsets, with a warning naming topic, partition and offsets, and counted as lost_offsets= in the summary.
 //
@@ -21,7 +24,7 @@
 // (switched read-only, or a hot standby) stops the loader with the database and the file in the message: the
 // files wait in the folder, and the next run loads them.
 //
-// Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL. Flags: --dir, --watch, --help.
+// Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL, LOG_PROGRESS. Flags: --dir, --watch, --help.
 
 import { existsSync, watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
@@ -34,7 +37,7 @@ import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/re
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
 import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
-import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
+import { createLogger, createProgress, formatDuration, rateWhile, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
 import { retryWhile } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
@@ -49,7 +52,7 @@ const command = {
     dir: { type: "string", short: "d", arg: "DIR", help: "folder of batch files (default $BATCHES_DIR = batches)" },
     watch: { type: "boolean", short: "w", help: "keep running and load new files as they appear" },
   },
-  env: ["DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL"],
+  env: ["DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL", "LOG_PROGRESS"],
   notes: "Run by: make load (once), make stream (with --watch)",
 } as const;
 
@@ -221,6 +224,8 @@ interface Totals {
   resolved: number;
   lost: number;
   crossSource: number;
+  /** time spent on files found pending (reading, cleaning, loading), not waiting for new ones */
+  busyMs: number;
 }
 
 interface LoaderOptions {
@@ -234,17 +239,27 @@ interface LoaderOptions {
   readonly shutdown: Shutdown;
 }
 
-/** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
-function createLoader({ db, dir, database, where, watch, log, shutdown }: LoaderOptions) {
-  const totals: Totals = { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0, lost: 0 };
+/** Runs an attempt until it succeeds through lost connections; undefined when a stop was asked for meanwhile. */
+type Persist = <T>(what: string, attempt: () => Promise<T>) => Promise<T | undefined>;
 
-  /**
-   * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
-   * does an attempt the server gave up on for its own reasons (cancelled, deadlock, disk full): the group
-   * whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a stop was
-   * asked for meanwhile.
-   */
-  const persist = <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
+/** What the loader's steps share in one run: its options, the counts so far, and how it waits for PostgreSQL. */
+interface LoaderRun extends LoaderOptions {
+  readonly totals: Totals;
+  /** Files that were not judged yet because they may still be being written; looked at again on the next pass. */
+  readonly unsettled: Set<string>;
+  readonly persist: Persist;
+  /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */
+  readonly lockWaitMs: number;
+}
+
+/**
+ * Runs `attempt`; a lost connection is waited for (backoff up to 10 s), then the attempt runs again, and so
+ * does an attempt the server gave up on for its own reasons (cancelled, deadlock, disk full): the group
+ * whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a stop was
+ * asked for meanwhile.
+ */
+function createPersist({ where, watch, log, shutdown }: LoaderOptions): Persist {
+  return <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
     // A single run waited its whole patience for the loader lock in one attempt (lockWaitMs): no second one.
     retryWhile((error) => isRetryable(error) && (watch || !(error instanceof LoaderLockError)), attempt, {
       backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
@@ -262,171 +277,227 @@ function createLoader({ db, dir, database, where, watch, log, shutdown }: Loader
         ? new Error(`cannot reach PostgreSQL at ${where}: ${error.message} (is it up? make up)`)
         : error;
     });
+}
 
-  /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */
-  const lockWaitMs = watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS;
+/**
+ * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
+ * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
+ */
+async function explainStop({ db, dir, database, where }: LoaderOptions, error: unknown, files: readonly PreparedFile[]): Promise<unknown> {
+  const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
+  if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
+  if ((error as { code?: string }).code !== "25006") return error;
+  const [state] = await db.sql<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`.catch(() => [{ standby: false }]);
+  const [why, then] = state?.standby
+    ? ["the server is a hot standby (in recovery) and takes no writes", "point DATABASE_URL at the primary and start the loader again"]
+    : [
+        `the database is read-only (${(error as Error).message})`,
+        `start the loader again once it takes writes (alter database "${database}" set default_transaction_read_only = off)`,
+      ];
+  return new Error(`cannot load ${what} into ${where}: ${why}. Nothing of these files was written; they wait in ${dir}: ${then}`);
+}
 
-  /**
-   * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
-   * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
-   */
-  const explain = async (error: unknown, files: readonly PreparedFile[]): Promise<unknown> => {
-    const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
-    if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
-    if ((error as { code?: string }).code !== "25006") return error;
-    const [state] = await db.sql<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`.catch(() => [{ standby: false }]);
-    const [why, then] = state?.standby
-      ? ["the server is a hot standby (in recovery) and takes no writes", "point DATABASE_URL at the primary and start the loader again"]
-      : [
-          `the database is read-only (${(error as Error).message})`,
-          `start the loader again once it takes writes (alter database "${database}" set default_transaction_read_only = off)`,
-        ];
-    return new Error(`cannot load ${what} into ${where}: ${why}. Nothing of these files was written; they wait in ${dir}: ${then}`);
-  };
-
-  /** Files that were not judged yet because they may still be being written; looked at again on the next pass. */
-  const unsettled = new Set<string>();
-
-  /**
-   * Reads and transforms a group; bad files are set aside (and counted), vanished ones skipped. A file that
-   * was modified a moment ago is not judged yet, unless its name holds the hash of its content (the
-   * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
-   * look like a good one.
-   */
-  const prepare = async (files: readonly PendingFile[]): Promise<PreparedFile[]> => {
-    const prepared: PreparedFile[] = [];
-    for (const { name, young } of files) {
-      if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
-        log.debug(`${name}: modified a moment ago, looked at again shortly`);
-        unsettled.add(name);
-        continue;
-      }
-      try {
-        prepared.push(await prepareFile(dir, name));
-        unsettled.delete(name);
-      } catch (error) {
-        if ((error as { code?: string }).code === "ENOENT") {
-          log.debug(`${name}: gone before it was read (another loader set it aside)`);
-        } else if (error instanceof BadBatchFileError && young) {
-          log.debug(`${name}: ${error.message}; modified a moment ago, looked at again shortly`);
-          unsettled.add(name);
-        } else if (error instanceof BadBatchFileError) {
-          totals.failed++;
-          log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
-          await setAside(dir, name, error.message);
-        } else throw error;
-      }
+/**
+ * Reads and transforms a group; bad files are set aside (and counted), vanished ones skipped. A file that
+ * was modified a moment ago is not judged yet, unless its name holds the hash of its content (the
+ * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
+ * look like a good one.
+ */
+async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: readonly PendingFile[]): Promise<PreparedFile[]> {
+  const prepared: PreparedFile[] = [];
+  for (const { name, young } of files) {
+    if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
+      log.debug(`${name}: modified a moment ago, looked at again shortly`);
+      unsettled.add(name);
+      continue;
     }
-    return prepared;
-  };
-
-  /**
-   * One group: together; after a refusal of data, file by file; a single file then row by row. A file that
-   * PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
-   * reason, so the files after it still load. Any other error stops the loader.
-   */
-  const load = async (files: PreparedFile[]): Promise<FileResult[] | undefined> => {
-    if (files.length === 0) return [];
-    const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
     try {
-      return await persist(label, () => commitFiles(db, files, { lockWaitMs }));
+      prepared.push(await prepareFile(dir, name));
+      unsettled.delete(name);
     } catch (error) {
-      if (!isDataError(error)) throw await explain(error, files);
-      if (files.length > 1) {
-        const results: FileResult[] = [];
-        for (const file of files) {
-          const loaded = await load([file]);
-          if (loaded === undefined) return undefined;
-          results.push(...loaded);
-        }
-        return results;
-      }
-      const { name } = files[0]!;
-      log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
-      try {
-        return await persist(`loading ${name} row by row`, () => commitFiles(db, files, { isolate: true }));
-      } catch (refused) {
-        if (!isDataError(refused)) throw refused;
-        const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
+      if ((error as { code?: string }).code === "ENOENT") {
+        log.debug(`${name}: gone before it was read (another loader set it aside)`);
+      } else if (error instanceof BadBatchFileError && young) {
+        log.debug(`${name}: ${error.message}; modified a moment ago, looked at again shortly`);
+        unsettled.add(name);
+      } else if (error instanceof BadBatchFileError) {
         totals.failed++;
-        log.error(`${join(dir, name)}: ${reason}; moved to ${dir}/failed/`);
-        await setAside(dir, name, reason);
-        return [];
+        log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
+        await setAside(dir, name, error.message);
+      } else throw error;
+    }
+  }
+  return prepared;
+}
+
+/**
+ * One group: together; after a refusal of data, file by file; a single file then row by row (loadRowByRow).
+ * Any other error stops the loader.
+ */
+async function loadGroup(run: LoaderRun, files: PreparedFile[]): Promise<FileResult[] | undefined> {
+  if (files.length === 0) return [];
+  const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
+  try {
+    return await run.persist(label, () => commitFiles(run.db, files, { lockWaitMs: run.lockWaitMs }));
+  } catch (error) {
+    if (!isDataError(error)) throw await explainStop(run, error, files);
+    if (files.length === 1) return await loadRowByRow(run, files[0]!, error);
+    const results: FileResult[] = [];
+    for (const file of files) {
+      const loaded = await loadGroup(run, [file]);
+      if (loaded === undefined) return undefined;
+      results.push(...loaded);
+    }
+    return results;
+  }
+}
+
+/**
+ * A file whose COPY PostgreSQL refused (`error`), loaded row by row: the refused row becomes a rejection. A file
+ * that PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
+ * reason, so the files after it still load.
+ */
+async function loadRowByRow({ db, dir, log, totals, persist }: LoaderRun, file: PreparedFile, error: unknown): Promise<FileResult[] | undefined> {
+  const { name } = file;
+  log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
+  try {
+    return await persist(`loading ${name} row by row`, () => commitFiles(db, [file], { isolate: true }));
+  } catch (refused) {
+    if (!isDataError(refused)) throw refused;
+    const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
+    totals.failed++;
+    log.error(`${join(dir, name)}: ${reason}; moved to ${dir}/failed/`);
+    await setAside(dir, name, reason);
+    return [];
+  }
+}
+
+/** Counts a file's result and says what needs saying: lost offsets, rows of another source, rejected rows. */
+async function recordResult({ dir, log, totals }: LoaderRun, result: FileResult): Promise<void> {
+  if (result.status === "already-loaded") {
+    totals.skipped++;
+    return;
+  }
+  totals.files++;
+  totals.records += result.records;
+  totals.inserted += result.inserted;
+  totals.duplicates += result.duplicates;
+  totals.rejected += result.rejected;
+  totals.warnings += result.warnings;
+  totals.resolved += result.resolved;
+  totals.crossSource += result.crossSource.length;
+  log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
+  for (const range of result.lost) {
+    totals.lost++;
+    log.warn(`${result.name}: recorded in lost_offsets: ${range.reason}`);
+  }
+  for (const line of describeCrossSource(result.name, result.crossSource)) log.warn(line);
+  if (result.rejections.length > 0) {
+    log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
+    await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
+      log.warn(`could not write ${dir}/rejected/${result.name} (${error.message}); the rows are in rejected_rows`),
+    );
+  }
+}
+
+/**
+ * --watch: one line per group it loaded, with what the group's rows became and how many orders the table holds
+ * now, e.g. "3 files: inserted=280 duplicates=20 rejected=0 (orders total 10274)". Files whose content was
+ * loaded before are not counted; a group of only those says nothing.
+ */
+async function reportGroup({ db, log, watch }: LoaderRun, results: readonly FileResult[]): Promise<void> {
+  const loaded = results.filter((r) => r.status === "loaded");
+  if (!watch || loaded.length === 0 || !log.enabled("info")) return;
+  const sum = (count: "inserted" | "duplicates" | "rejected") => loaded.reduce((n, r) => n + r[count], 0);
+  // The total only informs the reader: when PostgreSQL does not answer now, the line goes without it.
+  const [orders] = await db.sql<{ n: string }[]>`select count(*)::text as n from orders`.catch(() => []);
+  log.info(
+    `${loaded.length} file${loaded.length === 1 ? "" : "s"}: inserted=${sum("inserted")} duplicates=${sum("duplicates")} ` +
+      `rejected=${sum("rejected")}${orders ? ` (orders total ${orders.n})` : ""}`,
+  );
+}
+
+/**
+ * Loads what is pending in the folder, group by group. The next group is read and transformed while this
+ * one's transaction runs: JavaScript and PostgreSQL work at the same time (each on its own core).
+ * Returns false when it stopped early (a stop request while waiting for the database).
+ */
+async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> {
+  const { dir, log, shutdown } = run;
+  const began = performance.now();
+  run.unsettled.clear();
+  const pending = await pendingFiles(dir, done);
+  if (pending.length === 0) return true;
+  const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
+  const groups = groupFiles(pending);
+  const progress = createProgress(log, "files", pending.length, 100);
+  let next = groups[0] === undefined ? undefined : prepareGroup(run, groups[0]);
+  let finished = 0;
+  try {
+    for (const [i, names] of groups.entries()) {
+      if (shutdown.requested || !next) return false;
+      const files = await next;
+      // Garbage is collected (when due) once the next group is ready, while PostgreSQL works on this one.
+      const after = groups[i + 1];
+      next = after === undefined ? undefined : prepareGroup(run, after).then((prepared) => (collectGarbage(after.reduce((n, f) => n + f.size, 0)), prepared));
+      next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
+      const results = await loadGroup(run, files);
+      if (results === undefined) return false;
+      for (const result of results) {
+        await recordResult(run, result);
+        done.loaded(result.name, stamps.get(result.name)!);
       }
+      await reportGroup(run, results);
+      progress.update((finished += names.length));
     }
-  };
+    return true;
+  } finally {
+    await next?.catch(() => undefined); // a prefetch left behind by a stop: let it settle before the process ends
+    progress.done();
+    run.totals.busyMs += performance.now() - began;
+  }
+}
 
-  const record = async (result: FileResult) => {
-    if (result.status === "already-loaded") {
-      totals.skipped++;
-      return;
-    }
-    totals.files++;
-    totals.records += result.records;
-    totals.inserted += result.inserted;
-    totals.duplicates += result.duplicates;
-    totals.rejected += result.rejected;
-    totals.warnings += result.warnings;
-    totals.resolved += result.resolved;
-    totals.crossSource += result.crossSource.length;
-    log.debug(`${result.name}: inserted=${result.inserted} duplicates=${result.duplicates} rejected=${result.rejected}`);
-    for (const range of result.lost) {
-      totals.lost++;
-      log.warn(`${result.name}: recorded in lost_offsets: ${range.reason}`);
-    }
-    for (const line of describeCrossSource(result.name, result.crossSource)) log.warn(line);
-    if (result.rejections.length > 0) {
-      log.warn(`${result.name}: ${result.rejected} rows rejected, see ${dir}/rejected/${result.name}`);
-      await writeRejects(dir, result.name, result.rejections).catch((error: Error) =>
-        log.warn(`could not write ${dir}/rejected/${result.name} (${error.message}); the rows are in rejected_rows`),
-      );
-    }
+/** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
+function createLoader(options: LoaderOptions) {
+  const run: LoaderRun = {
+    ...options,
+    totals: { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0, lost: 0, busyMs: 0 },
+    unsettled: new Set<string>(),
+    persist: createPersist(options),
+    lockWaitMs: options.watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS,
   };
+  return { totals: run.totals, persist: run.persist, loadPending: (done: LoadedFiles) => loadPending(run, done), unsettled: run.unsettled };
+}
 
-  /**
-   * Loads what is pending in the folder, group by group. The next group is read and transformed while this
-   * one's transaction runs: JavaScript and PostgreSQL work at the same time (each on its own core).
-   * Returns false when it stopped early (a stop request while waiting for the database).
-   */
-  const loadPending = async (done: LoadedFiles): Promise<boolean> => {
-    unsettled.clear();
-    const pending = await pendingFiles(dir, done);
-    const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
-    const groups = groupFiles(pending);
-    const progress = createProgress(log, "files", pending.length, 100);
-    let next = groups[0] === undefined ? undefined : prepare(groups[0]);
-    let finished = 0;
-    try {
-      for (const [i, names] of groups.entries()) {
-        if (shutdown.requested || !next) return false;
-        const files = await next;
-        // Garbage is collected (when due) once the next group is ready, while PostgreSQL works on this one.
-        const after = groups[i + 1];
-        next = after === undefined ? undefined : prepare(after).then((prepared) => (collectGarbage(after.reduce((n, f) => n + f.size, 0)), prepared));
-        next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
-        const results = await load(files);
-        if (results === undefined) return false;
-        for (const result of results) {
-          await record(result);
-          done.loaded(result.name, stamps.get(result.name)!);
-        }
-        progress.update((finished += names.length));
-      }
-      return true;
-    } finally {
-      await next?.catch(() => undefined); // a prefetch left behind by a stop: let it settle before the process ends
-      progress.done();
-    }
-  };
-
-  return { totals, persist, loadPending, unsettled };
+/**
+ * The files loaded before, from the ledger, once the loader's tables are known to be there (make migrate creates
+ * them; sql/007 and sql/008 added the loader lock and orders.same_as_source).
+ */
+async function readLedger(persist: Persist, db: Database, where: string): Promise<LoadedFiles> {
+  await persist("checking the tables", async () => {
+    const [row] = await db.sql<{ ok: string | null; lock: string | null; marks: boolean }[]>`
+      select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock,
+             exists (
+               select from information_schema.columns
+               where table_schema = current_schema() and table_name = 'orders' and column_name = 'same_as_source'
+             ) as marks
+    `;
+    if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
+    if (!row.lock) throw new Error(`${where} has no table loader_lock (sql/007): run "make migrate" first`);
+    if (!row.marks) throw new Error(`${where} has no column orders.same_as_source (sql/008): run "make migrate" first`);
+  });
+  const ledger = new Map<string, Set<string>>();
+  const rows = await persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
+  for (const { file_name, sha256 } of rows ?? []) ledger.set(file_name, (ledger.get(file_name) ?? new Set()).add(sha256));
+  return new LoadedFiles(ledger);
 }
 
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("load", config.logLevel);
+  const log = createLogger("load", config.logLevel, config.logProgress);
   const dir = flags.dir ?? config.batchesDir;
   const where = describeDatabase(config.database);
   const watch = flags.watch === true;
@@ -443,22 +514,7 @@ async function main(): Promise<void> {
 
   const started = performance.now();
   try {
-    await loader.persist("checking the tables", async () => {
-      const [row] = await db.sql<{ ok: string | null; lock: string | null; marks: boolean }[]>`
-        select to_regclass('loaded_files')::text as ok, to_regclass('loader_lock')::text as lock,
-               exists (
-                 select from information_schema.columns
-                 where table_schema = current_schema() and table_name = 'orders' and column_name = 'same_as_source'
-               ) as marks
-      `;
-      if (!row?.ok) throw new Error(`${where} has no loader tables: run "make migrate" first`);
-      if (!row.lock) throw new Error(`${where} has no table loader_lock (sql/007): run "make migrate" first`);
-      if (!row.marks) throw new Error(`${where} has no column orders.same_as_source (sql/008): run "make migrate" first`);
-    });
-    const ledger = new Map<string, Set<string>>();
-    const rows = await loader.persist("reading the ledger", () => db.sql<{ file_name: string; sha256: string }[]>`select file_name, sha256 from loaded_files`);
-    for (const { file_name, sha256 } of rows ?? []) ledger.set(file_name, (ledger.get(file_name) ?? new Set()).add(sha256));
-    const done = new LoadedFiles(ledger);
+    const done = await readLedger(loader.persist, db, where);
     log.info(`loading ${dir}/*.csv into ${where}${watch ? " (watching for new files, Ctrl-C to stop)" : ""}`);
     while (!shutdown.requested) {
       if (!(await loader.loadPending(done))) break;
@@ -474,7 +530,9 @@ async function main(): Promise<void> {
   log.info(
     `done: files=${totals.files} rows=${totals.records} inserted=${totals.inserted} duplicates=${totals.duplicates} ` +
       `rejected=${totals.rejected} already_loaded=${totals.skipped} failed_files=${totals.failed} ` +
-      `warnings=${totals.warnings} resolved=${totals.resolved} cross_source=${totals.crossSource} lost_offsets=${totals.lost} in ${formatDuration(ms)} (${formatRate(totals.records, ms)})`,
+      `warnings=${totals.warnings} resolved=${totals.resolved} cross_source=${totals.crossSource} lost_offsets=${totals.lost} ` +
+      // --watch spends most of its time waiting for files, a single run some waiting for PostgreSQL: not in the rate.
+      `in ${formatDuration(ms)}${rateWhile(totals.records, totals.busyMs, "while loading files")}`,
   );
   if (totals.crossSource > 0) {
     log.warn(`${totals.crossSource} rows loaded repeat rows of another source and count twice in every total: see the warnings above, or make status`);

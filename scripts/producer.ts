@@ -21,13 +21,13 @@
 //   before it is in Kafka, and --from-line resumes there.
 //
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_CLIENT_ID, KAFKA_PARTITIONS, KAFKA_SSL*, KAFKA_SASL_* (TLS and the
-// SASL login), DATA_FILE, PRODUCER_RATE, LOG_LEVEL.
+// SASL login), DATA_FILE, PRODUCER_RATE, LOG_LEVEL, LOG_PROGRESS.
 // Flags: --file, --topic, --rate, --limit, --from-line, --encoding, --source, --help.
 
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Message, Producer, RecordMetadata } from "kafkajs";
-import { fail, parseCli, UsageError } from "./lib/cli.ts";
-import { KAFKA_SECURITY_ENV, parsePositiveInt, parseRate, parseTopic, readConfig } from "./lib/config.ts";
+import { fail, parseCli, UsageError, type FlagValues } from "./lib/cli.ts";
+import { KAFKA_SECURITY_ENV, parsePositiveInt, parseRate, parseTopic, readConfig, type Config } from "./lib/config.ts";
 import { byColumn, readCsv, type CsvRecord } from "./lib/csv.ts";
 import { countLines, detectEncoding, KEPT_CHARS, openInput, UnreadableInputError, type Encoding } from "./lib/input.ts";
 import { CompressionTypes, createKafka, ensureTopic, keyPartitioner, lastKafkaProblem } from "./lib/kafka.ts";
@@ -35,7 +35,7 @@ import { connectAdmin, whileKafkaUnavailable } from "./lib/kafka_errors.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { findRowIdColumn, headerProblem } from "./lib/record.ts";
 import { sleep } from "./lib/retry.ts";
-import { createShutdown } from "./lib/shutdown.ts";
+import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
 /** One source row as sent: header name -> value exactly as read (the loader trims and parses). */
 export type SourceRow = Record<string, string>;
@@ -65,7 +65,7 @@ const command = {
     encoding: { type: "string", arg: "ENC", help: "auto (default), utf-8, windows-1252, utf-16le or utf-16be" },
     source: { type: "string", arg: "NAME", help: "name of the source in lineage (default: path relative to the data folder; stdin: \"stdin\")" },
   },
-  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", ...KAFKA_SECURITY_ENV, "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL"],
+  env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_CLIENT_ID", "KAFKA_PARTITIONS", ...KAFKA_SECURITY_ENV, "DATA_FILE", "PRODUCER_RATE", "LOG_LEVEL", "LOG_PROGRESS"],
   notes: [
     "Examples:",
     "  bun scripts/producer.ts                      # the seed's pace, 1 row per second",
@@ -256,69 +256,56 @@ function createSender(producer: Producer, topic: string, file: string, log: Logg
   };
 }
 
+/** What one run sends, and how: from the flags, else the environment. */
+interface SendPlan {
+  readonly file: string;
+  readonly topic: string;
+  /** messages per second; Infinity for "max" */
+  readonly rate: number;
+  readonly limit: number;
+  /** records before this line of the file are skipped (0: none) */
+  readonly fromLine: number;
+  readonly forced: Encoding | "auto";
+  /** the source's name in keys and headers */
+  readonly source: string;
+}
+
+function planSend(flags: FlagValues<typeof command.flags>, config: Config): SendPlan {
+  const file = flags.file ?? config.dataFile;
+  return {
+    file,
+    topic: flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic"),
+    rate: flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate"),
+    limit: flags.limit === undefined ? Infinity : parsePositiveInt(flags.limit, "--limit"),
+    fromLine: flags["from-line"] === undefined ? 0 : parsePositiveInt(flags["from-line"], "--from-line"),
+    forced: parseEncoding(flags.encoding),
+    source: flags.source ?? sourceName(file, dirname(config.dataFile)),
+  };
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
-  const log = createLogger("producer", config.logLevel);
-  const file = flags.file ?? config.dataFile;
-  const topic = flags.topic === undefined ? config.kafkaTopic : parseTopic(flags.topic, "--topic");
-  const rate = flags.rate === undefined ? config.producerRate : parseRate(flags.rate, "--rate");
-  const limit = flags.limit === undefined ? Infinity : parsePositiveInt(flags.limit, "--limit");
-  const fromLine = flags["from-line"] === undefined ? 0 : parsePositiveInt(flags["from-line"], "--from-line");
-  const forced = parseEncoding(flags.encoding);
-  const source = flags.source ?? sourceName(file, dirname(config.dataFile));
+  const log = createLogger("producer", config.logLevel, config.logProgress);
+  const plan = planSend(flags, config);
+  const { file, topic } = plan;
   const input = await openInput(file).catch((error: Error) => {
     throw new UsageError(`${error.message}${file === config.dataFile ? ' (run "make data" to create the sample file, or pass --file)' : ""}`);
   });
   const shutdown = createShutdown(log);
   shutdown.onStop("remove the copy of standard input", () => input.close());
   try {
-    // A forced encoding is the user's word: no detection, no refusal.
-    const detected = forced === "auto" ? await detectEncoding(input.path, file) : { encoding: forced, bom: false, lines: await countLines(input.path) };
-    const encoding = detected.encoding;
-    const records = readCsv(input.path, encoding)[Symbol.asyncIterator]();
-    const keys = await readHeader(records, file);
-    const rowIdColumn = findRowIdColumn(keys);
-    log.info(
-      `${file}: ${encoding}${detected.bom ? " with BOM" : ""}${forced === "auto" ? " (detected)" : ""}, ` +
-        `about ${Math.max(detected.lines - 1, 0)} rows as "${source}" -> topic ${topic} at ${rate === Infinity ? "max" : `${rate}/s`}`,
-    );
-
+    const source = await openRecords(input.path, plan, log);
     const producer = await connectProducer(config, topic, log);
     const sender = createSender(producer, topic, file, log, shutdown.signal);
     shutdown.onStop("flush messages in flight", () => sender.drain());
     shutdown.onStop("disconnect producer", () => producer.disconnect());
-    const progress = createProgress(log, "sent", Math.min(Math.max(detected.lines - 1, 0), limit) || undefined, 1000);
     const started = performance.now();
-    let count = 0;
-    let broken = 0;
-    for (let next = await records.next(); !next.done && count < limit && !shutdown.requested; next = await records.next()) {
-      if (next.value.line < fromLine) continue;
-      // Wait for this message's slot; send what is buffered first so it leaves on time.
-      const due = dueAt(started, count, rate);
-      if (due > performance.now()) {
-        await sender.flush();
-        await sleep(due - performance.now(), shutdown.signal);
-        if (shutdown.requested) break;
-      }
-      const message = toMessage(next.value, keys, source, rowIdColumn);
-      if (message.headers?.parse_error) {
-        broken++;
-        log.warn(`${file}: line ${next.value.line}: ${String(message.headers.parse_error)}; sent as a rejected record`);
-      }
-      await sender.add(message);
-      count++;
-      // Send now unless the next message is already due too (high rates fill a batch first).
-      if (sender.buffered >= MAX_SEND_BATCH || dueAt(started, count, rate) > performance.now()) {
-        await sender.flush();
-        progress.update(sender.state.sent);
-      }
-    }
-    progress.done();
+    const { count, broken } = await sendRecords(source, plan, sender, started, shutdown, log);
     await shutdown.run();
     if (count === 0 && !shutdown.requested) {
-      throw new UnreadableInputError(`${file}: no rows ${fromLine > 0 ? `at or after line ${fromLine}` : "after the header"}: nothing was sent`);
+      throw new UnreadableInputError(`${file}: no rows ${plan.fromLine > 0 ? `at or after line ${plan.fromLine}` : "after the header"}: nothing was sent`);
     }
     const ms = performance.now() - started;
     log.info(
@@ -328,6 +315,70 @@ async function main(): Promise<void> {
   } finally {
     await shutdown.run();
   }
+}
+
+/** The records of the input, its header read and checked; the encoding detected unless one was forced. */
+interface SourceRecords {
+  readonly records: AsyncIterator<CsvRecord>;
+  readonly keys: string[];
+  readonly rowIdColumn: number;
+  /** rows in the file, about: its lines but the header */
+  readonly rows: number;
+}
+
+async function openRecords(path: string, { file, topic, rate, forced, source }: SendPlan, log: Logger): Promise<SourceRecords> {
+  // A forced encoding is the user's word: no detection, no refusal.
+  const detected = forced === "auto" ? await detectEncoding(path, file) : { encoding: forced, bom: false, lines: await countLines(path) };
+  const encoding = detected.encoding;
+  const records = readCsv(path, encoding)[Symbol.asyncIterator]();
+  const keys = await readHeader(records, file);
+  const rowIdColumn = findRowIdColumn(keys);
+  log.info(
+    `${file}: ${encoding}${detected.bom ? " with BOM" : ""}${forced === "auto" ? " (detected)" : ""}, ` +
+      `about ${Math.max(detected.lines - 1, 0)} rows as "${source}" -> topic ${topic} at ${rate === Infinity ? "max" : `${rate}/s`}`,
+  );
+  return { records, keys, rowIdColumn, rows: Math.max(detected.lines - 1, 0) };
+}
+
+/**
+ * Sends each record in its slot of the pace (message i at `started` + i/rate), until the input ends, the limit is
+ * reached or a stop is asked for. Returns how many records went to the sender, and how many of them as rejected.
+ */
+async function sendRecords(
+  { records, keys, rowIdColumn, rows }: SourceRecords,
+  { file, rate, limit, fromLine, source }: SendPlan,
+  sender: ReturnType<typeof createSender>,
+  started: number,
+  shutdown: Shutdown,
+  log: Logger,
+): Promise<{ count: number; broken: number }> {
+  const progress = createProgress(log, "sent", Math.min(rows, limit) || undefined, 1000);
+  let count = 0;
+  let broken = 0;
+  for (let next = await records.next(); !next.done && count < limit && !shutdown.requested; next = await records.next()) {
+    if (next.value.line < fromLine) continue;
+    // Wait for this message's slot; send what is buffered first so it leaves on time.
+    const due = dueAt(started, count, rate);
+    if (due > performance.now()) {
+      await sender.flush();
+      await sleep(due - performance.now(), shutdown.signal);
+      if (shutdown.requested) break;
+    }
+    const message = toMessage(next.value, keys, source, rowIdColumn);
+    if (message.headers?.parse_error) {
+      broken++;
+      log.warn(`${file}: line ${next.value.line}: ${String(message.headers.parse_error)}; sent as a rejected record`);
+    }
+    await sender.add(message);
+    count++;
+    // Send now unless the next message is already due too (high rates fill a batch first).
+    if (sender.buffered >= MAX_SEND_BATCH || dueAt(started, count, rate) > performance.now()) {
+      await sender.flush();
+      progress.update(sender.state.sent);
+    }
+  }
+  progress.done();
+  return { count, broken };
 }
 
 /** The first record: the header, checked to be a Superstore export before anything is sent. */

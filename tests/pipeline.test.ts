@@ -3,7 +3,7 @@
 // and reverse-order loads must leave every table exactly as it was.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify } from "csv-stringify/sync";
 import { parseCsv } from "../scripts/lib/csv.ts";
@@ -19,6 +19,7 @@ import {
   pipelineEnv,
   runOk,
   runPipeline,
+  startScript,
   superstoreRows,
   tableRows,
   tempDir,
@@ -187,6 +188,16 @@ describe("pipeline with the Kaggle-style file (Windows-1252, M/D/YYYY, CRLF)", (
     expect(files.length).toBeGreaterThan(0);
     await runOk("load.ts", [], replay);
     expect(await snapshot(db)).toEqual(first);
+  });
+
+  test("the consumer's summary rate leaves out its waits, before the first record and after the last", async () => {
+    const replay = { ...env, KAFKA_GROUP_ID: uniqueName("rate"), BATCHES_DIR: join(tmp.path, "rate"), LOG_LEVEL: "info" };
+    const { stderr } = await runOk("consumer_batch_to_csv.ts", ["--until-idle", "3", "--from-beginning"], replay);
+    const [, received, seconds, rate] = stderr.match(/done: received=(\d+) .* in (\d+\.\d)s \((\d+)\/s while records arrived\)/) ?? [];
+    expect(Number(received)).toBe(await topicSize(BROKERS, topic));
+    // Joining the group and --until-idle's 3 quiet seconds are in the run's time, not in the rate.
+    expect(Number(seconds)).toBeGreaterThan(3);
+    expect(Number(rate)).toBeGreaterThan((2 * Number(received)) / Number(seconds));
   });
 });
 
@@ -457,6 +468,34 @@ describe("loader", () => {
       expect(await new Response(child.stderr).text()).toContain(`done: files=1 rows=${rows} inserted=${rows}`);
     } finally {
       child.kill("SIGKILL");
+      await db.drop();
+    }
+  });
+
+  test("--watch says for each group of files what their rows became and the orders in the table; its rate leaves out the waiting", async () => {
+    const db = await createTestDatabase();
+    const watched = join(tmp.path, "reported");
+    mkdirSync(watched);
+    const loader = startScript("load.ts", ["--watch", "--dir", watched], { ...env, DATABASE_URL: db.url, LOG_LEVEL: "info" });
+    try {
+      await loader.waitForOutput(/watching for new files/);
+      const name = files.sort()[0]!;
+      const parsed = parseCsv(readFileSync(join(source, name), "utf8"), name);
+      const rows = parsed.rows.length;
+      copyFileSync(join(source, name), join(watched, name));
+      await loader.waitForOutput(new RegExp(`\\[load\\] 1 file: inserted=${rows} duplicates=0 rejected=0 \\(orders total ${rows}\\)\n`));
+      // The same rows again in a file written by hand, the last one changed so that it cannot be cleaned.
+      const again = parsed.rows.map(({ values }, i) => (i === rows - 1 ? { ...values, Sales: "lots" } : values));
+      writeFileSync(join(watched, "sent-again.csv"), stringify(again, { header: true, columns: parsed.columns }));
+      await loader.waitForOutput(new RegExp(`\\[load\\] 1 file: inserted=0 duplicates=${rows - 1} rejected=1 \\(orders total ${rows}\\)\n`));
+      loader.child.kill("SIGTERM");
+      const { code, stderr } = await loader.finish();
+      expect(code).toBe(0);
+      // The summary's rate counts the time spent on the two files, not the seconds of waiting for them.
+      const [, seconds, rate] = stderr.match(new RegExp(`done: files=2 rows=${2 * rows} .* in (\\d+\\.\\d)s \\((\\d+(?:\\.\\d)?)/s while loading files\\)`)) ?? [];
+      expect(Number(rate)).toBeGreaterThan((2 * 2 * rows) / Number(seconds));
+    } finally {
+      loader.child.kill("SIGKILL");
       await db.drop();
     }
   });

@@ -15,7 +15,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { isAbsolute, join, relative, resolve } from "node:path";
 import { parseEnv } from "node:util";
-import { addSecret, isLevel, type Level } from "./log.ts";
+import { addSecret, isLevel, isProgressMode, type Level, type ProgressMode } from "./log.ts";
 
 /** The repository: this file is scripts/lib/config.ts in it. */
 export const REPO_ROOT = resolve(import.meta.dir, "..", "..");
@@ -99,6 +99,8 @@ export interface Config {
   /** messages per second; Infinity for "max" */
   readonly producerRate: number;
   readonly logLevel: Level;
+  /** LOG_PROGRESS: "lines" where several processes share a terminal (make stream), else "auto" */
+  readonly logProgress: ProgressMode;
   readonly stackMode: StackMode;
   /** CONFIRM=1: destructive commands do not ask */
   readonly confirm: boolean;
@@ -139,6 +141,7 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   BATCH_MAX_SECONDS: "10 (a batch file is written at BATCH_SIZE records or once its first record has waited this long)",
   PRODUCER_RATE: '1 (messages per second, or "max")',
   LOG_LEVEL: "info (error | warn | info | debug)",
+  LOG_PROGRESS: "auto (progress redrawn in place on a terminal; lines: a whole line every 10 s, for a terminal processes share, as in make stream)",
   STACK_MODE: "auto (docker when Docker runs containers, else local)",
   CONFIRM: "unset (1: do not ask before deleting data)",
   DASHBOARD_PORT: "8050",
@@ -456,6 +459,8 @@ export function envLogLevel(env: Env = process.env): Level {
 export function readConfig(env: Env = process.env): Config {
   const logLevel = text(env, "LOG_LEVEL", "info").toLowerCase();
   if (!isLevel(logLevel)) throw new Error(`LOG_LEVEL must be error, warn, info or debug, got "${logLevel}"`);
+  const logProgress = text(env, "LOG_PROGRESS", "auto").toLowerCase();
+  if (!isProgressMode(logProgress)) throw new Error(`LOG_PROGRESS must be auto or lines, got "${logProgress}"`);
   const biReaderPassword = env.BI_READER_PASSWORD || undefined;
   if (biReaderPassword) addSecret(biReaderPassword);
   // First of the Kafka checks: the password is registered with the logger before any of them can fail.
@@ -478,6 +483,7 @@ export function readConfig(env: Env = process.env): Config {
     batchMaxSeconds: parsePositiveNumber(text(env, "BATCH_MAX_SECONDS", "10"), "BATCH_MAX_SECONDS"),
     producerRate: parseRate(text(env, "PRODUCER_RATE", "1"), "PRODUCER_RATE"),
     logLevel,
+    logProgress,
     stackMode: parseStackMode(text(env, "STACK_MODE", "auto"), "STACK_MODE"),
     confirm: text(env, "CONFIRM", "") === "1",
     dashboardPort: parsePort(text(env, "DASHBOARD_PORT", "8050"), "DASHBOARD_PORT"),

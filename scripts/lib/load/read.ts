@@ -13,7 +13,7 @@
 import { join } from "node:path";
 import { EXTRA_COLUMN, GAP_COLUMNS, META_COLUMNS, parseBatchFileName, parseGapFileName, sha256, type GapKind, type LostRange } from "../batch.ts";
 import { byColumn, parseCsv } from "../csv.ts";
-import { cleanRow, FIELDS, mapHeader, normalizeHeader, storable, type CleanValue, type HeaderMap } from "../record.ts";
+import { cleanRow, FIELDS, mapHeader, normalizeHeader, storable, type CleanResult, type CleanRow, type CleanValue, type HeaderMap } from "../record.ts";
 
 /** Source columns the schema does not know, kept in orders.extra (jsonb). */
 export type Extra = Record<string, string>;
@@ -257,6 +257,9 @@ function provenance(values: Readonly<Record<string, string>>, fields: Record<str
   };
 }
 type Transformed = { candidates: Candidate[]; rejected: RejectedRow[]; duplicates: number };
+type Provenance = ReturnType<typeof provenance>;
+/** A rejection's own fields, beside where its row came from. */
+type Rejection = Omit<RejectedRow, keyof Provenance>;
 
 /**
  * Extract + transform for one parsed batch file: each record becomes an order candidate, a rejected row or an
@@ -266,6 +269,24 @@ export function transform(parsed: { columns: readonly string[]; rows: readonly P
   const transformer = createTransformer(parsed.columns, batchFile);
   for (const row of parsed.rows) transformer.add(row);
   return transformer.result();
+}
+
+/** What a transformer has taken of one file so far. */
+interface FileSeen {
+  /** the first candidate of each identity */
+  readonly candidates: Map<string, Candidate>;
+  /** each rejected line with its content */
+  readonly rejectedLines: Set<string>;
+  /** candidates and rejected rows in the order of the file */
+  readonly sequence: (Candidate | RejectedRow)[];
+  /** records that repeat an earlier record of the file */
+  duplicates: number;
+}
+
+/** A header and the columns of one field spelled more than one way: the file's, or a row's own. */
+interface RowLayout {
+  readonly header: HeaderMap;
+  readonly spellings: Spelling[];
 }
 
 /** transform, one record at a time, so a caller can give the event loop a turn between records. */
@@ -281,82 +302,101 @@ function createTransformer(
   } catch (error) {
     throw new BadBatchFileError((error as Error).message);
   }
-  const candidates = new Map<string, Candidate>();
-  const rejectedLines = new Set<string>();
-  const sequence: (Candidate | RejectedRow)[] = [];
-  let duplicates = 0;
+  const seen: FileSeen = { candidates: new Map(), rejectedLines: new Set(), sequence: [], duplicates: 0 };
   const add = ({ line, values }: ParsedRow): void => {
     const fields = sourceFields(values, sourceColumns);
     const extraProblem = values._extra ? addExtra(fields, values._extra) : undefined;
     const base = provenance(values, fields, line, batchFile);
-    const { source_file: sourceFile, source_line: sourceLine, kafka_partition: partition, kafka_offset: offset } = base;
-    const reject = (row: Omit<RejectedRow, keyof typeof base>) => {
-      // The same line delivered twice in one file (a re-sent batch) is one rejection and one duplicate; another
-      // version of it is a rejection of its own (the later one is kept, as from a later file).
-      const at = `${identity(sourceFile, `line ${sourceLine}`)}\u0000${JSON.stringify([row.fields, row.raw_text])}`;
-      if (rejectedLines.has(at)) duplicates++;
-      else {
-        rejectedLines.add(at);
-        sequence.push({ ...base, ...row });
-      }
-    };
-    if (values._error) {
-      const raw = values._raw ?? null;
-      reject({
-        source_row_id: null,
-        reason: `line could not be split into fields: ${values._error}`,
-        fields: null,
-        raw_text: raw === null ? null : storable(raw),
-      });
-      return;
-    }
-    // A row with fields in _extra has a header of its own; the others share the file's.
-    const own = values._extra && extraProblem === undefined ? rowHeader(Object.keys(fields)) : { header, spellings };
-    const { merged, problem } = own.spellings.length === 0 ? { merged: fields, problem: undefined } : mergeSpellings(fields, own.spellings);
-    const clean = (extraProblem ?? problem) === undefined ? cleanRow(merged, own.header) : { ok: false as const, reason: (extraProblem ?? problem)! };
+    if (values._error) return addRejection(seen, base, unsplittable(values));
+    const { clean, merged, layout } = cleanFields(fields, values, extraProblem, { header, spellings });
     if (!clean.ok) {
-      const id = own.header.rowId === undefined ? null : int(merged[own.header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
-      reject({ source_row_id: id, reason: clean.reason, fields: storableFields(fields), raw_text: null });
-      return;
+      const id = layout.header.rowId === undefined ? null : int(merged[layout.header.rowId]?.trim(), Number.MAX_SAFE_INTEGER);
+      return addRejection(seen, base, { source_row_id: id, reason: clean.reason, fields: storableFields(fields), raw_text: null });
     }
-    const { values: cleaned, extra, warnings } = clean.row;
-    const row = {
-      ...cleaned,
-      // objects, not JSON text: postgres.js and copyValue serialize them
-      extra,
-      warnings,
-      row_hash: rowHash(cleaned, extra),
-      source_file: sourceFile,
-      source_row_id: clean.row.rowId ?? sourceLine,
-      source_line: sourceLine,
-      kafka_topic: base.kafka_topic,
-      kafka_partition: partition,
-      kafka_offset: offset,
-      batch_file: batchFile,
-    } as OrderRow;
-    const key = identity(sourceFile, row.source_row_id as number);
-    const twin = candidates.get(key);
-    if (twin === undefined) {
-      const candidate = { row, key, lines: base.source_lines, fields };
-      candidates.set(key, candidate);
-      sequence.push(candidate);
-    }
-    else if (twin.row.row_hash === row.row_hash) duplicates++;
-    else {
-      reject({
-        source_row_id: row.source_row_id as number,
-        reason: `Row ID ${row.source_row_id} repeats line ${twin.row.source_line} of ${sourceFile} with other values`,
-        fields: storableFields(fields),
-        raw_text: null,
-      });
-    }
+    addCandidate(seen, orderRow(clean.row, base), base, fields);
   };
   const result = (): Transformed => ({
-    candidates: [...candidates.values()],
-    rejected: sequence.filter((item): item is RejectedRow => !("key" in item)),
-    duplicates,
+    candidates: [...seen.candidates.values()],
+    rejected: seen.sequence.filter((item): item is RejectedRow => !("key" in item)),
+    duplicates: seen.duplicates,
   });
-  return { add, result, sequence };
+  return { add, result, sequence: seen.sequence };
+}
+
+/** The rejection of a line the producer could not split into fields: its raw text, no fields. */
+function unsplittable(values: Readonly<Record<string, string>>): Rejection {
+  const raw = values._raw ?? null;
+  return {
+    source_row_id: null,
+    reason: `line could not be split into fields: ${values._error}`,
+    fields: null,
+    raw_text: raw === null ? null : storable(raw),
+  };
+}
+
+/**
+ * A record's fields cleaned. A row with fields in _extra has a header of its own; the others share the file's.
+ * A field spelled more than one way is merged first; a problem with _extra or the spellings rejects the row.
+ */
+function cleanFields(fields: Record<string, string>, values: Readonly<Record<string, string>>, extraProblem: string | undefined, file: RowLayout) {
+  const layout: RowLayout = values._extra && extraProblem === undefined ? rowHeader(Object.keys(fields)) : file;
+  const { merged, problem } = layout.spellings.length === 0 ? { merged: fields, problem: undefined } : mergeSpellings(fields, layout.spellings);
+  const clean: CleanResult = (extraProblem ?? problem) === undefined ? cleanRow(merged, layout.header) : { ok: false as const, reason: (extraProblem ?? problem)! };
+  return { clean, merged, layout };
+}
+
+/** The orders row of a cleaned record: its values, its identity and fingerprint, and where it came from. */
+function orderRow(clean: CleanRow, base: Provenance): OrderRow {
+  const { values: cleaned, extra, warnings } = clean;
+  return {
+    ...cleaned,
+    // objects, not JSON text: postgres.js and copyValue serialize them
+    extra,
+    warnings,
+    row_hash: rowHash(cleaned, extra),
+    source_file: base.source_file,
+    source_row_id: clean.rowId ?? base.source_line,
+    source_line: base.source_line,
+    kafka_topic: base.kafka_topic,
+    kafka_partition: base.kafka_partition,
+    kafka_offset: base.kafka_offset,
+    batch_file: base.batch_file,
+  } as OrderRow;
+}
+
+/**
+ * Records a rejection. The same line delivered twice in one file (a re-sent batch) is one rejection and one
+ * duplicate; another version of it is a rejection of its own (the later one is kept, as from a later file).
+ */
+function addRejection(seen: FileSeen, base: Provenance, row: Rejection): void {
+  const at = `${identity(base.source_file, `line ${base.source_line}`)}\u0000${JSON.stringify([row.fields, row.raw_text])}`;
+  if (seen.rejectedLines.has(at)) seen.duplicates++;
+  else {
+    seen.rejectedLines.add(at);
+    seen.sequence.push({ ...base, ...row });
+  }
+}
+
+/**
+ * Takes a cleaned record as a candidate, unless an earlier record of the file has its identity: then it is a
+ * duplicate when its values are the same too, and a rejection when they differ (the earlier one stays).
+ */
+function addCandidate(seen: FileSeen, row: OrderRow, base: Provenance, fields: Record<string, string>): void {
+  const key = identity(base.source_file, row.source_row_id as number);
+  const twin = seen.candidates.get(key);
+  if (twin === undefined) {
+    const candidate = { row, key, lines: base.source_lines, fields };
+    seen.candidates.set(key, candidate);
+    seen.sequence.push(candidate);
+  } else if (twin.row.row_hash === row.row_hash) seen.duplicates++;
+  else {
+    addRejection(seen, base, {
+      source_row_id: row.source_row_id as number,
+      reason: `Row ID ${row.source_row_id} repeats line ${twin.row.source_line} of ${base.source_file} with other values`,
+      fields: storableFields(fields),
+      raw_text: null,
+    });
+  }
 }
 
 /** Records transformed between two turns of the event loop while a file is prepared. */
