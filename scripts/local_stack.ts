@@ -23,7 +23,7 @@ import { fail, parseCommandLine, UsageError } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseStackMode, readConfig, type Config, type StackMode } from "./lib/config.ts";
 import { describeDatabase, maintenance } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
-import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, type ComposeFacts } from "./lib/stack/compose.ts";
+import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, requireCompose, type ComposeFacts } from "./lib/stack/compose.ts";
 import { kafkaAnswers } from "./lib/kafka.ts";
 import { startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
@@ -41,12 +41,17 @@ const command = {
   notes: "Run by: make up (KAFKA_NODES=3 for a three-node cluster), make down, make destroy, make status",
 } as const;
 
-function chooseMode(wanted: StackMode, log: Logger): Mode {
+/** The mode to run in; Docker mode asked for by name (`who`: "STACK_MODE=docker") needs compose, checked here. */
+function chooseMode(wanted: StackMode, who: string, log: Logger): Mode {
+  if (wanted === "docker") requireCompose(who);
   if (wanted !== "auto") return wanted;
   if (dockerRuns()) return "docker";
   log.info("Docker cannot run containers here: local mode (Kafka from Maven Central, local PostgreSQL)");
   return "local";
 }
+
+/** Who asks for compose when make up started the stack in Docker mode (down and destroy follow that mode). */
+const STARTED_IN_DOCKER = "the stack make up started (Docker mode, .local/stack.json)";
 
 const postgresUp = async (config: Config) => (await postgresAnswers(config.database)) !== undefined;
 
@@ -107,7 +112,7 @@ async function down(log: Logger): Promise<State | undefined> {
     log.info("nothing to stop (make up did not start anything here)");
     return undefined;
   }
-  if (state.mode === "docker") compose(["down"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state.kafkaNodes ?? 1));
+  if (state.mode === "docker") compose(["down"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state.kafkaNodes ?? 1), STARTED_IN_DOCKER);
   else {
     // All nodes of a cluster at once: one after the other, the last would wait for a quorum that has left.
     await Promise.all((state.kafka?.nodes ?? []).map((node) => stopPid(node.pid, `Kafka ${state.kafka!.version} node ${node.id}`, log)));
@@ -149,7 +154,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
     throw new UsageError('not confirmed; nothing deleted (answer "yes", or run with CONFIRM=1)');
   }
   if (effective === "docker") {
-    if (!compose(["down", "-v"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state?.kafkaNodes ?? 1))) throw new Error("docker compose could not remove the volumes (see above)");
+    if (!compose(["down", "-v"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state?.kafkaNodes ?? 1), STARTED_IN_DOCKER)) throw new Error("docker compose could not remove the volumes (see above)");
     writeState(undefined);
   } else {
     // The database goes while PostgreSQL still runs; Kafka's folder once the broker has stopped.
@@ -196,7 +201,8 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger("stack", config.logLevel);
   const wanted = parsed.flags.mode === undefined ? config.stackMode : parseStackMode(parsed.flags.mode, "--mode");
-  const mode = () => chooseMode(wanted, log);
+  const who = parsed.flags.mode === undefined ? `STACK_MODE=${wanted}` : `--mode ${wanted}`;
+  const mode = () => chooseMode(wanted, who, log);
   if (verb === "up") await up(config, mode(), log);
   else if (verb === "down") await down(log);
   else if (verb === "destroy") await destroy(config, mode(), log);
