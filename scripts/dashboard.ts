@@ -22,9 +22,19 @@
 
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config } from "./lib/config.ts";
-import { connect, describeDatabase, isConnectionError, type Sql } from "./lib/db.ts";
-import { databaseHealth, filesHealth, kafkaHealth, loadedSince, type DatabaseHealth, type FilesHealth, type KafkaHealth, type Part } from "./lib/health.ts";
+import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
+import { connect, describeDatabase, describeDatabaseFailure, isConnectionError, type Sql } from "./lib/db.ts";
+import {
+  databaseFailure,
+  databaseHealth,
+  filesHealth,
+  kafkaHealth,
+  loadedSince,
+  type DatabaseHealth,
+  type FilesHealth,
+  type KafkaHealth,
+  type Part,
+} from "./lib/health.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { retryWhile, sleep } from "./lib/retry.ts";
@@ -74,7 +84,7 @@ export interface Snapshot {
 }
 
 /** One consistent read of the views: KPIs, the four charts, and the pipeline's row counts. */
-async function gather(sql: Sql): Promise<{ business: Business; health: Part<DatabaseHealth> }> {
+async function gather(sql: Sql, target: DatabaseTarget): Promise<{ business: Business; health: Part<DatabaseHealth> }> {
   return (await sql.begin("isolation level repeatable read read only", async (tx) => {
     const [kpis] = await tx<Business["kpis"][]>`
       select count(distinct order_id)::text as orders, count(*)::text as lines,
@@ -96,7 +106,7 @@ async function gather(sql: Sql): Promise<{ business: Business; health: Part<Data
     const regions = await tx<Business["regions"]>`
       select region, sum(sales)::text as sales, sum(profit)::text as profit from v_region_sales group by region order by region
     `;
-    const health = await databaseHealth(tx);
+    const health = await databaseHealth(tx, target);
     return { business: { kpis: kpis!, monthly: [...monthly], products: [...products], segments: [...segments], regions: [...regions] }, health };
   })) as { business: Business; health: Part<DatabaseHealth> };
 }
@@ -238,14 +248,15 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
         if (signal.aborted) return;
         lastGather = performance.now();
         try {
-          const { business, health } = await gather(sql);
+          const { business, health } = await gather(sql, config.database);
           const since = await loadedSince(sql, loadedUpTo);
           for (const name of since.names) loaded.add(name);
           loadedUpTo = since.latest;
           snapshot = { ...snapshot, at: new Date().toISOString(), gathered: snapshot.gathered + 1, business, health: { ...snapshot.health, postgres: { ...health, where } } };
         } catch (error) {
-          log.warn(`cannot read PostgreSQL at ${where} (${(error as Error).message})`);
-          snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ok: false, error: (error as Error).message, where } } };
+          const failure = databaseFailure(error, config.database);
+          log.warn(failure.problem ? failure.error : `cannot read PostgreSQL at ${where} (${failure.error})`);
+          snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ...failure, where } } };
         }
         broadcast();
       } while (again);
@@ -253,10 +264,10 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     return running;
   };
 
-  /** PostgreSQL went away: the page says so and keeps the last numbers, marked as such. */
-  const postgresDown = (error: string) => {
-    if (!snapshot.health.postgres.ok && snapshot.health.postgres.error === error) return;
-    snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ok: false, error, where } } };
+  /** PostgreSQL went away, or cannot be used: the page says why and keeps the last numbers, marked as such. */
+  const postgresDown = (failure: Part<never>) => {
+    if (!snapshot.health.postgres.ok && snapshot.health.postgres.error === failure.error) return;
+    snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ...failure, where } } };
     broadcast();
   };
 
@@ -308,8 +319,8 @@ function listenForLoads(config: Config, hub: ReturnType<typeof createHub>, log: 
       backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
       signal,
       onRetry: (error, _n, delay) => {
-        hub.postgresDown((error as Error).message);
-        log.warn(`waiting for PostgreSQL (${(error as Error).message}); listening again in ${(delay / 1000).toFixed(1)}s`);
+        hub.postgresDown(databaseFailure(error, config.database));
+        log.warn(`waiting for PostgreSQL (${describeDatabaseFailure(error, config.database)}); listening again in ${(delay / 1000).toFixed(1)}s`);
       },
     })
       .then(() => hub.refreshDatabase())
@@ -326,7 +337,7 @@ function listenForLoads(config: Config, hub: ReturnType<typeof createHub>, log: 
     },
     onclose: () => {
       if (signal.aborted) return;
-      hub.postgresDown("the connection to PostgreSQL closed");
+      hub.postgresDown({ ok: false, error: "the connection to PostgreSQL closed" });
       subscribe();
     },
   });

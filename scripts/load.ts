@@ -29,14 +29,23 @@ import { join } from "node:path";
 import { parseBatchFileName, parseGapFileName, sha256 } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
-import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
+import {
+  DatabaseAccessError,
+  describeDatabase,
+  explainDatabaseFailure,
+  isConnectionError,
+  isDataError,
+  isRetryable,
+  openDatabase,
+  type Database,
+} from "./lib/db.ts";
 import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
 import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, formatRate, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
-import { retryWhile } from "./lib/retry.ts";
+import { GaveUpError, retryWhile } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
 const command = {
@@ -258,9 +267,10 @@ function createLoader({ db, dir, database, where, watch, log, shutdown }: Loader
       onRecovered: () => log.info(`PostgreSQL at ${where} answers again; ${what}`),
     }).catch((error: Error) => {
       if (shutdown.requested) return undefined;
-      throw isConnectionError(error.cause ?? error)
-        ? new Error(`cannot reach PostgreSQL at ${where}: ${error.message} (is it up? make up)`)
-        : error;
+      const gaveUp = error instanceof GaveUpError;
+      const explained = explainDatabaseFailure(gaveUp ? error.cause : error, db.target);
+      if (!explained) throw error;
+      throw gaveUp ? new DatabaseAccessError(explained.problem, `${explained.message} (waited ${ONE_SHOT_PATIENCE_MS / 1000} s)`) : explained;
     });
 
   /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */

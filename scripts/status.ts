@@ -109,8 +109,10 @@ async function main(): Promise<void> {
     const { names } = await loadedSince(sql, undefined).catch(() => ({ names: [] as string[] }));
     const files = await filesHealth(config.batchesDir, new Set(names));
     lines.push(`batches:    ${files.total} files in ${files.dir}/, ${files.pending} not loaded yet, ${files.failed} set aside in failed/`);
-    const db = await databaseHealth(sql);
-    lines.push(`postgresql: ${describeDatabase(config.database)}${db.ok ? "" : `: ${db.error} (make up; make migrate)`}`);
+    const db = await databaseHealth(sql, config.database);
+    // The server down, the database missing or the login refused carry their own fix; anything else is most
+    // likely a database without the pipeline's tables.
+    lines.push(`postgresql: ${describeDatabase(config.database)}${db.ok ? "" : `: ${db.error}${db.problem ? "" : " (make migrate)"}`}`);
     if (db.ok) {
       const [t] = await sql<{ users: string; products: string; sales: string | null }[]>`
         select (select count(*) from users) as users, (select count(*) from products) as products,
