@@ -35,6 +35,7 @@ import {
   type KafkaHealth,
   type Part,
 } from "./lib/health.ts";
+import { checkKafkaAccess } from "./lib/kafka_errors.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { backoffDelay, retryWhile, sleep, type Backoff } from "./lib/retry.ts";
@@ -377,6 +378,9 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger("dashboard", config.logLevel);
   const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
+  // Kafka that refuses us, or an address where something else answers, needs a setting changed: say so and stop.
+  // A broker that is away is shown on the page and looked at again every two seconds.
+  await checkKafkaAccess(config);
   const sql = connect(config.database, log, { max: 2 });
   const shutdown = createShutdown(log);
   const hub = createHub(config, sql, log, shutdown.signal);

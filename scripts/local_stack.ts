@@ -25,7 +25,7 @@ import { describeDatabase, maintenance } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, requireCompose, type ComposeFacts } from "./lib/stack/compose.ts";
 import { kafkaAnswers } from "./lib/kafka.ts";
-import { startLocalKafka } from "./lib/stack/kafka.ts";
+import { checkBrokerPorts, startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
 import { pidAlive, stopPid, waitForService } from "./lib/stack/process.ts";
 import { readState, STATE_DIR, writeState, type Mode, type State } from "./lib/stack/state.ts";
@@ -56,6 +56,7 @@ const STARTED_IN_DOCKER = "the stack make up started (Docker mode, .local/stack.
 const postgresUp = async (config: Config) => (await postgresAnswers(config.database)) !== undefined;
 
 async function up(config: Config, mode: Mode, log: Logger): Promise<void> {
+  await checkBrokerPorts(config);
   const facts = readCompose(readFileSync(COMPOSE_FILE, "utf8"), config.kafkaNodes);
   const state: State = readState() ?? { mode, kafkaNodes: config.kafkaNodes };
   if (state.mode !== mode) throw new Error(`the stack is already up in ${state.mode} mode: run "make down" first`);

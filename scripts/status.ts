@@ -104,6 +104,7 @@ async function main(): Promise<void> {
     }`,
     ...(topology.ok ? describeTopology(topology) : []),
   ];
+  if (!kafka.ok) process.exitCode = 1;
   const sql = connect(config.database, createLogger("status", "silent"), { max: 1 });
   try {
     const { names } = await loadedSince(sql, undefined).catch(() => ({ names: [] as string[] }));
