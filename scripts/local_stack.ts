@@ -8,7 +8,7 @@
 //   down     stops exactly what `up` started (recorded in .local/stack.json); keeps all data.
 //   destroy  down, then deletes the data: Kafka's log folder (or the compose volumes) and the database.
 //            Asks first unless CONFIRM=1.
-//   status   what runs, and where.
+//   status   what runs, and where (make status shows it with the pipeline's health: scripts/status.ts --stack).
 //
 //   make up | make down | make destroy | make status
 //
@@ -25,6 +25,7 @@ import { describeDatabase, maintenance } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, requireCompose, type ComposeFacts } from "./lib/stack/compose.ts";
 import { kafkaAnswers } from "./lib/kafka.ts";
+import { describeStack } from "./lib/stack/describe.ts";
 import { checkBrokerPorts, startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
 import { pidAlive, stopPid, waitForService } from "./lib/stack/process.ts";
@@ -176,18 +177,14 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
   log.info("deleted; make up starts from empty");
 }
 
+/** The stack alone (make status adds the pipeline: scripts/status.ts --stack). */
 async function status(config: Config): Promise<void> {
-  const state = readState();
-  const kafka = await kafkaAnswers(config);
-  const pg = await postgresAnswers(config.database);
+  const [stack, kafka] = await Promise.all([describeStack(config), kafkaAnswers(config)]);
   const out = [
-    `mode:       ${state ? `${state.mode} (started by make up)` : "nothing started by make up"}`,
-    `kafka:      ${config.kafkaBrokers.join(",")} ${kafka ? "answers" : "DOES NOT ANSWER"}` +
-      (state?.kafka ? ` (local ${state.kafka.version}, ${state.kafka.nodes.length} node${state.kafka.nodes.length === 1 ? "" : "s"})` : ""),
-    ...(state?.kafka?.nodes ?? []).map(
-      (n) => `  node ${n.id} 127.0.0.1:${n.port} pid ${n.pid} ${pidAlive(n.pid) ? "running" : "NOT RUNNING (make up starts it again)"}`,
-    ),
-    `postgresql: ${describeDatabase(config.database)} ${pg ? `answers (${pg})` : "DOES NOT ANSWER"}`,
+    `mode:       ${stack.mode}`,
+    `kafka:      ${config.kafkaBrokers.join(",")} ${kafka ? "answers" : "DOES NOT ANSWER"}${stack.kafka ? ` (${stack.kafka})` : ""}`,
+    ...stack.nodes,
+    `postgresql: ${describeDatabase(config.database)} ${stack.postgres ? `answers (${stack.postgres})` : "DOES NOT ANSWER"}`,
   ];
   process.stdout.write(`${out.join("\n")}\n`);
 }
