@@ -5,10 +5,9 @@
 // its work, so a refusal stops it at once with the setting to fix.
 
 import { connect as netConnect, isIP } from "node:net";
-import { connect as tlsConnect } from "node:tls";
+import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import type { Admin, Kafka } from "kafkajs";
 import type { Config } from "./config.ts";
-import type { ConnectionOptions } from "node:tls";
 import { createKafka, describeBrokers, kafkaAnswers, kafkaSecurity } from "./kafka.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { GaveUpError, retryWhile } from "./retry.ts";
