@@ -91,8 +91,7 @@ destroy: install ## Stop and DELETE all data (topics, offsets, database); asks f
 
 .PHONY: status
 status: install ## What runs, consumer lag, batch files waiting, rows in PostgreSQL
-	@$(BUN) scripts/local_stack.ts status
-	@$(BUN) scripts/status.ts
+	@$(BUN) scripts/status.ts --stack
 
 ##@ Pipeline, step by step
 

@@ -22,12 +22,23 @@
 
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config } from "./lib/config.ts";
-import { connect, describeDatabase, isConnectionError, type Sql } from "./lib/db.ts";
-import { databaseHealth, filesHealth, kafkaHealth, loadedSince, type DatabaseHealth, type FilesHealth, type KafkaHealth, type Part } from "./lib/health.ts";
+import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
+import { connect, describeDatabase, describeDatabaseFailure, type Sql } from "./lib/db.ts";
+import {
+  databaseFailure,
+  databaseHealth,
+  filesHealth,
+  kafkaHealth,
+  loadedSince,
+  type DatabaseHealth,
+  type FilesHealth,
+  type KafkaHealth,
+  type Part,
+} from "./lib/health.ts";
+import { checkKafkaAccess } from "./lib/kafka_errors.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
-import { retryWhile, sleep } from "./lib/retry.ts";
+import { backoffDelay, retryWhile, sleep, type Backoff } from "./lib/retry.ts";
 import { createShutdown } from "./lib/shutdown.ts";
 
 const command = {
@@ -46,6 +57,8 @@ const ECHARTS = join(import.meta.dir, "..", "node_modules", "echarts", "dist", "
 const PIPELINE_EVERY_MS = 2000;
 /** The views are read at most once per this long, however many notifications arrive. */
 export const MIN_GATHER_MS = 1000;
+/** While PostgreSQL cannot be read or listened to, attempts (and the line each logs) come this far apart, doubling. */
+const DATABASE_BACKOFF: Backoff = { initialMs: 500, maxMs: 10_000, jitter: 0.2 };
 /** Open event streams at most; more are refused (503) until some close. */
 export const MAX_PAGES = 200;
 /** A page that has not taken a message for this long while one waits for it is dropped (the browser reconnects). */
@@ -76,7 +89,7 @@ export interface Snapshot {
 }
 
 /** One consistent read of the views: KPIs, the four charts, and the pipeline's row counts. */
-async function gather(sql: Sql): Promise<{ business: Business; health: Part<DatabaseHealth> }> {
+async function gather(sql: Sql, target: DatabaseTarget): Promise<{ business: Business; health: Part<DatabaseHealth> }> {
   return (await sql.begin("isolation level repeatable read read only", async (tx) => {
     const [kpis] = await tx<Business["kpis"][]>`
       select count(distinct order_id)::text as orders, count(*)::text as lines,
@@ -98,7 +111,7 @@ async function gather(sql: Sql): Promise<{ business: Business; health: Part<Data
     const regions = await tx<Business["regions"]>`
       select region, sum(sales)::text as sales, sum(profit)::text as profit from v_region_sales group by region order by region
     `;
-    const health = await databaseHealth(tx);
+    const health = await databaseHealth(tx, target);
     return { business: { kpis: kpis!, monthly: [...monthly], products: [...products], segments: [...segments], regions: [...regions] }, health };
   })) as { business: Business; health: Part<DatabaseHealth> };
 }
@@ -224,11 +237,13 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
   const broadcast = () => pages.send(encoder.encode(`data: ${JSON.stringify(snapshot)}\n\n`));
 
   // Database refreshes never overlap and never pile up: a change during a refresh asks for one more after it, and
-  // each starts at least MIN_GATHER_MS after the one before. A notification is a hint to read the views again,
-  // never data (its payload is not read): any role may send NOTIFY sales_loaded, as often as it likes.
+  // each starts at least MIN_GATHER_MS after the one before, longer (DATABASE_BACKOFF) after each failed one in a
+  // row. A notification is a hint to read the views again, never data (its payload is not read): any role may
+  // send NOTIFY sales_loaded, as often as it likes.
   let running: Promise<void> | undefined;
   let again = false;
   let lastGather = -Infinity;
+  let failures = 0;
   const refreshDatabase = (): Promise<void> => {
     if (running) {
       again = true;
@@ -237,18 +252,22 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     running = (async () => {
       do {
         again = false;
-        await sleep(lastGather + MIN_GATHER_MS - performance.now(), signal);
+        const pause = failures === 0 ? MIN_GATHER_MS : Math.max(MIN_GATHER_MS, backoffDelay(failures, DATABASE_BACKOFF));
+        await sleep(lastGather + pause - performance.now(), signal);
         if (signal.aborted) return;
         lastGather = performance.now();
         try {
-          const { business, health } = await gather(sql);
+          const { business, health } = await gather(sql, config.database);
           const since = await loadedSince(sql, loadedUpTo);
           for (const name of since.names) loaded.add(name);
           loadedUpTo = since.latest;
           snapshot = { ...snapshot, at: new Date().toISOString(), gathered: snapshot.gathered + 1, business, health: { ...snapshot.health, postgres: { ...health, where } } };
+          failures = 0;
         } catch (error) {
-          log.warn(`cannot read PostgreSQL at ${where} (${(error as Error).message})`);
-          snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ok: false, error: (error as Error).message, where } } };
+          failures++;
+          const failure = databaseFailure(error, config.database);
+          log.warn(failure.problem ? failure.error : `cannot read PostgreSQL at ${where} (${failure.error})`);
+          snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ...failure, where } } };
         }
         broadcast();
       } while (again);
@@ -256,10 +275,10 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     return running;
   };
 
-  /** PostgreSQL went away: the page says so and keeps the last numbers, marked as such. */
-  const postgresDown = (error: string) => {
-    if (!snapshot.health.postgres.ok && snapshot.health.postgres.error === error) return;
-    snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ok: false, error, where } } };
+  /** PostgreSQL went away, or cannot be used: the page says why and keeps the last numbers, marked as such. */
+  const postgresDown = (failure: Part<never>) => {
+    if (!snapshot.health.postgres.ok && snapshot.health.postgres.error === failure.error) return;
+    snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ...failure, where } } };
     broadcast();
   };
 
@@ -299,27 +318,30 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
 /**
  * LISTENs for the loader's commits on a connection of its own, and keeps listening: when that connection
  * closes (PostgreSQL restarted, the session was cut), the page is told PostgreSQL is away, and LISTEN is
- * issued again with backoff until the server answers; each (re)subscription reads the views afresh, since
- * commits made meanwhile were not announced to anyone.
+ * issued again with backoff until it succeeds, whatever the failure: the server down, the database not
+ * created yet (make migrate), the login refused. Each attempt logs one line. Each (re)subscription reads the
+ * views afresh, since commits made meanwhile were not announced to anyone.
  */
 function listenForLoads(config: Config, hub: ReturnType<typeof createHub>, log: Logger, signal: AbortSignal): { close(): Promise<void> } {
   let subscribing = false;
-  const subscribe = () => {
+  const subscribe = async () => {
     if (subscribing || signal.aborted) return;
     subscribing = true;
-    retryWhile(isConnectionError, () => listener.unsafe(`listen "${LOADED_CHANNEL}"`), {
-      backoff: { initialMs: 500, maxMs: 10_000, jitter: 0.2 },
-      signal,
-      onRetry: (error, _n, delay) => {
-        hub.postgresDown((error as Error).message);
-        log.warn(`waiting for PostgreSQL (${(error as Error).message}); listening again in ${(delay / 1000).toFixed(1)}s`);
-      },
-    })
-      .then(() => hub.refreshDatabase())
-      .catch((error: Error) => {
-        if (!signal.aborted) log.error(`cannot listen for loads: ${error.message}`);
-      })
-      .finally(() => (subscribing = false));
+    try {
+      await retryWhile(() => true, () => listener.unsafe(`listen "${LOADED_CHANNEL}"`), {
+        backoff: DATABASE_BACKOFF,
+        signal,
+        onRetry: (error, _n, delay) => {
+          hub.postgresDown(databaseFailure(error, config.database));
+          log.warn(`waiting for PostgreSQL (${describeDatabaseFailure(error, config.database)}); listening again in ${(delay / 1000).toFixed(1)}s`);
+        },
+      });
+    } catch {
+      return; // only a stop request ends the attempts
+    } finally {
+      subscribing = false;
+    }
+    await hub.refreshDatabase();
   };
   const listener = connect(config.database, log, {
     max: 1,
@@ -328,12 +350,13 @@ function listenForLoads(config: Config, hub: ReturnType<typeof createHub>, log: 
       if (channel === LOADED_CHANNEL) void hub.refreshDatabase();
     },
     onclose: () => {
-      if (signal.aborted) return;
-      hub.postgresDown("the connection to PostgreSQL closed");
-      subscribe();
+      // A connection of a failed attempt: the attempts' own backoff and message go on.
+      if (signal.aborted || subscribing) return;
+      hub.postgresDown({ ok: false, error: "the connection to PostgreSQL closed" });
+      void subscribe();
     },
   });
-  subscribe();
+  void subscribe();
   return { close: () => listener.end({ timeout: 1 }) };
 }
 
@@ -358,6 +381,9 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger("dashboard", config.logLevel);
   const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
+  // Kafka that refuses us, or an address where something else answers, needs a setting changed: say so and stop.
+  // A broker that is away is shown on the page and looked at again every two seconds.
+  await checkKafkaAccess(config);
   const sql = connect(config.database, log, { max: 2 });
   const shutdown = createShutdown(log);
   const hub = createHub(config, sql, log, shutdown.signal);

@@ -14,7 +14,7 @@ import { join, resolve } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
 import { projectPath, readConfig } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
-import { connect, describeDatabase, type TransactionSql } from "./lib/db.ts";
+import { connect, describeDatabase, explainDatabaseFailure, type TransactionSql } from "./lib/db.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
 
 const command = {
@@ -94,11 +94,15 @@ async function main(): Promise<void> {
   const sql = connect(config.database, log, { max: 1 });
   try {
     // One snapshot for every file: the totals of all exports agree, whatever the loader commits meanwhile.
-    const counts = await sql.begin("isolation level repeatable read read only", async (tx) => {
-      const out: Record<string, number> = {};
-      for (const { view, orderBy } of EXPORTS) out[view] = await exportView(tx, dir, view, orderBy);
-      return out;
-    });
+    const counts = await sql
+      .begin("isolation level repeatable read read only", async (tx) => {
+        const out: Record<string, number> = {};
+        for (const { view, orderBy } of EXPORTS) out[view] = await exportView(tx, dir, view, orderBy);
+        return out;
+      })
+      .catch((error: unknown) => {
+        throw explainDatabaseFailure(error, config.database) ?? error;
+      });
     await writeFile(join(dir, "superstore_sales.twb"), await workbookFor(dir));
     log.info(
       `done: ${Object.entries(counts)

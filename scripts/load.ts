@@ -32,14 +32,23 @@ import { join } from "node:path";
 import { parseBatchFileName, parseGapFileName, sha256 } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { readConfig } from "./lib/config.ts";
-import { describeDatabase, isConnectionError, isDataError, isRetryable, openDatabase, type Database } from "./lib/db.ts";
+import {
+  DatabaseAccessError,
+  describeDatabase,
+  explainDatabaseFailure,
+  isConnectionError,
+  isDataError,
+  isRetryable,
+  openDatabase,
+  type Database,
+} from "./lib/db.ts";
 import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
 import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, rateWhile, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
-import { retryWhile } from "./lib/retry.ts";
+import { GaveUpError, retryWhile } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
 const command = {
@@ -258,7 +267,7 @@ interface LoaderRun extends LoaderOptions {
  * whose transaction failed is loaded again, which its ledger makes safe. Resolves undefined when a stop was
  * asked for meanwhile.
  */
-function createPersist({ where, watch, log, shutdown }: LoaderOptions): Persist {
+function createPersist({ db, where, watch, log, shutdown }: LoaderOptions): Persist {
   return <T>(what: string, attempt: () => Promise<T>): Promise<T | undefined> =>
     // A single run waited its whole patience for the loader lock in one attempt (lockWaitMs): no second one.
     retryWhile((error) => isRetryable(error) && (watch || !(error instanceof LoaderLockError)), attempt, {
@@ -273,9 +282,10 @@ function createPersist({ where, watch, log, shutdown }: LoaderOptions): Persist 
       onRecovered: () => log.info(`PostgreSQL at ${where} answers again; ${what}`),
     }).catch((error: Error) => {
       if (shutdown.requested) return undefined;
-      throw isConnectionError(error.cause ?? error)
-        ? new Error(`cannot reach PostgreSQL at ${where}: ${error.message} (is it up? make up)`)
-        : error;
+      const gaveUp = error instanceof GaveUpError;
+      const explained = explainDatabaseFailure(gaveUp ? error.cause : error, db.target);
+      if (!explained) throw error;
+      throw gaveUp ? new DatabaseAccessError(explained.problem, `${explained.message} (waited ${ONE_SHOT_PATIENCE_MS / 1000} s)`) : explained;
     });
 }
 

@@ -8,7 +8,7 @@
 //   down     stops exactly what `up` started (recorded in .local/stack.json); keeps all data.
 //   destroy  down, then deletes the data: Kafka's log folder (or the compose volumes) and the database.
 //            Asks first unless CONFIRM=1.
-//   status   what runs, and where.
+//   status   what runs, and where (make status shows it with the pipeline's health: scripts/status.ts --stack).
 //
 //   make up | make down | make destroy | make status
 //
@@ -23,10 +23,11 @@ import { fail, parseCommandLine, UsageError } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parseStackMode, readConfig, type Config, type StackMode } from "./lib/config.ts";
 import { describeDatabase, dropDatabase } from "./lib/db.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
-import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, type ComposeFacts } from "./lib/stack/compose.ts";
+import { compose, COMPOSE_FILE, composeCommand, dockerRuns, readCompose, requireCompose, type ComposeFacts } from "./lib/stack/compose.ts";
 import { kafkaAnswers } from "./lib/kafka.ts";
 import { liveTarget } from "./lib/live.ts";
-import { startLocalKafka } from "./lib/stack/kafka.ts";
+import { describeStack } from "./lib/stack/describe.ts";
+import { checkBrokerPorts, startLocalKafka } from "./lib/stack/kafka.ts";
 import { postgresAnswers, startLocalPostgres, stopPostgres } from "./lib/stack/postgres.ts";
 import { pidAlive, stopPid, waitForService } from "./lib/stack/process.ts";
 import { readState, STATE_DIR, writeState, type Mode, type State } from "./lib/stack/state.ts";
@@ -42,16 +43,22 @@ const command = {
   notes: "Run by: make up (KAFKA_NODES=3 for a three-node cluster), make down, make destroy, make status",
 } as const;
 
-function chooseMode(wanted: StackMode, log: Logger): Mode {
+/** The mode to run in; Docker mode asked for by name (`who`: "STACK_MODE=docker") needs compose, checked here. */
+function chooseMode(wanted: StackMode, who: string, log: Logger): Mode {
+  if (wanted === "docker") requireCompose(who);
   if (wanted !== "auto") return wanted;
   if (dockerRuns()) return "docker";
   log.info("Docker cannot run containers here: local mode (Kafka from Maven Central, local PostgreSQL)");
   return "local";
 }
 
+/** Who asks for compose when make up started the stack in Docker mode (down and destroy follow that mode). */
+const STARTED_IN_DOCKER = "the stack make up started (Docker mode, .local/stack.json)";
+
 const postgresUp = async (config: Config) => (await postgresAnswers(config.database)) !== undefined;
 
 async function up(config: Config, mode: Mode, log: Logger): Promise<void> {
+  await checkBrokerPorts(config);
   const facts = readCompose(readFileSync(COMPOSE_FILE, "utf8"), config.kafkaNodes);
   const state: State = readState() ?? { mode, kafkaNodes: config.kafkaNodes };
   if (state.mode !== mode) throw new Error(`the stack is already up in ${state.mode} mode: run "make down" first`);
@@ -108,7 +115,7 @@ async function down(log: Logger): Promise<State | undefined> {
     log.info("nothing to stop (make up did not start anything here)");
     return undefined;
   }
-  if (state.mode === "docker") compose(["down"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state.kafkaNodes ?? 1));
+  if (state.mode === "docker") compose(["down"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state.kafkaNodes ?? 1), STARTED_IN_DOCKER);
   else {
     // All nodes of a cluster at once: one after the other, the last would wait for a quorum that has left.
     await Promise.all((state.kafka?.nodes ?? []).map((node) => stopPid(node.pid, `Kafka ${state.kafka!.version} node ${node.id}`, log)));
@@ -151,7 +158,7 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
     throw new UsageError('not confirmed; nothing deleted (answer "yes", or run with CONFIRM=1)');
   }
   if (effective === "docker") {
-    if (!compose(["down", "-v"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state?.kafkaNodes ?? 1))) throw new Error("docker compose could not remove the volumes (see above)");
+    if (!compose(["down", "-v"], readCompose(readFileSync(COMPOSE_FILE, "utf8"), state?.kafkaNodes ?? 1), STARTED_IN_DOCKER)) throw new Error("docker compose could not remove the volumes (see above)");
     writeState(undefined);
   } else {
     // The database goes while PostgreSQL still runs; Kafka's folder once the broker has stopped.
@@ -167,18 +174,14 @@ async function destroy(config: Config, mode: Mode, log: Logger): Promise<void> {
   log.info("deleted; make up starts from empty");
 }
 
+/** The stack alone (make status adds the pipeline: scripts/status.ts --stack). */
 async function status(config: Config): Promise<void> {
-  const state = readState();
-  const kafka = await kafkaAnswers(config);
-  const pg = await postgresAnswers(config.database);
+  const [stack, kafka] = await Promise.all([describeStack(config), kafkaAnswers(config)]);
   const out = [
-    `mode:       ${state ? `${state.mode} (started by make up)` : "nothing started by make up"}`,
-    `kafka:      ${config.kafkaBrokers.join(",")} ${kafka ? "answers" : "DOES NOT ANSWER"}` +
-      (state?.kafka ? ` (local ${state.kafka.version}, ${state.kafka.nodes.length} node${state.kafka.nodes.length === 1 ? "" : "s"})` : ""),
-    ...(state?.kafka?.nodes ?? []).map(
-      (n) => `  node ${n.id} 127.0.0.1:${n.port} pid ${n.pid} ${pidAlive(n.pid) ? "running" : "NOT RUNNING (make up starts it again)"}`,
-    ),
-    `postgresql: ${describeDatabase(config.database)} ${pg ? `answers (${pg})` : "DOES NOT ANSWER"}`,
+    `mode:       ${stack.mode}`,
+    `kafka:      ${config.kafkaBrokers.join(",")} ${kafka ? "answers" : "DOES NOT ANSWER"}${stack.kafka ? ` (${stack.kafka})` : ""}`,
+    ...stack.nodes,
+    `postgresql: ${describeDatabase(config.database)} ${stack.postgres ? `answers (${stack.postgres})` : "DOES NOT ANSWER"}`,
   ];
   process.stdout.write(`${out.join("\n")}\n`);
 }
@@ -193,7 +196,8 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger("stack", config.logLevel);
   const wanted = parsed.flags.mode === undefined ? config.stackMode : parseStackMode(parsed.flags.mode, "--mode");
-  const mode = () => chooseMode(wanted, log);
+  const who = parsed.flags.mode === undefined ? `STACK_MODE=${wanted}` : `--mode ${wanted}`;
+  const mode = () => chooseMode(wanted, who, log);
   if (verb === "up") await up(config, mode(), log);
   else if (verb === "down") await down(log);
   else if (verb === "destroy") await destroy(config, mode(), log);

@@ -14,7 +14,7 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
 import { projectPath, readConfig, type DatabaseTarget } from "./lib/config.ts";
-import { connect, describeDatabase, isConnectionError, maintenance, type Sql } from "./lib/db.ts";
+import { connect, describeDatabase, explainDatabaseFailure, isConnectionError, maintenance, type Sql } from "./lib/db.ts";
 import { createLogger, formatDuration, type Logger } from "./lib/log.ts";
 
 export interface Migration {
@@ -155,9 +155,9 @@ async function main(): Promise<void> {
   const started = performance.now();
   const dir = flags.dir ?? projectPath("sql");
   await ensureDatabase(config.database, log).catch((error: Error) => {
-    throw isConnectionError(error)
-      ? new Error(`cannot reach PostgreSQL at ${describeDatabase(config.database)}: ${error.message} (is it up? make up)`)
-      : error;
+    // It connects to the server's "postgres" database: a missing one is not the database DATABASE_URL names.
+    const explained = explainDatabaseFailure(error, config.database);
+    throw explained && explained.problem !== "no-database" ? explained : error;
   });
   const sql = connect(config.database, log, { max: 1 });
   try {

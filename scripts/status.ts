@@ -5,11 +5,14 @@
 //
 //   Kafka + batches/ + PostgreSQL  ->  a short report on stdout          make status (and the end of make demo)
 //
+// With --stack (make status), what `make up` started is part of the same report: the mode, the local Kafka nodes
+// and their processes, PostgreSQL's version; each service still has one line.
+//
 // Env: KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*, DATABASE_URL, BATCHES_DIR, LOG_LEVEL.
-// Flags: --since SECONDS (adds "took Ns" to the report), --help.
+// Flags: --since SECONDS (adds "took Ns" to the report), --stack, --help.
 
 import { fail, parseCli } from "./lib/cli.ts";
-import { KAFKA_SECURITY_ENV, parsePositiveNumber, readConfig } from "./lib/config.ts";
+import { KAFKA_SECURITY_ENV, parsePositiveNumber, readConfig, type Config } from "./lib/config.ts";
 import { connect, describeDatabase, type Sql } from "./lib/db.ts";
 import {
   databaseHealth,
@@ -22,13 +25,16 @@ import {
   type KafkaTopology,
   type LostOffsetsHealth,
 } from "./lib/health.ts";
+import { describeBrokers } from "./lib/kafka.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
+import { describeStack, type StackFacts } from "./lib/stack/describe.ts";
 
 const command = {
   script: "scripts/status.ts",
   summary: "Report consumer lag, pending batch files and what PostgreSQL holds.",
   flags: {
     since: { type: "string", arg: "EPOCH_SECONDS", help: "start time of a run, to report how long it took" },
+    stack: { type: "boolean", help: "also what make up started: the mode, local Kafka nodes, PostgreSQL's version (make status)" },
   },
   env: ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", ...KAFKA_SECURITY_ENV, "DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL"],
   notes: "Run by: make status, make demo",
@@ -90,44 +96,63 @@ async function crossSourceLines(sql: Sql, count: number): Promise<string[]> {
   ];
 }
 
+/**
+ * Kafka's lines: the topic and the group's lag, or why they cannot be read, then the brokers and partitions.
+ * With `stack` (make status), where it runs and the nodes make up started, on the same line and below it.
+ */
+async function kafkaLines(config: Config, stack: StackFacts | undefined): Promise<string[]> {
+  const [kafka, topology] = await Promise.all([kafkaHealth(config), kafkaTopology(config)]);
+  if (!kafka.ok) process.exitCode = 1;
+  const where = stack ? `${describeBrokers(config)}${stack.kafka ? ` (${stack.kafka})` : ""}: ` : "";
+  const what = kafka.ok
+    ? `topic ${kafka.topic}: ${kafka.messages} messages in ${kafka.partitions} partition${kafka.partitions === 1 ? "" : "s"}; group ${kafka.group} lag ${kafka.lag}`
+    : kafka.error;
+  return [`kafka:      ${where}${what}`, ...(stack?.nodes ?? []), ...(topology.ok ? describeTopology(topology) : [])];
+}
+
+/** The batch folder, then what PostgreSQL holds (with `stack`, the server's version too), or why it cannot be read. */
+async function databaseLines(config: Config, stack: StackFacts | undefined): Promise<string[]> {
+  const sql = connect(config.database, createLogger("status", "silent"), { max: 1 });
+  try {
+    const { names } = await loadedSince(sql, undefined).catch(() => ({ names: [] as string[] }));
+    const files = await filesHealth(config.batchesDir, new Set(names));
+    const db = await databaseHealth(sql, config.database);
+    const server = stack?.postgres ? ` (PostgreSQL ${stack.postgres})` : "";
+    // The server down, the database missing or the login refused carry their own fix; anything else is most
+    // likely a database without the pipeline's tables.
+    const lines = [
+      `batches:    ${files.total} files in ${files.dir}/, ${files.pending} not loaded yet, ${files.failed} set aside in failed/`,
+      `postgresql: ${describeDatabase(config.database)}${server}${db.ok ? "" : `: ${db.error}${db.problem ? "" : " (make migrate)"}`}`,
+    ];
+    if (!db.ok) {
+      process.exitCode = 1;
+      return lines;
+    }
+    const [t] = await sql<{ users: string; products: string; sales: string | null }[]>`
+      select (select count(*) from users) as users, (select count(*) from products) as products,
+             (select sum(sales) from v_sales) as sales
+    `;
+    lines.push(
+      `  orders ${db.rowsLoaded}, users ${t!.users}, products ${t!.products}, open rejections ${db.rejectedOpen}, ` +
+        `rows with warnings ${db.rowsWithWarnings}, batch files loaded ${db.filesLoaded}`,
+      `  total sales ${t!.sales ?? 0}, last load ${db.lastLoadAt ?? "never"}`,
+    );
+    const lost = await lostOffsetsHealth(sql);
+    lines.push(...(lost.ok ? describeLost(lost) : [`  lost offsets: ${lost.error} (make migrate)`]));
+    if (db.rowsCrossSource > 0) lines.push(...(await crossSourceLines(sql, db.rowsCrossSource)));
+    return lines;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
   const config = readConfig();
   const since = flags.since ? parsePositiveNumber(flags.since, "--since") : undefined;
-  const [kafka, topology] = await Promise.all([kafkaHealth(config), kafkaTopology(config)]);
-  const lines: string[] = [
-    `kafka:      ${
-      kafka.ok
-        ? `topic ${kafka.topic}: ${kafka.messages} messages in ${kafka.partitions} partition${kafka.partitions === 1 ? "" : "s"}; group ${kafka.group} lag ${kafka.lag}`
-        : kafka.error
-    }`,
-    ...(topology.ok ? describeTopology(topology) : []),
-  ];
-  const sql = connect(config.database, createLogger("status", "silent"), { max: 1 });
-  try {
-    const { names } = await loadedSince(sql, undefined).catch(() => ({ names: [] as string[] }));
-    const files = await filesHealth(config.batchesDir, new Set(names));
-    lines.push(`batches:    ${files.total} files in ${files.dir}/, ${files.pending} not loaded yet, ${files.failed} set aside in failed/`);
-    const db = await databaseHealth(sql);
-    lines.push(`postgresql: ${describeDatabase(config.database)}${db.ok ? "" : `: ${db.error} (make up; make migrate)`}`);
-    if (db.ok) {
-      const [t] = await sql<{ users: string; products: string; sales: string | null }[]>`
-        select (select count(*) from users) as users, (select count(*) from products) as products,
-               (select sum(sales) from v_sales) as sales
-      `;
-      lines.push(
-        `  orders ${db.rowsLoaded}, users ${t!.users}, products ${t!.products}, open rejections ${db.rejectedOpen}, ` +
-          `rows with warnings ${db.rowsWithWarnings}, batch files loaded ${db.filesLoaded}`,
-        `  total sales ${t!.sales ?? 0}, last load ${db.lastLoadAt ?? "never"}`,
-      );
-      const lost = await lostOffsetsHealth(sql);
-      lines.push(...(lost.ok ? describeLost(lost) : [`  lost offsets: ${lost.error} (make migrate)`]));
-      if (db.rowsCrossSource > 0) lines.push(...(await crossSourceLines(sql, db.rowsCrossSource)));
-    } else process.exitCode = 1;
-  } finally {
-    await sql.end({ timeout: 5 });
-  }
+  const stack = flags.stack ? await describeStack(config) : undefined;
+  const lines = [...(stack ? [`mode:       ${stack.mode}`] : []), ...(await kafkaLines(config, stack)), ...(await databaseLines(config, stack))];
   if (since !== undefined) lines.push(`took:       ${formatDuration(Date.now() - since * 1000)}`);
   process.stdout.write(`${lines.join("\n")}\n`);
 }

@@ -24,9 +24,10 @@ import {
 } from "../scripts/lib/config.ts";
 import { databaseUrl } from "../scripts/lib/db.ts";
 import { redact } from "../scripts/lib/log.ts";
-import { tempDir } from "./helpers.ts";
+import { runScript, tempDir } from "./helpers.ts";
 
-const COMPOSE_DATABASE = { host: "127.0.0.1", port: 5432, database: "sales", user: "postgres", password: "postgres", ssl: undefined };
+const COMPOSE_DATABASE = { host: "127.0.0.1", port: 5432, database: "sales", user: "postgres", password: "postgres", ssl: undefined, setting: "DATABASE_URL" };
+const PG_VARIABLES = "PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE";
 
 const DEFAULTS: Config = {
   kafkaBrokers: ["127.0.0.1:9092"],
@@ -104,7 +105,7 @@ describe("readConfig", () => {
       kafkaGroupId: "g1",
       kafkaClientId: "c1",
       kafkaPartitions: 6,
-      database: { host: "db", port: 5433, database: "x", user: "u", password: "p", ssl: undefined },
+      database: { host: "db", port: 5433, database: "x", user: "u", password: "p", ssl: undefined, setting: "DATABASE_URL" },
       dataFile: "data/other.csv",
       batchesDir: "/tmp/b",
       batchSize: 250,
@@ -149,7 +150,15 @@ describe("readConfig", () => {
   });
 
   test("reads the PG* variables psql reads when DATABASE_URL is not set", () => {
-    expect(readConfig({ PGHOST: "db" }).database).toEqual({ host: "db", port: 5432, database: "postgres", user: "postgres", password: undefined, ssl: undefined });
+    expect(readConfig({ PGHOST: "db" }).database).toEqual({
+      host: "db",
+      port: 5432,
+      database: "postgres",
+      user: "postgres",
+      password: undefined,
+      ssl: undefined,
+      setting: PG_VARIABLES,
+    });
     expect(readConfig({ PGDATABASE: "sales", PGUSER: "me", PGPORT: "6543", PGPASSWORD: "pw" }).database).toEqual({
       host: "localhost",
       port: 6543,
@@ -157,6 +166,7 @@ describe("readConfig", () => {
       user: "me",
       password: "pw",
       ssl: undefined,
+      setting: PG_VARIABLES,
     });
   });
 
@@ -172,6 +182,7 @@ describe("readConfig", () => {
       user: "us@r",
       password: "p@ss/w",
       ssl: "require",
+      setting: "DATABASE_URL",
     });
   });
 
@@ -226,6 +237,32 @@ describe("readConfig", () => {
     }
     expect(message).toContain("DATABASE_URL");
     expect(message).not.toContain("Tr0ub4dor");
+  });
+});
+
+describe("a DATABASE_URL whose password holds a bare %", () => {
+  // "50%off" typed as it is: legal in a URL only as 50%25off. The URL parser takes it; decoding it fails.
+  const url = "postgres://sales:50%off@127.0.0.1:5432/sales";
+
+  test("is refused naming DATABASE_URL, the password and its encoding, never the password itself", () => {
+    expect(() => readConfig({ DATABASE_URL: url })).toThrow(
+      'DATABASE_URL: the password holds a "%" that is not followed by two hex digits; the password must be percent-encoded (% as %25',
+    );
+    expect(() => readConfig({ DATABASE_URL: url })).not.toThrow("50%off");
+    expect(readConfig({ DATABASE_URL: url.replace("50%off", "50%25off") }).database.password).toBe("50%off");
+  });
+
+  test("names the user or the database name when the stray % is there", () => {
+    expect(() => readConfig({ DATABASE_URL: "postgres://a%zz@h/sales" })).toThrow("DATABASE_URL: the user name holds a \"%\"");
+    expect(() => readConfig({ DATABASE_URL: "postgres://u@h/sales%" })).toThrow("DATABASE_URL: the database name holds a \"%\"");
+  });
+
+  test.each(["status.ts", "load.ts", "migrate.ts", "dashboard.ts"])("stops %s at start-up with that message and exit code 1", async (script) => {
+    const result = await runScript(script, [], { DATABASE_URL: url, KAFKA_BROKERS: "127.0.0.1:1", LOG_LEVEL: "debug" }, 30_000);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("DATABASE_URL: the password holds a \"%\"");
+    expect(result.stderr).toContain("% as %25");
+    expect(`${result.stderr}${result.stdout}`).not.toContain("50%off");
   });
 });
 

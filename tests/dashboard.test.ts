@@ -14,9 +14,11 @@ import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { BEHIND_LIMIT_MS, createFanOut, MAX_PAGES, refuseForeign } from "../scripts/dashboard.ts";
 import { readConfig } from "../scripts/lib/config.ts";
-import { connect } from "../scripts/lib/db.ts";
+import { connect, databaseUrl, maintenance, withDatabase } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import {
+  BASE,
+  BROKERS,
   createTestDatabase,
   dropDatabase,
   freePorts,
@@ -257,6 +259,39 @@ describe.skipIf(!CHROMIUM)("make stream after make demo", () => {
       for (const name of ["dashboard", "consumer", "load", "producer"]) expect(stopped.stderr).toContain(`[${name}] done: `);
     }
     expect(await totals(demo.sql)).toEqual({ orders: 9994, sales: "2297200.8603" });
+  });
+});
+
+describe("the dashboard against a database that does not exist yet", () => {
+  const target = withDatabase(BASE.database, uniqueName("dash_nodb"));
+  const tmp = tempDir();
+  let dashboard: { url: string; server: Running } | undefined;
+  afterAll(async () => {
+    dashboard?.server.child.kill("SIGTERM");
+    await dashboard?.server.finish();
+    const admin = maintenance(BASE.database, createLogger("test", "silent"));
+    await admin`drop database if exists ${admin(target.database)} with (force)`.finally(() => admin.end({ timeout: 5 }));
+    tmp.remove();
+  });
+
+  test("says which database is missing and that make migrate creates it, backs off, and shows it once migrated", async () => {
+    const env = { DATABASE_URL: databaseUrl(target), KAFKA_BROKERS: BROKERS, BATCHES_DIR: tmp.path };
+    dashboard = await startDashboard(env);
+    // The observation window is what is measured here: how many lines five seconds of a missing database cost.
+    await Bun.sleep(5_000);
+    const lines = dashboard.server.output().trimEnd().split("\n");
+    const missing = `the database "${target.database}" does not exist on the PostgreSQL server at ${BASE.database.host}:${BASE.database.port} (DATABASE_URL): make migrate creates it`;
+    expect(lines.filter((l) => l.includes(missing)).length).toBeGreaterThanOrEqual(2);
+    // Attempts 0.5, 1, 2, 4 s apart: four lines in five seconds, not one per connection attempt (dozens a second).
+    expect(lines.length).toBeLessThanOrEqual(8);
+    const snapshot = (await (await fetch(`${dashboard.url}api/snapshot`)).json()) as { health: { postgres: { ok: boolean; problem?: string; error: string } } };
+    expect(snapshot.health.postgres).toMatchObject({ ok: false, problem: "no-database", error: missing });
+
+    await runOk("migrate.ts", [], env);
+    await waitFor("the dashboard to read the new database", async () => {
+      const now = (await (await fetch(`${dashboard!.url}api/snapshot`)).json()) as { health: { postgres: { ok: boolean } } };
+      return now.health.postgres.ok;
+    }, 30_000, 250);
   });
 });
 

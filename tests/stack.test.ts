@@ -1,16 +1,16 @@
 // docker-compose.yml and local mode must run the same stack: Kafka version and settings, PostgreSQL major
 // version, ports and credentials. Most users run compose; these tests run where Docker cannot.
 
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { DEFAULT_DATABASE_URL, readConfig } from "../scripts/lib/config.ts";
 import { maintenance } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { composeCommand, readCompose } from "../scripts/lib/stack/compose.ts";
 import { localServerProperties, NETWORK_PROPERTIES, propertyName, quorumVoters } from "../scripts/lib/stack/kafka.ts";
-import { BASE, ROOT } from "./helpers.ts";
+import { BASE, ROOT, runScript, tempDir } from "./helpers.ts";
 
 const composeText = readFileSync(join(ROOT, "docker-compose.yml"), "utf8");
 const facts = readCompose(composeText);
@@ -166,5 +166,28 @@ describe("local mode", () => {
     } finally {
       await sql.end({ timeout: 5 });
     }
+  });
+});
+
+describe("Docker mode without Docker Compose", () => {
+  // PATH is all the script has to find compose by: an empty folder, or one whose docker has no Compose plugin.
+  const bin = tempDir("sales-no-compose-");
+  const withDocker = join(bin.path, "with-docker");
+  mkdirSync(withDocker);
+  writeFileSync(join(withDocker, "docker"), "#!/bin/sh\necho \"docker: 'compose' is not a docker command.\" >&2\nexit 1\n", { mode: 0o755 });
+  afterAll(() => bin.remove());
+
+  test.each([
+    ["no docker at all", bin.path, { STACK_MODE: "docker" }, [], 'neither docker (for "docker compose") nor docker-compose is on PATH'],
+    ["docker without its Compose plugin", withDocker, { STACK_MODE: "docker" }, [], 'docker is installed but "docker compose version" fails (no Compose plugin), and docker-compose is not on PATH'],
+    ["--mode docker", bin.path, {}, ["--mode", "docker"], "--mode docker runs the stack"],
+  ])("make up with %s says what is missing and what to do, at once, exit 1", async (_what, path, env, flags, says) => {
+    const started = performance.now();
+    const result = await runScript("local_stack.ts", ["up", ...flags], { ...env, PATH: path }, 30_000);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(says);
+    expect(result.stderr).toContain("STACK_MODE=local");
+    expect(result.stderr).not.toContain("see above");
+    expect(performance.now() - started).toBeLessThan(10_000);
   });
 });

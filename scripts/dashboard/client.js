@@ -91,13 +91,16 @@ function setHealth(name, text, value) {
   return element;
 }
 
+/** The health line's word for each failure the server explained (lib/db.ts, DatabaseProblem). */
+const POSTGRES_PROBLEMS = { "server-down": "unreachable", "no-database": "no such database", "login-refused": "login refused" };
+
 function drawHealth(health) {
   const kafka = health.kafka;
   setHealth("kafka", kafka ? (kafka.ok ? `up (${kafka.topic})` : "unreachable") : "–").dataset.state = kafka ? (kafka.ok ? "up" : "down") : "";
   setHealth("messages", kafka?.ok ? whole.format(kafka.messages) : "–", kafka?.ok ? kafka.messages : null);
   setHealth("lag", kafka?.ok ? whole.format(kafka.lag) : "–", kafka?.ok ? kafka.lag : null);
   const pg = health.postgres;
-  setHealth("postgres", pg.ok ? `up (${pg.where})` : "unreachable").dataset.state = pg.ok ? "up" : "down";
+  setHealth("postgres", pg.ok ? `up (${pg.where})` : (POSTGRES_PROBLEMS[pg.problem] ?? "unreachable")).dataset.state = pg.ok ? "up" : "down";
   setHealth("rows", pg.ok ? whole.format(pg.rowsLoaded) : "–", pg.ok ? pg.rowsLoaded : null);
   setHealth("loaded", pg.ok ? whole.format(pg.filesLoaded) : "–", pg.ok ? pg.filesLoaded : null);
   setHealth("rejected", pg.ok ? whole.format(pg.rejectedOpen) : "–", pg.ok ? pg.rejectedOpen : null);
@@ -114,13 +117,11 @@ let connected = false;
 function drawBanners(snapshot) {
   const banners = [];
   if (!connected) banners.push(["error", "server", "The dashboard server does not answer; the page reconnects by itself."]);
-  if (snapshot && !snapshot.health.postgres.ok) {
-    banners.push([
-      "error",
-      "postgres",
-      `PostgreSQL at ${snapshot.health.postgres.where} is unreachable (${snapshot.health.postgres.error}). ` +
-        (snapshot.business ? "The numbers below are the last ones read." : "No numbers yet."),
-    ]);
+  const pg = snapshot?.health.postgres;
+  if (pg && !pg.ok) {
+    // A failure the server explained (down, no such database, login refused) says where and what to do itself.
+    const why = pg.problem ? `${pg.error}.` : `PostgreSQL at ${pg.where} is unreachable (${pg.error}).`;
+    banners.push(["error", "postgres", `${why} ${snapshot.business ? "The numbers below are the last ones read." : "No numbers yet."}`]);
   }
   if (snapshot?.health.kafka && !snapshot.health.kafka.ok) banners.push(["warn", "kafka", `${snapshot.health.kafka.error}.`]);
   const box = document.getElementById("banners");

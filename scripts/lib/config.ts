@@ -52,6 +52,8 @@ export interface DatabaseTarget {
   readonly password: string | undefined;
   /** postgres.js "ssl" setting, from ?sslmode= */
   readonly ssl: string | undefined;
+  /** the variables it came from, for messages: "DATABASE_URL", or the PG* ones */
+  readonly setting: string;
 }
 
 export const SASL_MECHANISMS = ["plain", "scram-sha-256", "scram-sha-512"] as const;
@@ -283,6 +285,21 @@ function urlShape(value: string): string {
   return scheme ? `a value starting with "${scheme}:"` : "a value that is not a URL";
 }
 
+/**
+ * A percent-encoded part of DATABASE_URL, decoded. A "%" that does not start an escape (a password typed as
+ * it is, "50%off") is named with the part it is in; the value itself is never printed.
+ */
+function decodeUrlPart(value: string, part: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    throw new Error(
+      `DATABASE_URL: the ${part} holds a "%" that is not followed by two hex digits; the ${part} must be percent-encoded ` +
+        "(% as %25, and likewise @ as %40, / as %2F, ? as %3F, # as %23, : as %3A)",
+    );
+  }
+}
+
 /** DATABASE_URL, or the PG* variables postgres.js and psql read, into one target. */
 export function parseDatabase(env: Env): DatabaseTarget {
   const raw = env.DATABASE_URL?.trim();
@@ -299,17 +316,18 @@ export function parseDatabase(env: Env): DatabaseTarget {
           "(characters such as spaces, '/', '?' or '#' in the password must be percent-encoded)",
       );
     }
-    const password = url.password === "" ? undefined : decodeURIComponent(url.password);
+    const password = url.password === "" ? undefined : decodeUrlPart(url.password, "password");
     if (password) addSecret(password);
-    const database = decodeURIComponent(url.pathname.replace(/^\//, ""));
-    const user = decodeURIComponent(url.username) || "postgres";
+    const database = decodeUrlPart(url.pathname.replace(/^\//, ""), "database name");
+    const user = decodeUrlPart(url.username, "user name") || "postgres";
     return Object.freeze({
-      host: decodeURIComponent(url.hostname).replace(/^\[(.*)\]$/, "$1") || "localhost",
+      host: decodeUrlPart(url.hostname, "host").replace(/^\[(.*)\]$/, "$1") || "localhost",
       port: url.port ? parsePort(url.port, "DATABASE_URL's port") : 5432,
       database: database || user,
       user,
       password,
       ssl: url.searchParams.get("sslmode") ?? undefined,
+      setting: "DATABASE_URL",
     });
   }
   if (!["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"].some((k) => env[k]?.trim())) {
@@ -325,6 +343,7 @@ export function parseDatabase(env: Env): DatabaseTarget {
     user,
     password,
     ssl: env.PGSSLMODE?.trim() || undefined,
+    setting: "PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE",
   });
 }
 

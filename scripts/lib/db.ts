@@ -4,7 +4,9 @@
 // - openDatabase: a pool that is thrown away and opened afresh after a connection error, and transactions
 //   whose statements cannot reach a later session once their own connection is gone;
 // - copyIn: COPY FROM STDIN that settles when the server refuses the data instead of hanging;
-// - isConnectionError: "the server is not there right now" (wait and retry) versus everything else.
+// - isConnectionError: "the server is not there right now" (wait and retry) versus everything else;
+// - explainDatabaseFailure: why PostgreSQL cannot be used at all (the server does not answer, the database does
+//   not exist, the login is refused), in words that name the setting, the address and the fix.
 
 import postgres, { type PendingQuery, type Row, type Sql, type TransactionSql } from "postgres";
 import type { DatabaseTarget } from "./config.ts";
@@ -114,6 +116,83 @@ export function isConnectionError(error: unknown): boolean {
   return typeof code === "string" && (CONNECTION_CODES.has(code) || code.startsWith("08") || /^57P0[1-3]$/.test(code));
 }
 
+/** Why PostgreSQL cannot be used at all: each has its own fix. */
+export type DatabaseProblem = "server-down" | "no-database" | "login-refused";
+
+/** PostgreSQL cannot be used at all; the message names the setting, the address and the fix, never a password. */
+export class DatabaseAccessError extends Error {
+  override name = "DatabaseAccessError";
+  constructor(
+    readonly problem: DatabaseProblem,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Which of the three `error` is: the server does not answer (a socket error, SQLSTATE class 08, 57P01-57P03), the
+ * database does not exist (3D000), or the login is refused (28P01 wrong password, 28000 no such role or no
+ * pg_hba.conf entry). Undefined for anything else.
+ */
+export function databaseProblem(error: unknown): DatabaseProblem | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === "3D000") return "no-database";
+  if (code === "28P01" || code === "28000") return "login-refused";
+  return isConnectionError(error) ? "server-down" : undefined;
+}
+
+/** The driver's and the kernel's codes for a server that does not answer, in words. */
+const UNREACHABLE_REASONS: Readonly<Record<string, string>> = {
+  ECONNREFUSED: "connection refused",
+  ECONNRESET: "connection reset",
+  ETIMEDOUT: "timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENOTFOUND: "no such host",
+  EAI_AGAIN: "the host name cannot be looked up now",
+  CONNECT_TIMEOUT: "no answer within 5 s",
+  "57P01": "the server is shutting down",
+  "57P02": "the server is shutting down",
+  "57P03": "the server is starting up or shutting down",
+};
+
+/**
+ * `error` as a DatabaseAccessError when it means PostgreSQL at `target` cannot be used at all, with what to do:
+ *   PostgreSQL at 127.0.0.1:5432/sales is unreachable (connection refused; DATABASE_URL): is it up? make up
+ *   the database "sales" does not exist on the PostgreSQL server at 127.0.0.1:5432 (DATABASE_URL): make migrate creates it
+ *   PostgreSQL at 127.0.0.1:5432 refused the password of user "sales" (DATABASE_URL): check the user and password there
+ * Undefined for any other error. The one place every script turns these failures into words.
+ */
+export function explainDatabaseFailure(error: unknown, target: DatabaseTarget): DatabaseAccessError | undefined {
+  if (error instanceof DatabaseAccessError) return error;
+  const problem = databaseProblem(error);
+  if (!problem) return undefined;
+  const server = `${target.host}:${target.port}`;
+  const code = String((error as { code?: unknown }).code);
+  const said = (error as Error).message;
+  switch (problem) {
+    case "no-database":
+      return new DatabaseAccessError(problem, `the database "${target.database}" does not exist on the PostgreSQL server at ${server} (${target.setting}): make migrate creates it`);
+    case "login-refused":
+      return new DatabaseAccessError(
+        problem,
+        code === "28P01"
+          ? `PostgreSQL at ${server} refused the password of user "${target.user}" (${target.setting}): check the user and password there`
+          : `PostgreSQL at ${server} refused user "${target.user}" (${said}; ${target.setting}): check the user there, or the server's pg_hba.conf`,
+      );
+    default:
+      return new DatabaseAccessError(
+        problem,
+        `PostgreSQL at ${describeDatabase(target)} is unreachable (${UNREACHABLE_REASONS[code] ?? said}; ${target.setting}): is it up? make up`,
+      );
+  }
+}
+
+/** The words for a failed statement: explainDatabaseFailure's when it is one of those, else the error's own. */
+export function describeDatabaseFailure(error: unknown, target: DatabaseTarget): string {
+  return (explainDatabaseFailure(error, target) ?? (error as Error)).message;
+}
+
 /**
  * SQLSTATE classes of errors about the data itself: 22 data exception, 23 integrity constraint violation, 54
  * program limit exceeded (a value too large for an index entry or a row).
@@ -201,6 +280,8 @@ function guarded(tx: TransactionSql, alive: () => boolean): TransactionSql {
 }
 
 export interface Database {
+  /** where it connects, for messages */
+  readonly target: DatabaseTarget;
   /** the current pool; another one after reset() */
   readonly sql: Sql;
   /**
@@ -221,6 +302,7 @@ export function openDatabase(target: DatabaseTarget, log: Logger, options: Conne
     await old.end({ timeout: 0 }).catch(() => undefined);
   };
   return {
+    target,
     get sql() {
       return sql;
     },

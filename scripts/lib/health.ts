@@ -5,13 +5,15 @@
 
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import type { Config } from "./config.ts";
-import type { Sql, TransactionSql } from "./db.ts";
+import type { Config, DatabaseTarget } from "./config.ts";
+import { explainDatabaseFailure, type DatabaseProblem, type Sql, type TransactionSql } from "./db.ts";
 import { consumerLag, createKafka } from "./kafka.ts";
 import { explainKafkaFailure } from "./kafka_errors.ts";
 import { createLogger } from "./log.ts";
 
-export type Part<T> = ({ readonly ok: true } & T) | { readonly ok: false; readonly error: string };
+export type Part<T> =
+  | ({ readonly ok: true } & T)
+  | { readonly ok: false; readonly error: string; /** PostgreSQL's part: which failure it is, when it is one of the three */ readonly problem?: DatabaseProblem };
 
 export interface KafkaHealth {
   readonly topic: string;
@@ -109,8 +111,14 @@ export function underReplicated(partitions: readonly PartitionPlacement[]): Part
   return partitions.filter((p) => p.leader < 0 || p.isr.length < p.replicas.length);
 }
 
-/** What PostgreSQL has loaded, from v_pipeline_health (one statement). */
-export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<DatabaseHealth>> {
+/** PostgreSQL's part when it cannot be read: the server down, the database missing or the login refused said as such. */
+export function databaseFailure(error: unknown, target: DatabaseTarget): Part<never> {
+  const explained = explainDatabaseFailure(error, target);
+  return explained ? { ok: false, error: explained.message, problem: explained.problem } : { ok: false, error: message(error) };
+}
+
+/** What PostgreSQL at `target` has loaded, from v_pipeline_health (one statement). */
+export async function databaseHealth(sql: Sql | TransactionSql, target: DatabaseTarget): Promise<Part<DatabaseHealth>> {
   try {
     const [row] = await sql<
       { rows_loaded: string; files_loaded: string; rejected_open: string; rows_with_warnings: string; rows_cross_source: string; last_load_at: Date | null }[]
@@ -127,7 +135,7 @@ export async function databaseHealth(sql: Sql | TransactionSql): Promise<Part<Da
       lastLoadAt: row!.last_load_at?.toISOString() ?? null,
     };
   } catch (error) {
-    return { ok: false, error: message(error) };
+    return databaseFailure(error, target);
   }
 }
 

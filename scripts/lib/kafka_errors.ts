@@ -1,10 +1,11 @@
 // What a Kafka failure means, in one place: a broker that is away (wait and try again, for up to two minutes:
 // whileKafkaUnavailable), or a refusal that waiting will not fix: a refused SASL login, an untrusted or wrong
-// certificate, a listener of the other kind (TLS or not). checkKafkaAccess tries one quick connection before a
-// script starts its work, so a refusal stops it at once with the setting to fix.
+// certificate, a listener of the other kind (TLS or not), or something at the address that is not Kafka at all
+// (a web server, another program's port). checkKafkaAccess tries one quick connection before a script starts
+// its work, so a refusal stops it at once with the setting to fix.
 
 import { connect as netConnect, isIP } from "node:net";
-import { connect as tlsConnect } from "node:tls";
+import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import type { Admin, Kafka } from "kafkajs";
 import type { Config } from "./config.ts";
 import { createKafka, describeBrokers, kafkaAnswers, kafkaSecurity } from "./kafka.ts";
@@ -30,7 +31,10 @@ export function isKafkaUnavailable(error: unknown): boolean {
   return false;
 }
 
-/** Kafka answered but will not let us in, for a reason only a setting can fix. The message names the setting. */
+/**
+ * Kafka answered but will not let us in, or what answers is not Kafka: a reason only a setting can fix. The
+ * message names the setting.
+ */
 export class KafkaAccessError extends Error {
   override name = "KafkaAccessError";
 }
@@ -203,40 +207,119 @@ function offeredMechanisms(response: Buffer): string[] | undefined {
   }
 }
 
-/**
- * The SASL mechanisms the listener at host:port asks for, over TLS when config says so: one SaslHandshake and
- * no login, so nothing secret is sent. Undefined when it takes no SASL login or does not answer.
- */
-function saslMechanisms(host: string, port: number, config: Config): Promise<string[] | undefined> {
+/** What a listener did with one Kafka request. */
+type ListenerAnswer =
+  /** a Kafka response to it (size, then our correlation id) */
+  | { readonly kind: "kafka"; readonly response: Buffer }
+  /** bytes that are no Kafka response: "HTTP/1.1 400 Bad Request", a TLS alert, a banner */
+  | { readonly kind: "other"; readonly bytes: Buffer }
+  /** the connection closed without a byte */
+  | { readonly kind: "closed" }
+  /** the connection was taken, and nothing came back in PROBE_MS */
+  | { readonly kind: "silent" }
+  /** no connection (refused, no route), or no TLS handshake */
+  | { readonly kind: "unreachable" };
+
+/** How long a probe waits for a connection and an answer. A broker answers in milliseconds. */
+const PROBE_MS = 2000;
+/** A size field above this is no answer to a probe (an HTTP reply reads as 1.2 GB). */
+const MAX_PROBE_ANSWER = 1 << 20;
+
+/** Sends `request` (one Kafka request, correlation id at byte 8) to host:port, over TLS with `tls`, and says what came back. */
+function askListener(host: string, port: number, request: Buffer, tls?: ConnectionOptions): Promise<ListenerAnswer> {
   return new Promise((resolve) => {
-    const ssl = kafkaSecurity(config).ssl;
-    const send = () => socket.write(saslHandshakeRequest());
-    const socket =
-      ssl && typeof ssl === "object" ? tlsConnect({ ...ssl, host, port, ...(isIP(host) ? {} : { servername: host }) }, send) : netConnect({ host, port }, send);
+    let connected = false;
     let received = Buffer.alloc(0);
-    const done = (mechanisms: string[] | undefined) => {
-      socket.destroy();
-      resolve(mechanisms);
+    const send = () => {
+      connected = true;
+      socket.write(request);
     };
+    const socket = tls ? tlsConnect({ ...tls, host, port, ...(isIP(host) ? {} : { servername: host }) }, send) : netConnect({ host, port }, send);
+    const done = (answer: ListenerAnswer) => {
+      socket.destroy();
+      resolve(answer);
+    };
+    const ended = () => done(!connected ? { kind: "unreachable" } : received.length > 0 ? { kind: "other", bytes: received } : { kind: "closed" });
     socket.on("data", (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
-      if (received.length >= 4 && received.length >= 4 + received.readInt32BE(0)) done(offeredMechanisms(received));
+      if (received.length < 8) return;
+      const size = received.readInt32BE(0);
+      if (size < 4 || size > MAX_PROBE_ANSWER || received.readInt32BE(4) !== request.readInt32BE(8)) done({ kind: "other", bytes: received });
+      else if (received.length >= 4 + size) done({ kind: "kafka", response: received.subarray(0, 4 + size) });
     });
-    socket.setTimeout(2000, () => done(undefined));
-    socket.on("error", () => done(undefined));
-    socket.on("close", () => done(undefined));
+    socket.setTimeout(PROBE_MS, () => done(connected ? { kind: "silent" } : { kind: "unreachable" }));
+    socket.on("error", ended);
+    socket.on("close", ended);
   });
 }
 
+/** The start of what a listener sent, for a message: its first line when it is text, else its first bytes in hex. */
+function describeBytes(bytes: Buffer): string {
+  const line = bytes.toString("latin1").split(/\r?\n/)[0]!.slice(0, 60);
+  if (/^[\x20-\x7e]+$/.test(line)) return `"${line}"`;
+  return `the bytes ${[...bytes.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join(" ")}`;
+}
+
+/** What a listener that is not Kafka did, for a message; undefined when it was Kafka or nothing listens. */
+function notKafkaBehaviour(answer: ListenerAnswer): string | undefined {
+  switch (answer.kind) {
+    case "other":
+      return `it answered ${describeBytes(answer.bytes)} to a Kafka request`;
+    case "closed":
+      return "it closed the connection without answering a Kafka request";
+    case "silent":
+      return "it accepts connections but does not answer Kafka's requests";
+    default:
+      return undefined;
+  }
+}
+
 /**
- * A connection that was cut (not refused) may be TLS meeting a plaintext listener or the other way round, or
- * a listener that wants a SASL login we did not give: kafkajs sees only "Closed connection" or a reset during
- * the handshake. Asking the port the other way, or for its SASL mechanisms, tells them apart.
+ * What holds host:port, when something does: undefined when nothing listens there, "a Kafka broker" when one
+ * answers, else what the program there did with a Kafka request. Sends one SaslHandshake, never a password.
+ * For `make up`, before it starts a broker on that port.
+ */
+export async function whatListens(host: string, port: number): Promise<string | undefined> {
+  const answer = await askListener(host, port, saslHandshakeRequest());
+  return answer.kind === "kafka" ? "a Kafka broker" : notKafkaBehaviour(answer);
+}
+
+/** The error for an address in KAFKA_BROKERS where something that is not Kafka answers; undefined when nothing does. */
+function notKafkaError(host: string, port: number, answer: ListenerAnswer, config: Config): KafkaAccessError | undefined {
+  const behaviour = notKafkaBehaviour(answer);
+  if (!behaviour) return undefined;
+  // Silence alone cannot tell a program that is not Kafka from a broker that hangs (SIGSTOP, a frozen VM).
+  const what = answer.kind === "silent" ? "is not a Kafka broker, or one that hangs" : "is not a Kafka broker";
+  return new KafkaAccessError(
+    `what answers at ${host}:${port} (KAFKA_BROKERS=${describeBrokers(config)}) ${what}: ${behaviour}. ` +
+      "Point KAFKA_BROKERS at the Kafka brokers, or stop the program that holds that port (make up starts Kafka there)",
+  );
+}
+
+/**
+ * A broker that took the connection and never answered (kafkajs: "Request ... timed out"): a program that is not
+ * Kafka, or a broker that hangs. When another broker of KAFKA_BROKERS answers, it is one of a cluster that
+ * hangs, waited for like one that is down; when none does, it is named.
+ */
+async function silentListener(host: string, port: number, config: Config): Promise<KafkaAccessError | undefined> {
+  const others = config.kafkaBrokers.filter((b) => b !== `${host}:${port}`);
+  const answered = await Promise.all(others.map((b) => kafkaAnswers({ ...config, kafkaBrokers: [b] })));
+  return answered.some(Boolean) ? undefined : notKafkaError(host, port, { kind: "silent" }, config);
+}
+
+/**
+ * A connection that was cut (not refused) may be TLS meeting a plaintext listener or the other way round, a
+ * listener that wants a SASL login we did not give, or no Kafka at all: kafkajs sees only "Closed connection" or
+ * a reset during the handshake. Asking the port the other way, or for its SASL mechanisms, tells them apart;
+ * a listener that does not answer the SaslHandshake as Kafka would is not Kafka. A request that timed out on a
+ * connection that was taken is silentListener's.
  */
 async function wrongListener(error: unknown, config: Config): Promise<KafkaAccessError | undefined> {
-  const link = errorChain(error).find((l) => /^KafkaJSConnection/.test(l.name ?? ""));
-  if (!link || NOTHING_LISTENS.test(`${link.code ?? ""} ${link.message ?? ""}`) || /timeout/i.test(link.message ?? "")) return undefined;
+  const link = errorChain(error).find((l) => /^KafkaJS(Connection|RequestTimeout)/.test(l.name ?? ""));
+  if (!link || NOTHING_LISTENS.test(`${link.code ?? ""} ${link.message ?? ""}`)) return undefined;
   const { host, port } = failedBroker(error, config);
+  if (link.name === "KafkaJSRequestTimeoutError") return silentListener(host, port, config);
+  if (/timeout/i.test(link.message ?? "")) return undefined;
   const at = `Kafka at ${host}:${port}`;
   if (config.kafkaSsl && (await answersPlaintext(config, host, port))) {
     return new KafkaAccessError(
@@ -247,7 +330,12 @@ async function wrongListener(error: unknown, config: Config): Promise<KafkaAcces
   if (!config.kafkaSsl && (await speaksTls(host, port))) {
     return new KafkaAccessError(`${at} expects TLS: set KAFKA_SSL=true (and KAFKA_SSL_CA_FILE to its CA, unless a public CA signed its certificate)`);
   }
-  const mechanisms = config.kafkaSasl ? undefined : await saslMechanisms(host, port, config);
+  const ssl = kafkaSecurity(config).ssl;
+  let answer = await askListener(host, port, saslHandshakeRequest(), ssl && typeof ssl === "object" ? ssl : undefined);
+  // No TLS handshake where KAFKA_SSL wants one: what does the port speak without it?
+  if (answer.kind === "unreachable" && config.kafkaSsl) answer = await askListener(host, port, saslHandshakeRequest());
+  if (answer.kind !== "kafka") return notKafkaError(host, port, answer, config);
+  const mechanisms = config.kafkaSasl ? undefined : offeredMechanisms(answer.response);
   if (!mechanisms) return undefined;
   return new KafkaAccessError(
     `${at} asks for a SASL login (it offers ${mechanisms.join(", ")}): set KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD`,

@@ -107,11 +107,27 @@ export function dockerRuns(): boolean {
 }
 
 /**
- * Runs `compose <args>` for the stack of `facts` (the cluster profile and its variables when it has three
- * Kafka nodes); false when it failed or compose is missing.
+ * The compose command, or an error that says which of the two is missing and what to do. `who` is what asked
+ * for Docker mode ("STACK_MODE=docker"), for the message.
  */
-export function compose(args: string[], facts?: ComposeFacts): boolean {
+export function requireCompose(who: string): string[] {
   const command = composeCommand();
+  if (command) return command;
+  const missing = has("docker")
+    ? 'docker is installed but "docker compose version" fails (no Compose plugin), and docker-compose is not on PATH'
+    : 'neither docker (for "docker compose") nor docker-compose is on PATH';
+  throw new Error(
+    `${who} runs the stack with Docker Compose, but ${missing}: ` +
+      "install Docker Compose (apt-get install docker-compose-plugin, or docker-compose), or run without Docker: STACK_MODE=local (or unset STACK_MODE)",
+  );
+}
+
+/**
+ * Runs `compose <args>` for the stack of `facts` (the cluster profile and its variables when it has three
+ * Kafka nodes); false when it failed (compose says why on the terminal). Throws when compose is not installed.
+ */
+export function compose(args: string[], facts?: ComposeFacts, who = "Docker mode"): boolean {
+  const command = requireCompose(who);
   const profile = facts && facts.kafkaNodes.length > 1 ? ["--profile", "cluster"] : [];
-  return command !== undefined && run(command[0]!, [...command.slice(1), ...profile, ...args], { env: facts?.variables }).ok;
+  return run(command[0]!, [...command.slice(1), ...profile, ...args], { env: facts?.variables }).ok;
 }

@@ -8,7 +8,8 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "../config.ts";
-import { kafkaAnswers } from "../kafka.ts";
+import { describeBrokers, kafkaAnswers } from "../kafka.ts";
+import { whatListens } from "../kafka_errors.ts";
 import type { Logger } from "../log.ts";
 import { COMPOSE_FILE, type ComposeFacts } from "./compose.ts";
 import { has, pidAlive, run, tail, waitForService } from "./process.ts";
@@ -198,6 +199,40 @@ export async function waitForBroker(config: Config, pid: number, dir: string, se
   );
 }
 
+/**
+ * Throws when another program listens at host:port, where make up is about to start `what`: a broker would not
+ * bind the port (and die at start-up with a Java stack trace), or its clients would talk to that program.
+ */
+async function refuseHeldPort(host: string, port: number, what: string, fix: string): Promise<void> {
+  const held = await whatListens(host, port);
+  if (held) throw new Error(`make up starts ${what} on ${host}:${port}, but another program already listens there (${held}): stop it, or ${fix}`);
+}
+
+/**
+ * Before make up starts Kafka (or waits for compose's): each address of KAFKA_BROKERS where no broker answers
+ * must be free, not held by a web server or any other program.
+ */
+export async function checkBrokerPorts(config: Config): Promise<void> {
+  for (const broker of config.kafkaBrokers) {
+    if (await kafkaAnswers({ ...config, kafkaBrokers: [broker] })) continue;
+    const colon = broker.lastIndexOf(":");
+    await refuseHeldPort(broker.slice(0, colon), Number(broker.slice(colon + 1)), `Kafka (KAFKA_BROKERS=${describeBrokers(config)})`, "put a free port in KAFKA_BROKERS");
+  }
+}
+
+/**
+ * Before local mode starts `nodes` (of a stack of `count`): their clients' and controllers' ports on 127.0.0.1
+ * must be free. A broker that cannot bind one dies at start-up with a Java stack trace that names no port.
+ */
+export async function checkNodePorts(nodes: readonly LocalNode[], count: number): Promise<void> {
+  const fix = count > 1 ? "make up without KAFKA_NODES=3" : "choose another port in KAFKA_BROKERS";
+  for (const node of nodes) {
+    const which = count > 1 ? `Kafka node ${node.id} (KAFKA_NODES=3 uses compose's ports)` : "Kafka";
+    await refuseHeldPort("127.0.0.1", node.port, which, fix);
+    await refuseHeldPort("127.0.0.1", node.controllerPort, `the controller of ${which} (the port after its clients')`, fix);
+  }
+}
+
 /** A node local mode started: enough to stop it and to say where it is. */
 export interface StartedNode {
   readonly id: number;
@@ -239,8 +274,9 @@ export async function startLocalKafka(
     const both = set.length > 1;
     throw new Error(`local mode runs Kafka without TLS or SASL, as compose does, but ${set.join(" and ")} ${both ? "are" : "is"} set: unset ${both ? "them" : "it"} for make up`);
   }
-  const libs = kafkaJars(facts.kafkaVersion, log);
   const nodes = facts.kafkaNodes.map((n, i) => ({ id: Number(n.env.KAFKA_NODE_ID), port: ports[i]!, controllerPort: ports[i]! + 1, env: n.env }));
+  await checkNodePorts(nodes.filter((n) => !running.some((r) => r.id === n.id)), count);
+  const libs = kafkaJars(facts.kafkaVersion, log);
   const voters = count > 1 ? quorumVoters("127.0.0.1", nodes) : undefined;
   const started = nodes.map((node) => {
     const up = running.find((r) => r.id === node.id);
