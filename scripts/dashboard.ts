@@ -219,32 +219,15 @@ export function createFanOut(now: () => number = () => performance.now()) {
   };
 }
 
-/** The dashboard's state and the pages that follow it. */
-function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
-  const where = describeDatabase(config.database);
-  const pages = createFanOut();
-  const encoder = new TextEncoder();
-  const loaded = new Set<string>();
-  let loadedUpTo: Date | undefined;
-  let snapshot: Snapshot = {
-    database: config.database.database,
-    at: null,
-    gathered: 0,
-    business: null,
-    health: { postgres: { ok: false, error: "not read yet", where }, kafka: null, files: null },
-  };
-  // Encoded once for every page.
-  const broadcast = () => pages.send(encoder.encode(`data: ${JSON.stringify(snapshot)}\n\n`));
-
-  // Database refreshes never overlap and never pile up: a change during a refresh asks for one more after it, and
-  // each starts at least MIN_GATHER_MS after the one before, longer (DATABASE_BACKOFF) after each failed one in a
-  // row. A notification is a hint to read the views again, never data (its payload is not read): any role may
-  // send NOTIFY sales_loaded, as often as it likes.
+/**
+ * Runs `step` so that runs never overlap and never pile up: a call during a run asks for one more after it, and
+ * each run starts at least `pause()` ms after the one before.
+ */
+function serialRefresh(step: () => Promise<void>, pause: () => number, signal: AbortSignal): () => Promise<void> {
   let running: Promise<void> | undefined;
   let again = false;
-  let lastGather = -Infinity;
-  let failures = 0;
-  const refreshDatabase = (): Promise<void> => {
+  let last = -Infinity;
+  return () => {
     if (running) {
       again = true;
       return running;
@@ -252,28 +235,61 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     running = (async () => {
       do {
         again = false;
-        const pause = failures === 0 ? MIN_GATHER_MS : Math.max(MIN_GATHER_MS, backoffDelay(failures, DATABASE_BACKOFF));
-        await sleep(lastGather + pause - performance.now(), signal);
+        await sleep(last + pause() - performance.now(), signal);
         if (signal.aborted) return;
-        lastGather = performance.now();
-        try {
-          const { business, health } = await gather(sql, config.database);
-          const since = await loadedSince(sql, loadedUpTo);
-          for (const name of since.names) loaded.add(name);
-          loadedUpTo = since.latest;
-          snapshot = { ...snapshot, at: new Date().toISOString(), gathered: snapshot.gathered + 1, business, health: { ...snapshot.health, postgres: { ...health, where } } };
-          failures = 0;
-        } catch (error) {
-          failures++;
-          const failure = databaseFailure(error, config.database);
-          log.warn(failure.problem ? failure.error : `cannot read PostgreSQL at ${where} (${failure.error})`);
-          snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ...failure, where } } };
-        }
-        broadcast();
+        last = performance.now();
+        await step();
       } while (again);
     })().finally(() => (running = undefined));
     return running;
   };
+}
+
+/** The snapshot before anything was read. */
+function firstSnapshot(config: Config, where: string): Snapshot {
+  return {
+    database: config.database.database,
+    at: null,
+    gathered: 0,
+    business: null,
+    health: { postgres: { ok: false, error: "not read yet", where }, kafka: null, files: null },
+  };
+}
+
+/** The dashboard's state and the pages that follow it. */
+function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
+  const where = describeDatabase(config.database);
+  const pages = createFanOut();
+  const encoder = new TextEncoder();
+  const loaded = new Set<string>();
+  let loadedUpTo: Date | undefined;
+  let snapshot = firstSnapshot(config, where);
+  // Encoded once for every page.
+  const broadcast = () => pages.send(encoder.encode(`data: ${JSON.stringify(snapshot)}\n\n`));
+
+  // Database refreshes never overlap and never pile up (serialRefresh); each starts at least MIN_GATHER_MS after
+  // the one before, longer (DATABASE_BACKOFF) after each failed one in a row. A notification is a hint to read
+  // the views again, never data (its payload is not read): any role may send NOTIFY sales_loaded, as often as it
+  // likes.
+  let failures = 0;
+  const readDatabase = async () => {
+    try {
+      const { business, health } = await gather(sql, config.database);
+      const since = await loadedSince(sql, loadedUpTo);
+      for (const name of since.names) loaded.add(name);
+      loadedUpTo = since.latest;
+      snapshot = { ...snapshot, at: new Date().toISOString(), gathered: snapshot.gathered + 1, business, health: { ...snapshot.health, postgres: { ...health, where } } };
+      failures = 0;
+    } catch (error) {
+      failures++;
+      const failure = databaseFailure(error, config.database);
+      log.warn(failure.problem ? failure.error : `cannot read PostgreSQL at ${where} (${failure.error})`);
+      snapshot = { ...snapshot, health: { ...snapshot.health, postgres: { ...failure, where } } };
+    }
+    broadcast();
+  };
+  const pause = () => (failures === 0 ? MIN_GATHER_MS : Math.max(MIN_GATHER_MS, backoffDelay(failures, DATABASE_BACKOFF)));
+  const refreshDatabase = serialRefresh(readDatabase, pause, signal);
 
   /** PostgreSQL went away, or cannot be used: the page says why and keeps the last numbers, marked as such. */
   const postgresDown = (failure: Part<never>) => {

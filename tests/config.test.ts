@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import {
   type Config,
   DEFAULT_DATABASE_URL,
@@ -468,13 +468,17 @@ describe("ENV_DOCS", () => {
 
 describe("projectPath", () => {
   test("takes a relative path from the repository, wherever the script runs", () => {
-    expect(projectPath("sql", "/tmp")).toBe(join(REPO_ROOT, "sql"));
+    // A folder beside the repository's, wherever the repository is (a clone may sit in /tmp itself).
+    const elsewhere = join(dirname(REPO_ROOT), "..elsewhere");
+    expect(projectPath("sql", elsewhere)).toBe(join(REPO_ROOT, "sql"));
+    expect(projectPath("sql", "/nonexistent/folder")).toBe(join(REPO_ROOT, "sql"));
     expect(projectPath("data/x.csv", join(REPO_ROOT, "scripts"))).toBe(join(REPO_ROOT, "data/x.csv"));
   });
 
   test("says it relative to the working directory when it lies inside it", () => {
     expect(projectPath("batches", REPO_ROOT)).toBe("batches");
     expect(projectPath(REPO_ROOT, REPO_ROOT)).toBe(".");
+    expect(projectPath("..notes/a.csv", REPO_ROOT)).toBe("..notes/a.csv"); // a name starting with two dots is inside
   });
 
   test("keeps an absolute path", () => {

@@ -13,7 +13,7 @@
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync, realpathSync } from "node:fs";
-import { isAbsolute, join, relative, resolve } from "node:path";
+import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { parseEnv } from "node:util";
 import { addSecret, isLevel, isProgressMode, type Level, type ProgressMode } from "./log.ts";
 
@@ -29,7 +29,7 @@ export function projectPath(path: string, cwd = process.cwd()): string {
   const absolute = resolve(REPO_ROOT, path);
   const inside = relative(cwd, absolute);
   if (inside === "") return ".";
-  return inside.startsWith("..") || isAbsolute(inside) ? absolute : inside;
+  return inside === ".." || inside.startsWith(`..${sep}`) || isAbsolute(inside) ? absolute : inside;
 }
 
 /** For --help: how the scripts' paths resolve. */

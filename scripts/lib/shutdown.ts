@@ -38,6 +38,35 @@ export const STOP_DEADLINE_MS = 10_000;
 /** How long a script whose stop steps have all run may take to exit by itself before it is made to. */
 export const LINGER_MS = 2_000;
 
+/** Runs the stop steps in order. One that fails is reported and fails the run; the later ones (disconnects) still run. */
+async function runSteps(steps: readonly { name: string; step: Step }[], log: Logger, starting: (name: string) => void): Promise<void> {
+  for (const { name, step } of steps) {
+    starting(name);
+    try {
+      await step();
+    } catch (error) {
+      log.error(`while stopping (${name}): ${(error as Error).message}`);
+      process.exitCode = 1;
+    }
+  }
+}
+
+/**
+ * The stop's deadline: after `ms`, a script still busy (with `current()`) is told so and `exit` is called. The timer
+ * only forces an exit; it does not keep a process alive that has finished.
+ */
+function forceExitAfter(ms: number, log: Logger, current: () => string, exit: () => void): void {
+  setTimeout(() => {
+    if (current() !== "exiting") {
+      log.error(
+        `did not stop within ${ms / 1000}s (still busy with: ${current()}); exiting now. Nothing uncommitted is kept: ` +
+          "PostgreSQL rolls back an open transaction and Kafka hands uncommitted records to the next run",
+      );
+    }
+    exit();
+  }, ms).unref?.();
+}
+
 export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shutdown {
   const signals = options.signals ?? ["SIGINT", "SIGTERM"];
   const exit = options.exit ?? ((code: number) => process.exit(code));
@@ -50,7 +79,6 @@ export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shut
   let running: Promise<void> | undefined;
   let finished = false;
   const exitAsFinished = () => exit(typeof process.exitCode === "number" ? process.exitCode : 0);
-  let deadline: ReturnType<typeof setTimeout> | undefined;
 
   const request = (reason: string) => {
     if (requested) return;
@@ -58,17 +86,7 @@ export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shut
     log.info(`stopping: ${reason}`);
     controller.abort(reason);
     resolveRequested(reason);
-    const ms = options.deadlineMs ?? STOP_DEADLINE_MS;
-    deadline = setTimeout(() => {
-      if (finished) return exitAsFinished();
-      log.error(
-        `did not stop within ${ms / 1000}s (still busy with: ${current}); exiting now. Nothing uncommitted is kept: ` +
-          "PostgreSQL rolls back an open transaction and Kafka hands uncommitted records to the next run",
-      );
-      exit(1);
-    }, ms);
-    // The deadline only forces an exit; it must not keep a process alive that has finished.
-    deadline.unref?.();
+    forceExitAfter(options.deadlineMs ?? STOP_DEADLINE_MS, log, () => current, () => (finished ? exitAsFinished() : exit(1)));
   };
 
   const onSignal = (signal: NodeJS.Signals) => {
@@ -83,16 +101,7 @@ export function createShutdown(log: Logger, options: ShutdownOptions = {}): Shut
 
   const run = () => {
     running ??= (async () => {
-      for (const { name, step } of steps) {
-        current = name;
-        try {
-          await step();
-        } catch (error) {
-          // Later steps (disconnects) must still run; the failure is reported and fails the run.
-          log.error(`while stopping (${name}): ${(error as Error).message}`);
-          process.exitCode = 1;
-        }
-      }
+      await runSteps(steps, log, (name) => (current = name));
       current = "exiting";
       finished = true;
       for (const signal of signals) process.off(signal, onSignal);
