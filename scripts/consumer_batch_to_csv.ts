@@ -196,7 +196,7 @@ interface Committer {
 }
 
 /** One fsync of the folder makes the files' renames durable; then their offsets are committed. */
-async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, offsets: Offsets, names: readonly string[]): Promise<void> {
+async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, offsets: Offsets, names: readonly string[]): Promise<boolean> {
   try {
     await syncFolder(dir);
   } catch (error) {
@@ -211,12 +211,16 @@ async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, of
   try {
     if (offsets.length > 0) await consumer.commitOffsets(offsets);
     hooks?.committed(offsets);
+    return true;
   } catch (error) {
-    // A rebalance took the partition away: the new owner reads these records again from the last commit.
+    // A rebalance, a coordinator that moved, kafkajs restarting its consumer: the offsets go with the next commit.
+    // The files are durable, so a commit of them is right whenever it happens; until then a restart reads these
+    // records again and the loader skips the repeats.
     log.warn(
       `${names.length} files written (${names[0]}${names.length > 1 ? " ..." : ""}) but their offsets were not committed ` +
-        `(${(error as Error).message}); the records will be read again and the loader will skip the repeats`,
+        `(${(error as Error).message}); they go with the next commit`,
     );
+    return false;
   }
 }
 
@@ -237,9 +241,13 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     if (!(await checkBeforeCommitting(hooks, written, log))) return;
     const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
     const names = written.names;
+    const next = new Map(written.next);
     written.next.clear();
     written.names = [];
-    await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names);
+    if (await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names)) return;
+    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further.
+    for (const [partition, offset] of next) if (!written.next.has(partition)) written.next.set(partition, offset);
+    written.names = [...names, ...written.names];
   };
   const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
     const name = await writeBatchFile(dir, topic, batch, crash);
@@ -259,6 +267,8 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     },
     commit,
     counts,
+    /** How many files written have offsets not committed yet. */
+    uncommitted: () => written.names.length,
     /** The partition's written offsets are not to be committed (its log was replaced). */
     forget: (partition: number) => void written.next.delete(partition),
     setHooks: (h: WriterHooks) => void (hooks = h),
@@ -675,7 +685,7 @@ function createBatchingRun(o: RunOptions) {
     await consumer.run(runOptions);
   };
   superviseConsumer(consumer, restart, batcher, shutdown, log, stopWith);
-  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed });
+  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed, uncommitted: writer.uncommitted });
 
   return {
     start: () => startConsuming(o, runOptions),
@@ -740,7 +750,16 @@ function watchGroup(
  */
 function scheduleQuietWork(
   o: RunOptions,
-  s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; write: (b: Batch) => Promise<void>; commit: () => Promise<void>; failed: () => boolean },
+  s: {
+    batcher: Batcher;
+    locked: Locked;
+    activity: Activity;
+    account: OffsetAccount;
+    write: (b: Batch) => Promise<void>;
+    commit: () => Promise<void>;
+    failed: () => boolean;
+    uncommitted: () => number;
+  },
 ) {
   const { shutdown, log } = o;
   let checking = false;
@@ -783,6 +802,12 @@ function scheduleQuietWork(
     s.locked(async () => {
       for (const batch of s.batcher.drain()) if (!s.failed()) await s.write(batch);
       if (!s.failed()) await s.commit();
+      // A commit refused for a moment (kafkajs restarting its consumer, a coordinator that moved) is tried again,
+      // 1 s apart, within the stop's deadline; what is still not committed then is read again by the next run.
+      for (let attempt = 1; attempt <= 4 && s.uncommitted() > 0 && !s.failed(); attempt++) {
+        await sleep(1000);
+        await s.commit();
+      }
     }),
   );
   shutdown.onStop("disconnect consumer", () => o.consumer.disconnect());
