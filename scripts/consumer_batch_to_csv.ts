@@ -371,6 +371,11 @@ async function offsetsLogBehind(admin: Admin): Promise<string> {
  * old until then (a coordinator that has just taken over from a killed broker, two of three brokers down).
  * Only an answer that stays "nothing committed" on a healthy offsets log counts as a deleted topic's.
  */
+/** The group's committed offsets and the topic's logs, waiting through a Kafka that is away (saying what for). */
+function readTopicState(o: GuardOptions, what: string): Promise<TopicState> {
+  return whileKafkaUnavailable(what, () => topicState(o.admin, o.groupId, o.topic), o.log, o.shutdown.signal);
+}
+
 async function settledState(o: GuardOptions, account: OffsetAccount, partitions: readonly number[], read: () => Promise<TopicState>): Promise<TopicState> {
   let state = await read();
   for (let asked = 1; !o.shutdown.requested; asked++) {
@@ -425,8 +430,7 @@ async function recordGap(o: GuardOptions, range: LostRange): Promise<OffsetGapEr
 async function checkAssignment({ o, account, record }: Gaps, partitions: readonly number[]): Promise<boolean> {
   if (partitions.length === 0) return true;
   const { consumer, topic } = o;
-  const read = () => whileKafkaUnavailable("reading committed offsets", () => topicState(o.admin, o.groupId, topic), o.log, o.shutdown.signal);
-  const state = await settledState(o, account, partitions, read);
+  const state = await settledState(o, account, partitions, () => readTopicState(o, "reading committed offsets"));
   for (const partition of partitions) {
     const groupSays = state.committed(partition);
     const range = account.assign(partition, groupSays, state.logs.get(partition) ?? { low: 0n, high: 0n });
@@ -458,8 +462,7 @@ async function checkArrival({ o, account, record }: Gaps, partition: number, off
   const { topic, groupId } = o;
   if (arrival.kind === "expected" || arrival.kind === "again" || (arrival.kind === "ahead" && !firstOfFetch)) return true;
   if (arrival.kind === "behind") {
-    const read = () => whileKafkaUnavailable("reading committed offsets", () => topicState(o.admin, groupId, topic), o.log, o.shutdown.signal);
-    const state = await settledState(o, account, [partition], read);
+    const state = await settledState(o, account, [partition], () => readTopicState(o, "reading committed offsets"));
     const committed = state.committed(partition);
     const log = state.logs.get(partition);
     if (typeof committed === "bigint" && committed >= arrival.expected && log !== undefined && log.high >= arrival.expected) {
@@ -473,7 +476,7 @@ async function checkArrival({ o, account, record }: Gaps, partition: number, off
     if (stop) o.stopWith(stop);
     return stop === undefined;
   }
-  const { logs } = await whileKafkaUnavailable("reading where the log starts", () => topicState(o.admin, groupId, topic), o.log, o.shutdown.signal);
+  const { logs } = await readTopicState(o, "reading where the log starts");
   const start = logs.get(partition)?.low ?? 0n;
   if (start <= arrival.expected) return true;
   const stop = await record(deletedRange(topic, groupId, partition, arrival.expected, start < offset ? start : offset));
