@@ -495,6 +495,10 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     get gathered() {
       return reader.gathered();
     },
+    /** filters followed now besides all rows (at most MAX_FILTERS) */
+    get filters() {
+      return slices.filters;
+    },
     /** A change: every slice followed reads the views again (each once, however many pages follow it). */
     async refreshDatabase(): Promise<void> {
       await Promise.all(slices.list().map((slice) => slice.refresh()));
