@@ -5,14 +5,17 @@
 // totals as they were. Then
 // slow and hostile clients: a page that stops reading gets the newest snapshot, never a queue; a DNS-rebinding
 // page and other origins are refused (curl and Chromium, beside the same requests by the dashboard's own names);
-// a flood of NOTIFY from bi_reader costs at most one read of the views a second.
+// a flood of NOTIFY from bi_reader costs at most one read of the views a second. Filters: each slice (region,
+// segment, order-date range, and all three) shows PostgreSQL's own numbers for the same rows of v_sales, from
+// the controls or from a shared address, and keeps them through a live load; pages on one filter share one read
+// per change; bad parameters get a 400 naming them; at most MAX_FILTERS filters are followed at once.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readdirSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
-import { BEHIND_LIMIT_MS, createFanOut, MAX_PAGES, refuseForeign } from "../scripts/dashboard.ts";
+import { BEHIND_LIMIT_MS, createFanOut, filterQuery, MAX_FILTERS, MAX_PAGES, parseFilter, refuseForeign, type Filter } from "../scripts/dashboard.ts";
 import { readConfig } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, maintenance, withDatabase } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
@@ -148,7 +151,7 @@ describe.skipIf(!CHROMIUM)("the live dashboard", () => {
     const g0 = await gathered();
     const [commits0] = await db.sql`select count(distinct loaded_at)::int as n from loaded_files`;
 
-    await load(batches.slice(10));
+    await load(batches.slice(11)); // batches[10] is the filters' live load
     const after = await expected();
     expect(after.orders).not.toBe(before.orders);
     for (const page of pages) {
@@ -190,6 +193,175 @@ describe.skipIf(!CHROMIUM)("the live dashboard", () => {
       down.server.child.kill("SIGTERM");
       await down.server.finish();
     }
+  });
+
+  // --- Filters. The expected numbers are PostgreSQL's for the same rows of v_sales, written apart from the
+  // server's queries: an absent field keeps every row, both dates are inclusive.
+
+  async function expectedSlice(filter: Filter) {
+    const [region, segment, from, to] = [filter.region ?? null, filter.segment ?? null, filter.from ?? null, filter.to ?? null];
+    const rows = () => db.sql`
+      (select * from v_sales
+       where (${region}::text is null or region = ${region}) and (${segment}::text is null or segment = ${segment})
+         and order_date between coalesce(${from}::date, '-infinity') and coalesce(${to}::date, 'infinity'))
+    `;
+    const plain = <T extends object>(list: readonly T[]) => list.map((row) => ({ ...row }));
+    const [kpis] = await db.sql`
+      select count(distinct order_id)::text as orders, count(*)::text as lines, coalesce(sum(sales), 0)::text as sales,
+             coalesce(sum(profit), 0)::text as profit, (sum(profit) / nullif(sum(sales), 0))::text as margin,
+             (sum(sales) / nullif(count(distinct order_id), 0))::text as aov
+      from ${rows()} s
+    `;
+    const monthly = await db.sql`
+      select to_char(date_trunc('month', order_date), 'YYYY-MM') as month, sum(sales)::text as sales, sum(profit)::text as profit
+      from ${rows()} s group by 1 order by 1
+    `;
+    const products = await db.sql`
+      select p.product_name as product, sum(s.sales)::text as sales, sum(s.profit)::text as profit
+      from ${rows()} s join v_product_performance p on p.product_id = s.product_id
+      group by s.product_id, p.product_name order by sum(s.sales) desc, s.product_id limit 10
+    `;
+    const segments = await db.sql`
+      select segment, sum(sales)::text as sales, sum(profit)::text as profit, count(distinct order_id)::text as orders
+      from ${rows()} s group by segment order by segment
+    `;
+    const regions = await db.sql`select region, sum(sales)::text as sales, sum(profit)::text as profit from ${rows()} s group by region order by region`;
+    return { kpis: { ...kpis }, monthly: plain(monthly), products: plain(products), segments: plain(segments), regions: plain(regions) };
+  }
+
+  /** The page's numbers: each KPI's data-value and each chart's data-values. */
+  async function shownSlice(page: Page) {
+    const chart = async (name: string) => JSON.parse((await page.getAttribute(`[data-chart="${name}"]`, "data-values")) || "null") as unknown;
+    return { kpis: await shown(page), monthly: await chart("monthly"), products: await chart("products"), segments: await chart("segments"), regions: await chart("regions") };
+  }
+
+  /** Waits for the page to show the slice of `filter` (its query, and numbers of it), then compares every number. */
+  async function expectSlice(page: Page, filter: Filter): Promise<void> {
+    const query = filterQuery(filter);
+    await waitFor(`the page to show ${query}`, async () => (await page.getAttribute("body", "data-query")) === query && (await kpi(page, "orders")) !== "");
+    expect([query, await shownSlice(page)]).toEqual([query, await expectedSlice(filter)]);
+  }
+
+  /** An order-date range inside the data: from its 30th to its 60th percentile. */
+  async function dateRange(): Promise<{ from: string; to: string }> {
+    const [range] = await db.sql<{ from: string; to: string }[]>`
+      select percentile_disc(0.3) within group (order by order_date)::text as from, percentile_disc(0.6) within group (order by order_date)::text as to
+      from v_sales
+    `;
+    return { ...range! };
+  }
+
+  test("each filter's controls show PostgreSQL's own numbers for that slice of v_sales, and the address follows them", async () => {
+    const page = await browser.newPage();
+    try {
+      await page.goto(dashboard.url);
+      await waitFor("the regions to choose from", async () => (await page.locator('[data-filter="region"] option[value="West"]').count()) === 1);
+      const { from, to } = await dateRange();
+      const filters: Filter[] = [{ region: "West" }, { segment: "Consumer" }, { from, to }, { region: "East", segment: "Corporate", from, to }];
+      for (const filter of filters) {
+        await page.selectOption('[data-filter="region"]', filter.region ?? "");
+        await page.selectOption('[data-filter="segment"]', filter.segment ?? "");
+        await page.fill('[data-filter="from"]', filter.from ?? "");
+        await page.fill('[data-filter="to"]', filter.to ?? "");
+        await expectSlice(page, filter);
+        expect(new URL(page.url()).search).toBe(`?${filterQuery(filter)}`);
+      }
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("a shared address sets the controls and shows its slice", async () => {
+    const filter = { region: "West", segment: "Consumer", ...(await dateRange()) };
+    const page = await browser.newPage();
+    try {
+      await page.goto(`${dashboard.url}?${filterQuery(filter)}`);
+      await expectSlice(page, filter);
+      const controls: Record<string, string> = {};
+      for (const name of ["region", "segment", "from", "to"]) controls[name] = await page.inputValue(`[data-filter="${name}"]`);
+      expect(controls).toEqual(filter);
+      // The choices are All and every region in the data, whatever the filter.
+      const regions = await db.sql`select distinct region from v_sales order by region`;
+      const options = await page.locator('[data-filter="region"] option').evaluateAll((o) => o.map((e) => e.getAttribute("value")));
+      expect(options).toEqual(["", ...regions.map((r) => r.region)]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("two pages on one filter cost one read per change, and a live load moves both to the new numbers of their slice", async () => {
+    const filter = { region: "West", segment: "Consumer" };
+    const query = filterQuery(filter);
+    const sliceSnapshot = async () => (await (await fetch(`${dashboard.url}api/snapshot?${query}`)).json()) as { gathered: number; at: string; filterPages: number };
+    const pages = [await browser.newPage(), await browser.newPage()];
+    const onBoth = async (gathered: number) => {
+      for (const page of pages) {
+        await waitFor(`read ${gathered} of ${query} on the page`, async () => (await page.getAttribute("body", "data-gathered")) === String(gathered), 10_000);
+      }
+      for (const page of pages) await expectSlice(page, filter);
+      // The same snapshot on both pages, and the slice read that many times in all: once per change, not per page.
+      const ats = await Promise.all(pages.map((page) => page.getAttribute("#freshness", "data-at")));
+      expect(await sliceSnapshot()).toMatchObject({ gathered, at: ats[0], filterPages: 2 });
+      expect(ats[1]).toBe(ats[0]);
+    };
+    try {
+      for (const page of pages) await page.goto(`${dashboard.url}?${query}`);
+      await onBoth(1); // opened: one read for the two pages
+      const before = await expectedSlice(filter);
+      await load([batches[10]!]); // one file, one commit, one NOTIFY
+      expect((await expectedSlice(filter)).kpis.orders).not.toBe(before.kpis.orders);
+      await onBoth(2);
+    } finally {
+      for (const page of pages) await page.close();
+    }
+  });
+
+  test("answers 400 naming the parameter for an unknown one, a malformed date or from after to; a value that matches nothing shows zeros", async () => {
+    const refused: [path: string, message: string][] = [
+      ["api/snapshot?colour=red", 'unknown parameter "colour": the dashboard takes region, segment, from, to'],
+      ["api/events?from=2016-13-01", 'parameter "from": "2016-13-01" is not a date (YYYY-MM-DD)'],
+      ["api/snapshot?to=2016-02-30", 'parameter "to": "2016-02-30" is not a date (YYYY-MM-DD)'],
+      ["api/events?from=2016-07-01&to=2016-06-30", 'parameter "from" (2016-07-01) is after parameter "to" (2016-06-30)'],
+      ["api/snapshot?region=West&region=East", 'parameter "region" is given more than once'],
+    ];
+    for (const [path, named] of refused) {
+      const response = await fetch(`${dashboard.url}${path}`);
+      expect([path, response.status, await response.text()]).toEqual([path, 400, `${named}\n`]);
+    }
+    const nothing = (await (await fetch(`${dashboard.url}api/snapshot?region=Atlantis`)).json()) as { business: { kpis: unknown; regions: unknown[] } };
+    expect(nothing.business.kpis).toEqual({ orders: "0", lines: "0", sales: "0", profit: "0", margin: null, aov: null });
+    expect(nothing.business.regions).toEqual([]);
+    // The page of a refused address says why.
+    const page = await browser.newPage();
+    try {
+      await page.goto(`${dashboard.url}?from=2016-13-01`);
+      await waitFor("the filter's banner", async () => (await page.locator('.banner[data-state="filter"]').count()) === 1);
+      expect(await page.textContent('.banner[data-state="filter"]')).toContain('parameter "from": "2016-13-01" is not a date');
+      expect(await page.locator('.banner[data-state="server"]').count()).toBe(0); // the server answered, with a 400
+    } finally {
+      await page.close();
+    }
+  });
+
+  test(`follows at most ${MAX_FILTERS} filters at once (503 beyond), and forgets a filter whose pages all closed`, async () => {
+    const filters = async () => ((await (await fetch(`${dashboard.url}api/snapshot`)).json()) as { filters: number }).filters;
+    const before = await filters(); // those of pages still open, if any
+    const streams: AbortController[] = [];
+    try {
+      for (let i = before; i < MAX_FILTERS; i++) {
+        streams.push(new AbortController());
+        expect((await fetch(`${dashboard.url}api/events?region=r${i}`, { signal: streams.at(-1)!.signal })).status).toBe(200);
+      }
+      expect(await filters()).toBe(MAX_FILTERS);
+      const beyond = await fetch(`${dashboard.url}api/events?region=one-more`);
+      expect([beyond.status, await beyond.text()]).toEqual([503, `more than ${MAX_FILTERS} filters are in use\n`]);
+    } finally {
+      for (const stream of streams) stream.abort();
+    }
+    await waitFor("the filters without pages to be dropped", async () => (await filters()) === before);
+    const again = new AbortController();
+    expect((await fetch(`${dashboard.url}api/events?region=one-more`, { signal: again.signal })).status).toBe(200);
+    again.abort();
   });
 });
 
@@ -344,6 +516,31 @@ describe("createFanOut", () => {
     for (let i = 0; i < MAX_PAGES; i++) expect(fan.follow(encode("s"))).toBeDefined();
     expect(fan.follow(encode("s"))).toBeUndefined();
     fan.close();
+  });
+});
+
+describe("parseFilter", () => {
+  const parse = (query: string) => parseFilter(new URLSearchParams(query));
+  test("keeps the fields given, drops empty ones, and writes one query per filter whatever the order", () => {
+    expect(parse("")).toEqual({ filter: {} });
+    expect(parse("to=2016-06-30&segment=&region=West&from=2016-01-01")).toEqual({ filter: { region: "West", from: "2016-01-01", to: "2016-06-30" } });
+    expect(filterQuery({ to: "2016-06-30", region: "South & West", from: "2016-06-30" })).toBe("region=South+%26+West&from=2016-06-30&to=2016-06-30");
+    expect(filterQuery({})).toBe("");
+  });
+  test("refuses, naming the parameter, an unknown one, a repeated one, a date that is no day, from after to, a value too long", () => {
+    const errors = ["colour=red", "from=2016-1-5", "from=2016-02-30", "to=0000-01-01", "to=yesterday", "region=a&region=b", "from=2016-02-02&to=2016-02-01", `segment=${"x".repeat(101)}`]
+      .map((query) => [query, (parse(query) as { error?: string }).error]);
+    expect(errors).toEqual([
+      ["colour=red", 'unknown parameter "colour": the dashboard takes region, segment, from, to'],
+      ["from=2016-1-5", 'parameter "from": "2016-1-5" is not a date (YYYY-MM-DD)'],
+      ["from=2016-02-30", 'parameter "from": "2016-02-30" is not a date (YYYY-MM-DD)'],
+      ["to=0000-01-01", 'parameter "to": "0000-01-01" is not a date (YYYY-MM-DD)'],
+      ["to=yesterday", 'parameter "to": "yesterday" is not a date (YYYY-MM-DD)'],
+      ["region=a&region=b", 'parameter "region" is given more than once'],
+      ["from=2016-02-02&to=2016-02-01", 'parameter "from" (2016-02-02) is after parameter "to" (2016-02-01)'],
+      [`segment=${"x".repeat(101)}`, 'parameter "segment" is longer than 100 characters'],
+    ]);
+    expect(parse("from=2016-02-29&to=2016-02-29")).toEqual({ filter: { from: "2016-02-29", to: "2016-02-29" } });
   });
 });
 

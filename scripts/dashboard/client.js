@@ -1,7 +1,11 @@
 // The dashboard page's script: follows /api/events (server-sent events; the browser reconnects by itself) and
-// draws each snapshot: KPIs (exact value in data-value, rounded text for people), four ECharts charts, the
-// pipeline's health, which database and how fresh the numbers are, and a clear banner when Kafka, PostgreSQL
-// or the dashboard server itself cannot be reached. No page reload, ever.
+// draws each snapshot: KPIs (exact value in data-value, rounded text for people), four ECharts charts (their rows,
+// exact, in data-values), the pipeline's health, which database and how fresh the numbers are, and a clear
+// banner when Kafka, PostgreSQL or the dashboard server itself cannot be reached. No page reload, ever.
+//
+// Filters (region, segment, an order-date range) live in the page's address, so a filtered view can be shared:
+// the controls are set from it at load, and a change rewrites it (history.replaceState) and follows the
+// stream of the new slice (/api/events?region=...). The server checks the parameters; its 400 is shown as is.
 
 /* global echarts */
 "use strict";
@@ -28,7 +32,13 @@ window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.r
 
 const num = (v) => Number(v);
 
+/** The chart's rows, exact as the server sent them, for tests and scripts (the chart itself draws numbers). */
+function setValues(name, rows) {
+  document.querySelector(`[data-chart="${name}"]`).dataset.values = rows === null ? "" : JSON.stringify(rows);
+}
+
 function drawCharts(business) {
+  for (const name of ["monthly", "products", "segments", "regions"]) setValues(name, business[name]);
   chart("monthly").setOption({
     tooltip: { trigger: "axis" },
     legend: { top: 0, data: ["Sales", "Profit"] },
@@ -124,6 +134,7 @@ function drawBanners(snapshot) {
     banners.push(["error", "postgres", `${why} ${snapshot.business ? "The numbers below are the last ones read." : "No numbers yet."}`]);
   }
   if (snapshot?.health.kafka && !snapshot.health.kafka.ok) banners.push(["warn", "kafka", `${snapshot.health.kafka.error}.`]);
+  if (filterProblem) banners.push(["error", "filter", `The filter in the address is refused: ${filterProblem}.`]);
   const box = document.getElementById("banners");
   box.replaceChildren(
     ...banners.map(([level, state, text]) => {
@@ -157,6 +168,7 @@ function clearNumbers() {
     element.textContent = "–";
   }
   for (const c of Object.values(charts)) c.clear();
+  for (const name of ["monthly", "products", "segments", "regions"]) setValues(name, null);
 }
 
 /**
@@ -179,23 +191,102 @@ function draw(snapshot) {
   if (snapshot.business) {
     setKpis(snapshot.business.kpis);
     drawCharts(snapshot.business);
+    drawChoices(snapshot.business.choices);
   }
   drawHealth(snapshot.health);
   drawBanners(snapshot);
   drawFreshness();
   document.body.dataset.gathered = String(snapshot.gathered);
+  document.body.dataset.query = snapshot.query;
 }
 
-const events = new EventSource("/api/events");
-events.onopen = () => {
-  connected = true;
-  drawBanners(latest);
-};
-events.onerror = () => {
-  connected = false;
-  drawBanners(latest);
-};
-events.onmessage = (event) => {
-  connected = true;
-  draw(JSON.parse(event.data));
-};
+// --- Filters: the controls, the address, and the stream of the slice they name.
+
+const FILTERS = ["region", "segment", "from", "to"];
+const control = (name) => document.querySelector(`[data-filter="${name}"]`);
+
+/** A select's options: All, the values present in the data, and the one chosen even when it matches nothing. */
+function setOptions(select, values) {
+  const chosen = select.value;
+  const wanted = ["", ...values, ...(chosen && !values.includes(chosen) ? [chosen] : [])];
+  if (wanted.join("\n") === [...select.options].map((o) => o.value).join("\n")) return;
+  select.replaceChildren(...wanted.map((v) => new Option(v === "" ? "All" : v, v)));
+  select.value = chosen;
+}
+
+function drawChoices(choices) {
+  setOptions(control("region"), choices.regions);
+  setOptions(control("segment"), choices.segments);
+}
+
+/** The controls as the address shows them: `params`' values, an option added for a value not listed yet. */
+function setControls(params) {
+  for (const name of FILTERS) {
+    const element = control(name);
+    const value = params.get(name) ?? "";
+    if (element.tagName === "SELECT") setOptions(element, value ? [value] : []);
+    element.value = value;
+  }
+}
+
+/** The controls' filter as a query string: the values set, in a fixed order ("" for all rows). */
+function controlsQuery() {
+  const params = new URLSearchParams();
+  for (const name of FILTERS) if (control(name).value) params.set(name, control(name).value);
+  return params.toString();
+}
+
+/** Why the server refused the stream: a 400 is the filter's fault and is shown; anything else is tried again. */
+async function explainRefusal(source, query) {
+  const response = await fetch(`/api/snapshot${query ? `?${query}` : ""}`).catch(() => undefined);
+  if (source !== events) return; // the filter changed meanwhile
+  connected = response !== undefined;
+  if (response?.status === 400) {
+    filterProblem = (await response.text()).trim();
+    drawBanners(latest);
+  } else setTimeout(() => source === events && follow(query), 10_000); // busy (503): as its retry-after says
+}
+
+let events = null;
+let filterProblem = null;
+/** Follows the slice `query` names, leaving the one followed before: its messages are not drawn any more. */
+function follow(query) {
+  events?.close();
+  const source = new EventSource(`/api/events${query ? `?${query}` : ""}`);
+  events = source;
+  source.onopen = () => {
+    connected = true;
+    drawBanners(latest);
+  };
+  source.onerror = () => {
+    // CLOSED: the server answered with an error (a refused filter, too many pages); otherwise the browser retries.
+    if (source.readyState === EventSource.CLOSED) void explainRefusal(source, query);
+    else connected = false;
+    drawBanners(latest);
+  };
+  source.onmessage = (event) => {
+    connected = true;
+    if (source === events) draw(JSON.parse(event.data));
+  };
+}
+
+/** A control changed: the address says so (shareable), the old slice's numbers go, the new slice's come. */
+function filterChanged() {
+  const query = controlsQuery();
+  history.replaceState(null, "", query ? `?${query}` : location.pathname);
+  filterProblem = null;
+  latest = null;
+  clearNumbers();
+  const freshness = document.getElementById("freshness");
+  freshness.dataset.at = "";
+  freshness.textContent = "waiting for the numbers of this filter…";
+  follow(query);
+}
+
+for (const name of FILTERS) control(name).addEventListener("change", filterChanged);
+document.getElementById("filters").addEventListener("submit", (event) => event.preventDefault());
+
+// The address as it is, unknown parameters included, so the server can say what is wrong with it.
+const shared = new URLSearchParams(location.search);
+setControls(shared);
+follow(shared.toString());
