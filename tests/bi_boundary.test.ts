@@ -271,7 +271,7 @@ describe("a database switched read-only under load --watch", () => {
       expect(psql.exitCode).not.toBe(0);
       expect(psql.stderr.toString()).toContain("cannot execute INSERT in a read-only transaction");
       // The loader's session began before the switch: it is ended, as a restart or failover would.
-      await db.sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'sales-load'`;
+      await db.sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'load'`;
       batch(dir, "second.csv", 21, 30);
       const stopped = await loader.finish(60_000);
       expect(stopped.code, stopped.stderr).toBe(1);
