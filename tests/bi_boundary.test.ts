@@ -130,6 +130,23 @@ describe.skipIf(missing.length > 0)("bi_reader before and after sql/007", () => 
     await closeReaders();
   });
 
+  test("after every migration bi_reader reads each view, v_loaded_files (sql/009) included, and no base table", async () => {
+    const sql = reader();
+    const relations = await admin<{ name: string; kind: string }[]>`
+      select table_name as name, table_type as kind from information_schema.tables where table_schema = 'public' order by 1
+    `;
+    const views = relations.filter((r) => r.kind === "VIEW").map((r) => r.name);
+    const tables = relations.filter((r) => r.kind === "BASE TABLE").map((r) => r.name);
+    expect(views).toContain("v_loaded_files");
+    expect(tables).toContain("loaded_files");
+    for (const view of views) expect([view, await outcome(sql, `select * from ${view} limit 1`)]).toEqual([view, undefined]);
+    for (const table of tables) expect([table, await outcome(sql, `select * from ${table} limit 1`)]).toEqual([table, "42501"]);
+    // The view holds the ledger's names and times, nothing else of it.
+    const [columns] = await admin`select array_agg(column_name::text order by ordinal_position) as names from information_schema.columns where table_name = 'v_loaded_files'`;
+    expect(columns!.names).toEqual(["file_name", "loaded_at"]);
+    await closeReaders();
+  });
+
   test("after sql/007 bi_reader has at most 10 sessions; temporary files are capped and it cannot lift the cap", async () => {
     const eleven = Array.from({ length: 11 }, reader);
     const results = await Promise.all(eleven.map((s) => outcome(s, "select 1")));
