@@ -12,7 +12,8 @@ import { readConfig, type DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, describeDatabase, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { postgresServerInstalled } from "../scripts/lib/stack/postgres.ts";
-import { ensureDatabase, listMigrations, migrate, setReaderPassword } from "../scripts/migrate.ts";
+import { ensureReaderLogin } from "../scripts/lib/bi_reader.ts";
+import { ensureDatabase, listMigrations, migrate } from "../scripts/migrate.ts";
 import {
   createTestDatabase,
   ROOT,
@@ -89,7 +90,8 @@ describe.skipIf(missing.length > 0)("bi_reader before and after sql/007", () => 
     mkdirSync(before);
     for (const m of await listMigrations(join(ROOT, "sql"))) if (m.id < 7) copyFileSync(m.path, join(before, m.name));
     await migrate(admin, before, quiet);
-    await setReaderPassword(admin, "trusted-anyway", quiet); // the test server trusts local logins: this gives the login
+    // The test server trusts local logins: this gives the login.
+    await ensureReaderLogin(admin, { biReaderPassword: "trusted-anyway", biReaderPasswordFile: join(tmp.path, "unused"), database: target }, quiet);
   });
   afterAll(async () => {
     await closeReaders();
