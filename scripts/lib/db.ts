@@ -186,6 +186,15 @@ export function explainDatabaseFailure(error: unknown, target: DatabaseTarget): 
     case "no-database":
       return new DatabaseAccessError(problem, `the database "${target.database}" does not exist on the PostgreSQL server at ${server} (${target.setting}): make migrate creates it`);
     case "login-refused":
+      if (target.loginHelp) {
+        // A role whose password the pipeline gives (bi_reader): the fix is the pipeline's, not DATABASE_URL's.
+        return new DatabaseAccessError(
+          problem,
+          code === "28P01"
+            ? `PostgreSQL at ${server} refused the password of role "${target.user}": ${target.loginHelp}`
+            : `PostgreSQL at ${server} refused role "${target.user}" (${said}): ${target.loginHelp}, or check the server's pg_hba.conf`,
+        );
+      }
       return new DatabaseAccessError(
         problem,
         code === "28P01"
