@@ -31,7 +31,10 @@ export interface Migration {
 
 const command = {
   script: "scripts/migrate.ts",
-  summary: "Create the database if needed and apply sql/NNN_*.sql migrations that are not applied yet.",
+  summary: [
+    "Create the database if needed and apply sql/NNN_*.sql migrations that are not applied yet; give the read-only",
+    "role bi_reader its login and first password when it has none (once per server), or rotate it on purpose.",
+  ].join("\n"),
   flags: {
     dir: { type: "string", arg: "DIR", help: "folder of migration files (default sql)" },
     "rotate-bi-reader-password": {
