@@ -96,8 +96,12 @@ status: install ## What runs, consumer lag, batch files waiting, rows in Postgre
 ##@ Pipeline, step by step
 
 .PHONY: migrate
-migrate: up ## Create the database if needed and apply sql/ migrations
+migrate: up ## Create the database if needed, apply sql/ migrations; bi_reader's first password (set once per server)
 	$(BUN) scripts/migrate.ts
+
+.PHONY: rotate-bi-reader
+rotate-bi-reader: up ## Set bi_reader's password to BI_READER_PASSWORD (unset: a new random one in .local/), for every database on the server
+	$(BUN) scripts/migrate.ts --rotate-bi-reader-password
 
 .PHONY: data
 data: data/Sample-Superstore.csv ## Write data/Sample-Superstore.csv (the real Superstore rows, Kaggle-style Windows-1252)
@@ -170,5 +174,5 @@ clean: ## Delete generated batch files and data/*.csv (Kafka and PostgreSQL data
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m   (the two that do everything: make demo, make test)\n"} \
-	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)

@@ -21,11 +21,16 @@
 // taking anything (createFanOut). Requests that do not name this server as their host, or come from a page of
 // another origin, are refused (a DNS-rebinding page reaches 127.0.0.1 under its own name).
 //
-// Env: DASHBOARD_PORT, DATABASE_URL (or PG*), KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*,
-// BATCHES_DIR, LOG_LEVEL.
+// It logs in as the read-only role bi_reader (both its pool and its LISTEN connection), to the host, port and
+// database of DATABASE_URL, with BI_READER_PASSWORD or the password make migrate stored in
+// BI_READER_PASSWORD_FILE: it reads the views bi_reader may read, and cannot change anything.
+//
+// Env: DASHBOARD_PORT, DATABASE_URL (or PG*), BI_READER_PASSWORD, BI_READER_PASSWORD_FILE, KAFKA_BROKERS,
+// KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*, BATCHES_DIR, LOG_LEVEL.
 // Flags: --port, --help.
 
 import { join } from "node:path";
+import { readerTarget } from "./lib/bi_reader.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, describeDatabase, describeDatabaseFailure, type Sql, type TransactionSql } from "./lib/db.ts";
@@ -52,7 +57,7 @@ const command = {
   flags: {
     port: { type: "string", short: "p", arg: "PORT", help: "port (default $DASHBOARD_PORT = 8050)" },
   },
-  env: ["DASHBOARD_PORT", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", ...KAFKA_SECURITY_ENV, "BATCHES_DIR", "LOG_LEVEL"],
+  env: ["DASHBOARD_PORT", "DATABASE_URL", "BI_READER_PASSWORD", "BI_READER_PASSWORD_FILE", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", ...KAFKA_SECURITY_ENV, "BATCHES_DIR", "LOG_LEVEL"],
   notes: "Run by: make dashboard (and make stream, beside the three scripts)\n" +
     "Filters: the page's address, /api/snapshot and /api/events take region, segment, from and to (YYYY-MM-DD),\n" +
     "e.g. http://127.0.0.1:8050/?region=West&segment=Consumer&from=2016-01-01&to=2016-06-30",
@@ -624,7 +629,9 @@ export function refuseForeign(request: Request, port: number): Response | undefi
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
-  const config = readConfig();
+  // Everything below reads the database as bi_reader: DATABASE_URL's server and database, bi_reader's login.
+  const settings = readConfig();
+  const config: Config = { ...settings, database: readerTarget(settings) };
   const log = createLogger("dashboard", config.logLevel);
   const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
   // Kafka that refuses us, or an address where something else answers, needs a setting changed: say so and stop.
@@ -657,7 +664,10 @@ async function main(): Promise<void> {
       return new Response("not found\n", { status: 404 });
     },
   });
-  log.info(`dashboard at http://127.0.0.1:${server.port}/ showing database ${config.database.database} at ${config.database.host}:${config.database.port} (Ctrl-C to stop)`);
+  log.info(
+    `dashboard at http://127.0.0.1:${server.port}/ showing database ${config.database.database} at ${config.database.host}:${config.database.port} ` +
+      `as ${config.database.user} (Ctrl-C to stop)`,
+  );
 
   const pipelineTimer = setInterval(() => void hub.refreshPipeline(), PIPELINE_EVERY_MS);
   const pingTimer = setInterval(() => hub.ping(), 15_000);

@@ -8,17 +8,20 @@
 //
 // The demo's database, topic, group and folder are never touched: its totals stay as make demo left them. The
 // live topic and group are kept from run to run (the group reads on where it stopped; whatever it reads is new
-// to the emptied database).
+// to the emptied database). bi_reader, the dashboard's login, gets its first password here when it has none yet,
+// as make migrate does: make stream may be the first thing run after make up.
 //
 // Prints the live settings as shell assignments on stdout, which make stream evaluates before it starts the
 // dashboard, consumer, loader and producer; on a terminal the password is masked. Says on stderr what it emptied.
 //
-// Env: DATABASE_URL (or PG*), KAFKA_TOPIC, KAFKA_GROUP_ID, BATCHES_DIR, LOG_LEVEL. Flags: --help.
+// Env: DATABASE_URL (or PG*), KAFKA_TOPIC, KAFKA_GROUP_ID, BATCHES_DIR, BI_READER_PASSWORD, BI_READER_PASSWORD_FILE,
+// LOG_LEVEL. Flags: --help.
 
 import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
-import { readConfig, type DatabaseTarget } from "./lib/config.ts";
+import { ensureReaderLogin } from "./lib/bi_reader.ts";
+import { readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, databaseUrl, describeDatabase, dropDatabase, isConnectionError } from "./lib/db.ts";
 import { liveTarget, type LiveTarget } from "./lib/live.ts";
 import { createLogger, redact, type Logger } from "./lib/log.ts";
@@ -31,7 +34,7 @@ const command = {
     "assignments. The demo's database, topic, group and folder are left as they are.",
   ].join("\n"),
   flags: {},
-  env: ["DATABASE_URL", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "BATCHES_DIR", "LOG_LEVEL"],
+  env: ["DATABASE_URL", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "BATCHES_DIR", "BI_READER_PASSWORD", "BI_READER_PASSWORD_FILE", "LOG_LEVEL"],
   notes: 'Run by: make stream (live="$(bun scripts/live.ts)" && eval "$live")',
 } as const;
 
@@ -50,13 +53,18 @@ export function shellAssignments(live: LiveTarget): string {
     .join(" ")}\n`;
 }
 
-/** Drops the live database (closing its sessions: a dashboard left from an earlier run) and creates it afresh, migrated. */
-async function emptyDatabase(target: DatabaseTarget, log: Logger): Promise<void> {
+/**
+ * Drops the live database (closing its sessions: a dashboard left from an earlier run) and creates it afresh,
+ * migrated; gives bi_reader, the dashboard's login, its password when it has none yet, as make migrate does
+ * (`loginLog` says so: make stream may be the first thing a newcomer runs after make up).
+ */
+async function emptyDatabase(target: DatabaseTarget, log: Logger, config: Config, loginLog: Logger): Promise<void> {
   await dropDatabase(target, target.database, log);
   await ensureDatabase(target, log);
   const sql = connect(target, log, { max: 1 });
   try {
     await migrate(sql, SQL_DIR, log);
+    await ensureReaderLogin(sql, { ...config, database: target }, loginLog);
   } finally {
     await sql.end({ timeout: 5 });
   }
@@ -80,7 +88,7 @@ async function main(): Promise<void> {
   const log = createLogger("live", config.logLevel);
   const live = liveTarget(config);
   // Quieter for the migrations: every run applies all of them to the new database.
-  await emptyDatabase(live.database, createLogger("live", config.logLevel === "debug" ? "debug" : "warn")).catch((error: Error) => {
+  await emptyDatabase(live.database, createLogger("live", config.logLevel === "debug" ? "debug" : "warn"), config, log).catch((error: Error) => {
     throw isConnectionError(error) ? new Error(`cannot reach PostgreSQL at ${describeDatabase(live.database)}: ${error.message} (is it up? make up)`) : error;
   });
   const removed = await emptyFolder(live.dir);

@@ -4,14 +4,20 @@
 //
 //   sql/*.sql  ->  tables in PostgreSQL                 make migrate
 //
-// When BI_READER_PASSWORD is set, the read-only role bi_reader (sql/005) gets a login with that password, sent
-// as a SCRAM verifier so the password itself never reaches the server's logs.
+// Then the read-only role bi_reader (sql/005), which the dashboard and BI tools log in as, gets its login and
+// its first password, once: a role belongs to the whole server, so migrating another database leaves its
+// password as it is (and says so when BI_READER_PASSWORD differs from it). The password is BI_READER_PASSWORD,
+// else the one stored in BI_READER_PASSWORD_FILE (.local/bi_reader.password), written here with a random one the
+// first time (mode 0600). --rotate-bi-reader-password (make rotate-bi-reader) sets a new one on purpose. See
+// lib/bi_reader.ts.
 //
-// Env: DATABASE_URL (or PG*), BI_READER_PASSWORD, LOG_LEVEL. Flags: --dir, --help.
+// Env: DATABASE_URL (or PG*), BI_READER_PASSWORD, BI_READER_PASSWORD_FILE, LOG_LEVEL.
+// Flags: --dir, --rotate-bi-reader-password, --help.
 
-import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
+import { ensureReaderLogin, rotateReaderPassword } from "./lib/bi_reader.ts";
 import { fail, parseCli } from "./lib/cli.ts";
 import { projectPath, readConfig, type DatabaseTarget } from "./lib/config.ts";
 import { connect, describeDatabase, explainDatabaseFailure, isConnectionError, maintenance, type Sql } from "./lib/db.ts";
@@ -25,12 +31,19 @@ export interface Migration {
 
 const command = {
   script: "scripts/migrate.ts",
-  summary: "Create the database if needed and apply sql/NNN_*.sql migrations that are not applied yet.",
+  summary: [
+    "Create the database if needed and apply sql/NNN_*.sql migrations that are not applied yet; give the read-only",
+    "role bi_reader its login and first password when it has none (once per server), or rotate it on purpose.",
+  ].join("\n"),
   flags: {
     dir: { type: "string", arg: "DIR", help: "folder of migration files (default sql)" },
+    "rotate-bi-reader-password": {
+      type: "boolean",
+      help: "set bi_reader's password to BI_READER_PASSWORD (unset: a new random one in BI_READER_PASSWORD_FILE), for every database on the server",
+    },
   },
-  env: ["DATABASE_URL", "BI_READER_PASSWORD", "LOG_LEVEL"],
-  notes: "Run by: make migrate",
+  env: ["DATABASE_URL", "BI_READER_PASSWORD", "BI_READER_PASSWORD_FILE", "LOG_LEVEL"],
+  notes: "Run by: make migrate; make rotate-bi-reader (--rotate-bi-reader-password)",
 } as const;
 
 /** sql/NNN_verb_noun.sql files in id order; ids must be unique. */
@@ -124,29 +137,6 @@ export async function migrate(sql: Sql, dir: string, log: Logger): Promise<strin
   return applied;
 }
 
-/**
- * A SCRAM-SHA-256 verifier for `password` (RFC 5802, as PostgreSQL stores it). Sending the verifier instead of
- * the password keeps the password itself out of the wire, the server's statement log and pg_stat_activity.
- */
-export function scramVerifier(password: string, salt: Buffer = randomBytes(16), iterations = 4096): string {
-  const salted = pbkdf2Sync(password.normalize("NFKC"), salt, iterations, 32, "sha256");
-  const clientKey = createHmac("sha256", salted).update("Client Key").digest();
-  const storedKey = createHash("sha256").update(clientKey).digest();
-  const serverKey = createHmac("sha256", salted).update("Server Key").digest();
-  return `SCRAM-SHA-256$${iterations}:${salt.toString("base64")}$${storedKey.toString("base64")}:${serverKey.toString("base64")}`;
-}
-
-/** Gives the read-only role bi_reader (made by sql/005) a login with this password, or leaves it without one. */
-export async function setReaderPassword(sql: Sql, password: string | undefined, log: Logger): Promise<void> {
-  if (!password) {
-    log.info("bi_reader has no login yet: set BI_READER_PASSWORD and run make migrate to let Tableau connect");
-    return;
-  }
-  // ALTER ROLE takes no parameters; the verifier holds only base64 and "$:" characters, nothing to escape.
-  await sql.unsafe(`alter role bi_reader with login password '${scramVerifier(password)}'`);
-  log.info("bi_reader can log in with the password in BI_READER_PASSWORD");
-}
-
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -162,7 +152,8 @@ async function main(): Promise<void> {
   const sql = connect(config.database, log, { max: 1 });
   try {
     const applied = await migrate(sql, dir, log);
-    await setReaderPassword(sql, config.biReaderPassword, log);
+    if (flags["rotate-bi-reader-password"]) await rotateReaderPassword(sql, config, log);
+    else await ensureReaderLogin(sql, config, log);
     log.info(
       `${describeDatabase(config.database)}: ${applied.length} applied, ` +
         `${(await listMigrations(dir)).length - applied.length} already there (${formatDuration(performance.now() - started)})`,

@@ -157,7 +157,7 @@ describe("the read-only role bi_reader", () => {
   });
 
   test("reads every view", async () => {
-    for (const view of ["v_sales", "v_monthly_sales", "v_product_performance", "v_customer_segments", "v_region_sales", "v_pipeline_health"]) {
+    for (const view of ["v_sales", "v_monthly_sales", "v_product_performance", "v_customer_segments", "v_region_sales", "v_pipeline_health", "v_loaded_files"]) {
       expect(await refused(`select * from ${view} limit 1`)).toBeUndefined();
     }
   });

@@ -12,7 +12,8 @@ import { readConfig, type DatabaseTarget } from "../scripts/lib/config.ts";
 import { connect, describeDatabase, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { postgresServerInstalled } from "../scripts/lib/stack/postgres.ts";
-import { ensureDatabase, listMigrations, migrate, setReaderPassword } from "../scripts/migrate.ts";
+import { ensureReaderLogin } from "../scripts/lib/bi_reader.ts";
+import { ensureDatabase, listMigrations, migrate } from "../scripts/migrate.ts";
 import {
   createTestDatabase,
   ROOT,
@@ -89,7 +90,8 @@ describe.skipIf(missing.length > 0)("bi_reader before and after sql/007", () => 
     mkdirSync(before);
     for (const m of await listMigrations(join(ROOT, "sql"))) if (m.id < 7) copyFileSync(m.path, join(before, m.name));
     await migrate(admin, before, quiet);
-    await setReaderPassword(admin, "trusted-anyway", quiet); // the test server trusts local logins: this gives the login
+    // The test server trusts local logins: this gives the login.
+    await ensureReaderLogin(admin, { biReaderPassword: "trusted-anyway", biReaderPasswordFile: join(tmp.path, "unused"), database: target }, quiet);
   });
   afterAll(async () => {
     await closeReaders();
@@ -127,6 +129,23 @@ describe.skipIf(missing.length > 0)("bi_reader before and after sql/007", () => 
     // The loaders' turn: a row only the loader's role may lock.
     expect(await outcome(sql, "select * from loader_lock for update")).toBe("42501");
     expect(await outcome(admin, "begin; select * from loader_lock for update; rollback")).toBeUndefined();
+    await closeReaders();
+  });
+
+  test("after every migration bi_reader reads each view, v_loaded_files (sql/009) included, and no base table", async () => {
+    const sql = reader();
+    const relations = await admin<{ name: string; kind: string }[]>`
+      select table_name as name, table_type as kind from information_schema.tables where table_schema = 'public' order by 1
+    `;
+    const views = relations.filter((r) => r.kind === "VIEW").map((r) => r.name);
+    const tables = relations.filter((r) => r.kind === "BASE TABLE").map((r) => r.name);
+    expect(views).toContain("v_loaded_files");
+    expect(tables).toContain("loaded_files");
+    for (const view of views) expect([view, await outcome(sql, `select * from ${view} limit 1`)]).toEqual([view, undefined]);
+    for (const table of tables) expect([table, await outcome(sql, `select * from ${table} limit 1`)]).toEqual([table, "42501"]);
+    // The view holds the ledger's names and times, nothing else of it.
+    const [columns] = await admin`select array_agg(column_name::text order by ordinal_position) as names from information_schema.columns where table_name = 'v_loaded_files'`;
+    expect(columns!.names).toEqual(["file_name", "loaded_at"]);
     await closeReaders();
   });
 
@@ -271,7 +290,7 @@ describe("a database switched read-only under load --watch", () => {
       expect(psql.exitCode).not.toBe(0);
       expect(psql.stderr.toString()).toContain("cannot execute INSERT in a read-only transaction");
       // The loader's session began before the switch: it is ended, as a restart or failover would.
-      await db.sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'sales-load'`;
+      await db.sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'load'`;
       batch(dir, "second.csv", 21, 30);
       const stopped = await loader.finish(60_000);
       expect(stopped.code, stopped.stderr).toBe(1);

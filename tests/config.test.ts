@@ -51,6 +51,7 @@ const DEFAULTS: Config = {
   confirm: false,
   dashboardPort: 8050,
   biReaderPassword: undefined,
+  biReaderPasswordFile: ".local/bi_reader.password",
   crashAt: undefined,
   requireAllTests: false,
   chaosRuns: 1,
@@ -83,6 +84,7 @@ describe("readConfig", () => {
       CONFIRM: "1",
       DASHBOARD_PORT: "9000",
       BI_READER_PASSWORD: "reader-secret",
+      BI_READER_PASSWORD_FILE: "/run/secrets/bi_reader",
       SALES_CRASH_AT: "before-write",
       REQUIRE_ALL_TESTS: "1",
       CHAOS_RUNS: "3",
@@ -118,6 +120,7 @@ describe("readConfig", () => {
       confirm: true,
       dashboardPort: 9000,
       biReaderPassword: "reader-secret",
+      biReaderPasswordFile: "/run/secrets/bi_reader",
       crashAt: "before-write",
       requireAllTests: true,
       chaosRuns: 3,
@@ -461,6 +464,7 @@ describe("ENV_DOCS", () => {
         "CONFIRM",
         "DASHBOARD_PORT",
         "BI_READER_PASSWORD",
+        "BI_READER_PASSWORD_FILE",
       ].sort(),
     );
   });

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseDatabase, readConfig, type DatabaseTarget } from "../scripts/lib/config.ts";
-import { connect, databaseUrl, explainDatabaseFailure, withDatabase } from "../scripts/lib/db.ts";
+import { applicationName, connect, databaseUrl, explainDatabaseFailure, withDatabase } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { postgresServerInstalled } from "../scripts/lib/stack/postgres.ts";
 import { BASE, freePorts, runScript, startPrivatePostgres, tempDir, uniqueName, type PrivatePostgres } from "./helpers.ts";
@@ -32,6 +32,20 @@ const missingDatabase = withDatabase(BASE.database, uniqueName("no_such_db"));
 const [nothingListens] = freePorts(1) as [number];
 const serverDown = parseDatabase({ DATABASE_URL: `postgres://postgres@127.0.0.1:${nothingListens}/sales` });
 const noSuchRole = { ...BASE.database, user: uniqueName("no_such_role") };
+
+describe("applicationName", () => {
+  test("is the script's file name without its extension, as pg_stat_activity shows its sessions", async () => {
+    expect(applicationName("/srv/sales/scripts/load.ts")).toBe("load");
+    expect(applicationName("scripts/consumer_batch_to_csv.ts")).toBe("consumer_batch_to_csv");
+    expect(applicationName("/repo/tests/db.test.ts")).toBe("db.test");
+    const sql = connect(BASE.database, createLogger("test", "silent"), { max: 1, database: "postgres" });
+    try {
+      expect((await sql`select current_setting('application_name') as name`)[0]!.name).toBe("db.test");
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+  });
+});
 
 describe("explainDatabaseFailure", () => {
   test("a database that does not exist: named with the server, the setting and make migrate", async () => {

@@ -277,7 +277,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
             if (cuts >= 4 || seed % 10 !== 0) return;
             const killed = await db.sql`
               select pg_terminate_backend(pid) from pg_stat_activity
-              where datname = current_database() and application_name = 'sales-load' and state <> 'idle'
+              where datname = current_database() and application_name = 'load' and state <> 'idle'
             `;
             cuts += killed.length;
           };
@@ -333,7 +333,7 @@ describe.skipIf(missing.length > 0)("fault injection", () => {
       await waitFor("the loader to wait for the lock", async () => {
         const [row] = await s.db.sql`
           select count(*)::int as n from pg_stat_activity
-          where datname = current_database() and application_name = 'sales-load' and wait_event_type = 'Lock'
+          where datname = current_database() and application_name = 'load' and wait_event_type = 'Lock'
         `;
         return row!.n > 0;
       });

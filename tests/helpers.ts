@@ -8,6 +8,7 @@ import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rm
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
+import { ensureReaderLogin } from "../scripts/lib/bi_reader.ts";
 import { parseDatabase, readConfig, type DatabaseTarget, type SaslMechanism } from "../scripts/lib/config.ts";
 import { connect, databaseUrl, dropDatabase as dropDatabaseOn, withDatabase, type Sql } from "../scripts/lib/db.ts";
 import { consumerLag, createKafka } from "../scripts/lib/kafka.ts";
@@ -44,9 +45,15 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A fresh database with every migration applied on the pipeline's server; drop() removes it. */
-export function createTestDatabase(prefix = "sales_test"): Promise<TestDatabase> {
-  return createDatabaseOn(BASE.database, prefix);
+/**
+ * A fresh database with every migration applied on the pipeline's server; drop() removes it. bi_reader, the
+ * dashboard's login, gets its login and first password as make migrate gives them in this checkout, when it
+ * has none yet (a new server, as in CI).
+ */
+export async function createTestDatabase(prefix = "sales_test"): Promise<TestDatabase> {
+  const db = await createDatabaseOn(BASE.database, prefix);
+  await ensureReaderLogin(db.sql, BASE, quiet);
+  return db;
 }
 
 export interface RunResult {

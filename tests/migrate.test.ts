@@ -47,6 +47,7 @@ describe("migrate.ts", () => {
       ]);
       expect(tables.filter((r) => r.kind === "VIEW").map((r) => r.t)).toEqual([
         "v_customer_segments",
+        "v_loaded_files",
         "v_monthly_sales",
         "v_pipeline_health",
         "v_product_performance",

@@ -455,7 +455,7 @@ describe("loader", () => {
     });
     try {
       const connected = async () => {
-        const [row] = await db.sql`select count(*)::int as n from pg_stat_activity where application_name = 'sales-load'`;
+        const [row] = await db.sql`select count(*)::int as n from pg_stat_activity where application_name = 'load'`;
         return row!.n > 0;
       };
       await waitFor("the loader to connect", connected, 10_000);

@@ -26,6 +26,8 @@ const NOT_RUN: Readonly<Record<string, string>> = {
   "BATCHES_DIR=/var/lib/sales/batches bun scripts/consumer_batch_to_csv.ts": "runs until Ctrl-C, in a system folder",
   "BATCHES_DIR=/var/lib/sales/batches bun scripts/load.ts --watch": "runs until Ctrl-C, in a system folder",
   "echo 'BI_READER_PASSWORD=choose-one' >> .env": "would give bi_reader, a role of the whole server, a password",
+  [`PGPASSWORD="$(cat .local/bi_reader.password)" psql -h 127.0.0.1 -p 5432 -U bi_reader -d sales -c 'select * from v_pipeline_health'`]:
+    "the password file is in the checkout whose make migrate gave bi_reader its first password, and the database is the README's sales",
   "make down": "stops the services every other test uses",
   "make up KAFKA_NODES=3": "starts a cluster in place of the single node the other tests use",
   "make destroy": "deletes the data of the services every other test uses",

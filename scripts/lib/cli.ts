@@ -43,7 +43,8 @@ export function helpText<F extends Record<string, Flag>>(command: Command<F>): s
   });
   rows.push(["-h, --help", "show this help"]);
   const width = Math.max(...rows.map(([left]) => left.length)) + 2;
-  const env = command.env.map((name) => `  ${name.padEnd(22)}default ${ENV_DOCS[name] ?? "(none)"}`);
+  const envWidth = Math.max(22, ...command.env.map((name) => name.length + 2));
+  const env = command.env.map((name) => `  ${name.padEnd(envWidth)}default ${ENV_DOCS[name] ?? "(none)"}`);
   return [
     `Usage: bun ${command.script}${command.positionals ? ` ${command.positionals}` : ""} [flags]`,
     "",

@@ -54,6 +54,11 @@ export interface DatabaseTarget {
   readonly ssl: string | undefined;
   /** the variables it came from, for messages: "DATABASE_URL", or the PG* ones */
   readonly setting: string;
+  /**
+   * What to do when the server refuses this login, for a role the pipeline gives its password (bi_reader, see
+   * lib/bi_reader.ts); undefined: check the user and password in `setting`.
+   */
+  readonly loginHelp?: string;
 }
 
 export const SASL_MECHANISMS = ["plain", "scram-sha-256", "scram-sha-512"] as const;
@@ -109,6 +114,8 @@ export interface Config {
   readonly dashboardPort: number;
   /** password of the read-only role for Tableau and the dashboard; secret */
   readonly biReaderPassword: string | undefined;
+  /** where make migrate stores bi_reader's password when BI_READER_PASSWORD is not set (mode 0600) */
+  readonly biReaderPasswordFile: string;
   /** test hook of the consumer (SALES_CRASH_AT): die like a power cut at this point of the first batch */
   readonly crashAt: string | undefined;
   /** CI's switch (REQUIRE_ALL_TESTS=1): tests whose tools are missing (Java, a browser, xmllint) fail instead of skipping */
@@ -147,7 +154,8 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   STACK_MODE: "auto (docker when Docker runs containers, else local)",
   CONFIRM: "unset (1: do not ask before deleting data)",
   DASHBOARD_PORT: "8050",
-  BI_READER_PASSWORD: "unset (set it to create the read-only login bi_reader)",
+  BI_READER_PASSWORD: "unset: the password in BI_READER_PASSWORD_FILE (the read-only login bi_reader's password; never printed)",
+  BI_READER_PASSWORD_FILE: ".local/bi_reader.password (make migrate writes a random password there, mode 0600, the first time, when BI_READER_PASSWORD is unset)",
 };
 
 /** The TLS and SASL variables, for the --help of every script that talks to Kafka. */
@@ -507,6 +515,7 @@ export function readConfig(env: Env = process.env): Config {
     confirm: text(env, "CONFIRM", "") === "1",
     dashboardPort: parsePort(text(env, "DASHBOARD_PORT", "8050"), "DASHBOARD_PORT"),
     biReaderPassword,
+    biReaderPasswordFile: projectPath(text(env, "BI_READER_PASSWORD_FILE", ".local/bi_reader.password")),
     crashAt: text(env, "SALES_CRASH_AT", "") || undefined,
     requireAllTests: text(env, "REQUIRE_ALL_TESTS", "") === "1",
     chaosRuns: parsePositiveInt(text(env, "CHAOS_RUNS", "1"), "CHAOS_RUNS", 100),

@@ -1,5 +1,7 @@
-// PostgreSQL through postgres.js, configured once: the target from config, server notices to our logger, an
-// application_name that shows in pg_stat_activity, and the few things the driver does not do safely by itself:
+// PostgreSQL through postgres.js, configured once: the target from config, server notices to our logger, the
+// script's own name as application_name (load, dashboard, migrate, ...: pg_stat_activity shows who is who, and
+// a check for a running loader looks for application_name = 'load'), and the few things the driver does not do
+// safely by itself:
 //
 // - openDatabase: a pool that is thrown away and opened afresh after a connection error, and transactions
 //   whose statements cannot reach a later session once their own connection is gone;
@@ -8,6 +10,7 @@
 // - explainDatabaseFailure: why PostgreSQL cannot be used at all (the server does not answer, the database does
 //   not exist, the login is refused), in words that name the setting, the address and the fix.
 
+import { basename } from "node:path";
 import postgres, { type PendingQuery, type Row, type Sql, type TransactionSql } from "postgres";
 import type { DatabaseTarget } from "./config.ts";
 import type { Logger } from "./log.ts";
@@ -35,6 +38,15 @@ export interface ConnectOptions {
   readonly keepOpen?: boolean;
 }
 
+/**
+ * The application_name of every session this process opens: the file name of the script it runs, without its
+ * extension (scripts/load.ts: "load"; a test file: "bi_reader.test"). Taken from the entry point rather than
+ * given by each script, so a script cannot show under another's name; ConnectOptions.parameters may override it.
+ */
+export function applicationName(main: string = Bun.main): string {
+  return basename(main).replace(/\.[cm]?[jt]sx?$/, "").slice(0, 63);
+}
+
 export function connect(target: DatabaseTarget, log: Logger, options: ConnectOptions = {}): Sql {
   installDriverGuard(log);
   return postgres({
@@ -47,7 +59,7 @@ export function connect(target: DatabaseTarget, log: Logger, options: ConnectOpt
     max: options.max ?? 2,
     ...(options.prepare === false ? { prepare: false } : {}),
     onnotice: (notice: postgres.Notice) => log.debug(`postgres: ${notice.message}`),
-    connection: { application_name: `sales-${log.name}`, ...options.parameters },
+    connection: { application_name: applicationName(), ...options.parameters },
     // Fail fast with a clear message when the server is down, instead of waiting the 30 s default.
     connect_timeout: 5,
     ...(options.onnotify ? { onnotify: options.onnotify } : {}),
@@ -174,6 +186,15 @@ export function explainDatabaseFailure(error: unknown, target: DatabaseTarget): 
     case "no-database":
       return new DatabaseAccessError(problem, `the database "${target.database}" does not exist on the PostgreSQL server at ${server} (${target.setting}): make migrate creates it`);
     case "login-refused":
+      if (target.loginHelp) {
+        // A role whose password the pipeline gives (bi_reader): the fix is the pipeline's, not DATABASE_URL's.
+        return new DatabaseAccessError(
+          problem,
+          code === "28P01"
+            ? `PostgreSQL at ${server} refused the password of role "${target.user}": ${target.loginHelp}`
+            : `PostgreSQL at ${server} refused role "${target.user}" (${said}): ${target.loginHelp}, or check the server's pg_hba.conf`,
+        );
+      }
       return new DatabaseAccessError(
         problem,
         code === "28P01"

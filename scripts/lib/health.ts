@@ -185,11 +185,14 @@ export async function filesHealth(dir: string, loaded: ReadonlySet<string>): Pro
   return { dir, total: names.length, pending: names.filter((f) => !loaded.has(f)).length, failed };
 }
 
-/** Names in the ledger loaded after `since` (all when undefined), to keep a set of loaded names up to date. */
+/**
+ * Names in the ledger loaded after `since` (all when undefined), to keep a set of loaded names up to date. Read
+ * from the view v_loaded_files (sql/009), which bi_reader, the dashboard's role, may read; loaded_files it may not.
+ */
 export async function loadedSince(sql: Sql | TransactionSql, since: Date | undefined): Promise<{ names: string[]; latest: Date | undefined }> {
   const rows = since
-    ? await sql<{ file_name: string; loaded_at: Date }[]>`select file_name, loaded_at from loaded_files where loaded_at >= ${since}`
-    : await sql<{ file_name: string; loaded_at: Date }[]>`select file_name, loaded_at from loaded_files`;
+    ? await sql<{ file_name: string; loaded_at: Date }[]>`select file_name, loaded_at from v_loaded_files where loaded_at >= ${since}`
+    : await sql<{ file_name: string; loaded_at: Date }[]>`select file_name, loaded_at from v_loaded_files`;
   const latest = rows.reduce<Date | undefined>((max, r) => (!max || r.loaded_at > max ? r.loaded_at : max), since);
   return { names: rows.map((r) => r.file_name), latest };
 }
