@@ -63,7 +63,7 @@ describe("retentionFrom", () => {
 
   test("refuses delete without days and days with keep, naming the flag or variable that gave each", () => {
     expect(() => retentionFrom({}, config({ BATCH_RETENTION: "delete" }))).toThrow("BATCH_RETENTION=delete needs BATCH_RETENTION_DAYS");
-    expect(() => retentionFrom({ retention: "delete" }, config({}))).toThrow("--retention=delete needs BATCH_RETENTION_DAYS");
+    expect(() => retentionFrom({ retention: "delete" }, config({}))).toThrow("--retention delete needs BATCH_RETENTION_DAYS");
     expect(() => retentionFrom({ "retention-days": "7" }, config({}))).toThrow("--retention-days is set, but BATCH_RETENTION=keep keeps every file");
     expect(() => retentionFrom({ retention: "archive" }, config({}))).toThrow('--retention must be keep, move or delete, got "archive"');
   });

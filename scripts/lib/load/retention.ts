@@ -69,11 +69,13 @@ export function loadDay(at: Date): string {
 
 /** A checked policy: `delete` needs a number of days, `keep` takes none. `names` say where each value came from. */
 export function retentionPolicy(mode: RetentionMode, days: number | undefined, names: { mode: string; days: string }): RetentionPolicy {
+  // "BATCH_RETENTION=delete" for a variable, "--retention delete" for a flag
+  const setting = (value: string) => `${names.mode}${names.mode.startsWith("--") ? " " : "="}${value}`;
   if (mode === "delete" && days === undefined) {
-    throw new Error(`${names.mode}=delete needs ${names.days}: the number of days a loaded file is kept (0: deleted right after its load)`);
+    throw new Error(`${setting("delete")} needs ${names.days}: the number of days a loaded file is kept (0: deleted right after its load)`);
   }
   if (mode === "keep" && days !== undefined) {
-    throw new Error(`${names.days} is set, but ${names.mode}=keep keeps every file: set ${names.mode} to delete (or move) to delete loaded files after ${days} days`);
+    throw new Error(`${names.days} is set, but ${setting("keep")} keeps every file: set ${names.mode} to delete (or move) to delete loaded files after ${days} days`);
   }
   return Object.freeze({ mode, days });
 }
