@@ -1,21 +1,27 @@
 // Export: every BI view as a UTF-8 CSV file, for Tableau Public (which reads files, not databases) and for
-// Tableau Desktop without a database, plus the ready workbook over those files.
+// Tableau Desktop without a database, plus the ready workbook over those files, loose and packaged.
 //
-//   v_sales, v_monthly_sales, ... (PostgreSQL)  ->  data/exports/<view>.csv + superstore_sales.twb    make export
+//   v_sales, v_monthly_sales, ... (PostgreSQL)  ->  data/exports/<view>.csv, superstore_sales.twb
+//                                                   and superstore_sales.twbx                      make export
 //
 // All files come from one snapshot: one read-only, repeatable-read transaction, so their totals agree even while
 // the loader keeps committing. Each file is written to a temporary name and renamed when complete. The workbook
-// is sql/tableau/superstore_sales.twb with its text-file folder pointed at the export folder.
+// is sql/tableau/superstore_sales.twb with its text-file folder pointed at the CSV files:
+// - superstore_sales.twb names the export folder by its absolute path: it opens on this machine, from anywhere;
+// - superstore_sales.twbx is the packaged workbook, the one to share or to open on another machine (Windows,
+//   Mac): a ZIP holding the workbook at its root and the CSV files in Data/exports/, the workbook's folder
+//   being that relative path, as Tableau lays out a package of text files. It names no path of this machine.
 //
 // Env: DATABASE_URL (or PG*), LOG_LEVEL. Flags: --dir, --help.
 
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { fail, parseCli } from "./lib/cli.ts";
 import { projectPath, readConfig } from "./lib/config.ts";
 import { writeCsv } from "./lib/csv.ts";
 import { connect, describeDatabase, explainDatabaseFailure, type TransactionSql } from "./lib/db.ts";
 import { createLogger, formatDuration } from "./lib/log.ts";
+import { fileSink, ZipWriter } from "./lib/zip.ts";
 
 const command = {
   script: "scripts/export.ts",
@@ -24,7 +30,10 @@ const command = {
     dir: { type: "string", short: "d", arg: "DIR", help: "output folder (default data/exports)" },
   },
   env: ["DATABASE_URL", "LOG_LEVEL"],
-  notes: "Run by: make export. Open data/exports/superstore_sales.twb in Tableau Public or Desktop.",
+  notes: [
+    "Run by: make export. Open data/exports/superstore_sales.twbx in Tableau Public or Desktop, on any machine, or",
+    "share it; data/exports/superstore_sales.twb opens the same CSV files on this machine.",
+  ].join("\n"),
 } as const;
 
 /** The views and the order their rows are written in. */
@@ -39,6 +48,10 @@ export const EXPORTS: readonly { readonly view: string; readonly orderBy: string
 export const WORKBOOK = "sql/tableau/superstore_sales.twb";
 /** Where the committed workbook expects the exports, relative to itself. */
 const WORKBOOK_DIRECTORY = "../../data/exports";
+/** The packaged workbook, beside the loose one. */
+export const PACKAGE = "superstore_sales.twbx";
+/** The CSV files' folder inside the package, relative to the workbook at its root (Tableau's Data/<folder>/). */
+export const PACKAGED_DIRECTORY = "Data/exports";
 
 /** Rows read from the database per round trip while a view is written. */
 const CURSOR_ROWS = 2000;
@@ -73,7 +86,7 @@ async function exportView(tx: TransactionSql, dir: string, view: string, orderBy
   return rows;
 }
 
-/** The workbook with its text-file folder pointed at `dir` (an absolute path). */
+/** The workbook with its text-file folder pointed at `dir` (absolute, or relative to the workbook). */
 export async function workbookFor(dir: string): Promise<string> {
   const text = await readFile(projectPath(WORKBOOK), "utf8");
   if (!text.includes(`'${WORKBOOK_DIRECTORY}'`) && !text.includes(`"${WORKBOOK_DIRECTORY}"`)) {
@@ -81,6 +94,30 @@ export async function workbookFor(dir: string): Promise<string> {
   }
   const escaped = dir.replaceAll("&", "&amp;").replaceAll("'", "&apos;").replaceAll('"', "&quot;").replaceAll("<", "&lt;");
   return text.replaceAll(WORKBOOK_DIRECTORY, escaped);
+}
+
+/**
+ * Writes `dir/superstore_sales.twbx` through a temporary file: the workbook (reading PACKAGED_DIRECTORY) at the
+ * root, then each view's CSV file, streamed from the file just written, so the package holds exactly those bytes.
+ * Memory holds the workbook's text and one chunk of a CSV file at a time, whatever the size of the export.
+ */
+export async function writePackage(dir: string, views: readonly string[], modified = new Date()): Promise<number> {
+  const path = join(dir, PACKAGE);
+  const tmp = join(dir, `.${PACKAGE}.tmp`);
+  const handle = await open(tmp, "w");
+  try {
+    const zip = new ZipWriter(fileSink(handle));
+    await zip.add("superstore_sales.twb", await workbookFor(PACKAGED_DIRECTORY), { modified });
+    for (const view of views) await zip.add(`${PACKAGED_DIRECTORY}/${view}.csv`, Bun.file(join(dir, `${view}.csv`)).stream(), { modified });
+    const size = await zip.finish();
+    await handle.close();
+    await rename(tmp, path);
+    return size;
+  } catch (error) {
+    await handle.close().catch(() => undefined); // closed already when the rename failed
+    await rm(tmp, { force: true });
+    throw new Error(`cannot write ${path}: ${(error as Error).message}`, { cause: error });
+  }
 }
 
 async function main(): Promise<void> {
@@ -103,11 +140,14 @@ async function main(): Promise<void> {
       .catch((error: unknown) => {
         throw explainDatabaseFailure(error, config.database) ?? error;
       });
-    await writeFile(join(dir, "superstore_sales.twb"), await workbookFor(dir));
+    await writeFile(join(dir, ".superstore_sales.twb.tmp"), await workbookFor(dir));
+    await rename(join(dir, ".superstore_sales.twb.tmp"), join(dir, "superstore_sales.twb"));
+    const packaged = await writePackage(dir, EXPORTS.map((e) => e.view));
     log.info(
       `done: ${Object.entries(counts)
         .map(([view, n]) => `${view}=${n}`)
-        .join(" ")} from ${describeDatabase(config.database)} into ${dir}/ in ${formatDuration(performance.now() - started)}`,
+        .join(" ")} from ${describeDatabase(config.database)} into ${dir}/ (${PACKAGE}: ${(packaged / 1e6).toFixed(1)} MB) ` +
+        `in ${formatDuration(performance.now() - started)}`,
     );
   } finally {
     await sql.end({ timeout: 5 });

@@ -70,13 +70,13 @@ async function emptyDatabase(target: DatabaseTarget, log: Logger, config: Config
   }
 }
 
-/** Removes the batch files of earlier runs from the live folder, with what the loader set aside or rejected. */
+/** Removes the batch files of earlier runs from the live folder, with what the loader set aside, rejected or moved. */
 async function emptyFolder(dir: string): Promise<number> {
   const entries = await readdir(dir, { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
     if (error.code === "ENOENT") return [];
     throw error;
   });
-  const ours = entries.filter((e) => (e.isFile() && e.name.endsWith(".csv")) || (e.isDirectory() && (e.name === "failed" || e.name === "rejected")));
+  const ours = entries.filter((e) => (e.isFile() && e.name.endsWith(".csv")) || (e.isDirectory() && ["failed", "rejected", "loaded"].includes(e.name)));
   await Promise.all(ours.map((e) => rm(join(dir, e.name), { recursive: true, force: true })));
   return ours.filter((e) => e.isFile()).length;
 }

@@ -24,14 +24,21 @@
 // (switched read-only, or a hot standby) stops the loader with the database and the file in the message: the
 // files wait in the folder, and the next run loads them.
 //
-// Env: DATABASE_URL (or PG*), BATCHES_DIR, LOG_LEVEL, LOG_PROGRESS. Flags: --dir, --watch, --help.
+// Loaded files stay in the folder (keep), are moved to BATCHES_DIR/loaded/YYYY-MM-DD/ (move), or are deleted
+// once their load is N days old (delete, or move with a number of days): lib/load/retention.ts. "Loaded" is
+// the ledger's word (the sha256 of the file's content in loaded_files), never a name's. --watch applies it to
+// each group once it committed (and the days once an hour); a single run applies it at the end. The summary
+// counts moved= and deleted= files.
+//
+// Env: DATABASE_URL (or PG*), BATCHES_DIR, BATCH_RETENTION, BATCH_RETENTION_DAYS, LOG_LEVEL, LOG_PROGRESS.
+// Flags: --dir, --watch, --retention, --retention-days, --help.
 
 import { existsSync, watch, type FSWatcher } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { parseBatchFileName, parseGapFileName, sha256 } from "./lib/batch.ts";
 import { fail, parseCli } from "./lib/cli.ts";
-import { readConfig } from "./lib/config.ts";
+import { parseRetentionDays, parseRetentionMode, readConfig, type Config } from "./lib/config.ts";
 import {
   DatabaseAccessError,
   describeDatabase,
@@ -45,6 +52,17 @@ import {
 import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
+import {
+  describeRetention,
+  expireMoved,
+  retainLoaded,
+  retentionPolicy,
+  sameStamp,
+  stampOf,
+  type LoadedFile,
+  type RetentionPolicy,
+  type Stamp,
+} from "./lib/load/retention.ts";
 import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, rateWhile, type Logger } from "./lib/log.ts";
 import { collectGarbage } from "./lib/memory.ts";
@@ -60,8 +78,18 @@ const command = {
   flags: {
     dir: { type: "string", short: "d", arg: "DIR", help: "folder of batch files (default $BATCHES_DIR = batches)" },
     watch: { type: "boolean", short: "w", help: "keep running and load new files as they appear" },
+    retention: {
+      type: "string",
+      arg: "MODE",
+      help: "what becomes of loaded files: keep, move (to DIR/loaded/YYYY-MM-DD/) or delete (default $BATCH_RETENTION = keep)",
+    },
+    "retention-days": {
+      type: "string",
+      arg: "N",
+      help: "delete loaded files once their load is N days old, in DIR and DIR/loaded/ (default $BATCH_RETENTION_DAYS)",
+    },
   },
-  env: ["DATABASE_URL", "BATCHES_DIR", "LOG_LEVEL", "LOG_PROGRESS"],
+  env: ["DATABASE_URL", "BATCHES_DIR", "BATCH_RETENTION", "BATCH_RETENTION_DAYS", "LOG_LEVEL", "LOG_PROGRESS"],
   notes: "Run by: make load (once), make stream (with --watch)",
 } as const;
 
@@ -71,6 +99,8 @@ export const GROUP_BYTES = 4 * 1024 * 1024;
 export const GROUP_FILES = 200;
 /** Without --watch, how long the loader waits for PostgreSQL before it gives up. */
 const ONE_SHOT_PATIENCE_MS = 30_000;
+/** --watch: how often the retention policy goes over the whole folder (files due for deletion by their age). */
+const RETENTION_SWEEP_MS = 3_600_000;
 
 /**
  * How long a file must have been left alone before it is judged, when nothing else says it is complete. The
@@ -78,17 +108,6 @@ const ONE_SHOT_PATIENCE_MS = 30_000;
  * at once; a file copied in by hand may still be growing.
  */
 export const SETTLE_MS = 2000;
-
-/**
- * How a file looked: a file put in its place, or written over, looks different (size, inode, or a change
- * time, which no tool can set back).
- */
-export interface Stamp {
-  readonly size: number;
-  readonly mtimeMs: number;
-  readonly ctimeMs: number;
-  readonly ino: number;
-}
 
 export interface PendingFile {
   readonly name: string;
@@ -104,22 +123,31 @@ export interface PendingFile {
  * loaded it; a name the ledger knows from an earlier run is checked once, by the hash of its content.
  */
 export class LoadedFiles {
-  private readonly stamps = new Map<string, Stamp>();
+  private readonly seen = new Map<string, { readonly stamp: Stamp; readonly hash: string }>();
 
   /** `ledger`: file name -> the sha256 of every content loaded under that name. */
   constructor(private readonly ledger: ReadonlyMap<string, ReadonlySet<string>>) {}
 
-  loaded(name: string, stamp: Stamp): void {
-    this.stamps.set(name, stamp);
+  /** `name`, as it looked (`stamp`), was loaded with the content `hash` (or that content was loaded before). */
+  loaded(name: string, stamp: Stamp, hash: string): void {
+    this.seen.set(name, { stamp, hash });
   }
 
   async has(dir: string, name: string, stamp: Stamp): Promise<boolean> {
-    const seen = this.stamps.get(name);
-    if (seen) return seen.size === stamp.size && seen.mtimeMs === stamp.mtimeMs && seen.ctimeMs === stamp.ctimeMs && seen.ino === stamp.ino;
+    const seen = this.seen.get(name);
+    if (seen) return sameStamp(seen.stamp, stamp);
     const hashes = this.ledger.get(name);
-    if (!hashes || !hashes.has(sha256(await Bun.file(join(dir, name)).bytes()))) return false;
-    this.stamps.set(name, stamp);
+    if (!hashes) return false;
+    const hash = sha256(await Bun.file(join(dir, name)).bytes());
+    if (!hashes.has(hash)) return false;
+    this.seen.set(name, { stamp, hash });
     return true;
+  }
+
+  /** The loaded content of `name` while it looks as it did when it was judged loaded; undefined otherwise. */
+  hashOf(name: string, stamp: Stamp): string | undefined {
+    const seen = this.seen.get(name);
+    return seen && sameStamp(seen.stamp, stamp) ? seen.hash : undefined;
   }
 }
 
@@ -154,7 +182,7 @@ export async function pendingFiles(dir: string, done: LoadedFiles, now = Date.no
     const info = infos[i];
     if (info === undefined) continue; // gone meanwhile (set aside by another loader)
     if (!info.isFile()) continue; // a folder named *.csv; a link is followed to what it points to
-    const stamp = { size: info.size, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs, ino: info.ino };
+    const stamp = stampOf(info);
     if (await done.has(dir, name, stamp).catch(() => false)) continue;
     // Changed a moment ago (the change time cannot be set back, as a copy tool sets the modification time).
     pending.push({ name, size: info.size, young: now - Math.max(info.mtimeMs, info.ctimeMs) < SETTLE_MS, stamp });
@@ -233,6 +261,9 @@ interface Totals {
   resolved: number;
   lost: number;
   crossSource: number;
+  /** loaded files moved to DIR/loaded/<day>/, and deleted, by the retention policy */
+  moved: number;
+  deleted: number;
   /** time spent on files found pending (reading, cleaning, loading), not waiting for new ones */
   busyMs: number;
 }
@@ -244,6 +275,7 @@ interface LoaderOptions {
   readonly database: string;
   readonly where: string;
   readonly watch: boolean;
+  readonly retention: RetentionPolicy;
   readonly log: Logger;
   readonly shutdown: Shutdown;
 }
@@ -453,11 +485,15 @@ async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> 
       next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
       const results = await loadGroup(run, files);
       if (results === undefined) return false;
-      for (const result of results) {
+      const hashes = new Map(files.map((f) => [f.name, f.hash]));
+      const loaded = results.map((r) => ({ name: r.name, hash: hashes.get(r.name)!, stamp: stamps.get(r.name)! }));
+      for (const [i, result] of results.entries()) {
         await recordResult(run, result);
-        done.loaded(result.name, stamps.get(result.name)!);
+        done.loaded(result.name, loaded[i]!.stamp, loaded[i]!.hash);
       }
       await reportGroup(run, results);
+      // --watch applies the policy as it goes; the days of `delete` are checked by the hourly sweep.
+      if (run.watch && (run.retention.mode === "move" || run.retention.days === 0)) await retain(run, loaded);
       progress.update((finished += names.length));
     }
     return true;
@@ -468,16 +504,74 @@ async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> 
   }
 }
 
+/**
+ * The retention policy applied to loaded files at the top of the folder, counted in the totals. It never fails
+ * the load: when it cannot read the ledger or a file, it says so, and the files wait for the next time.
+ */
+async function retain(run: LoaderRun, files: readonly LoadedFile[]): Promise<void> {
+  const { db, dir, retention, log, totals } = run;
+  try {
+    const counts = await retainLoaded(db.sql, dir, files, retention, log);
+    totals.moved += counts.moved;
+    totals.deleted += counts.deleted;
+  } catch (error) {
+    log.warn(`could not apply the retention policy to ${files.length} loaded files in ${dir} (${(error as Error).message}); they stay, tried again later`);
+  }
+}
+
+/**
+ * The retention policy over the whole folder: every loaded file at its top (by what `done` knows of each),
+ * then the files of DIR/loaded/ whose load is older than the policy's days.
+ */
+async function sweepFolder(run: LoaderRun, done: LoadedFiles): Promise<void> {
+  const { db, dir, retention, log, totals } = run;
+  if (retention.mode === "keep") return;
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const loaded: LoadedFile[] = [];
+  for (const entry of entries.filter((e) => e.isFile() || e.isSymbolicLink())) {
+    const info = await stat(join(dir, entry.name)).catch(() => undefined);
+    const hash = info?.isFile() ? done.hashOf(entry.name, stampOf(info)) : undefined;
+    if (info && hash) loaded.push({ name: entry.name, hash, stamp: stampOf(info) });
+  }
+  await retain(run, loaded);
+  try {
+    totals.deleted += await expireMoved(db.sql, dir, retention, log);
+  } catch (error) {
+    log.warn(`could not delete the expired files of ${join(dir, "loaded")}/ (${(error as Error).message}); tried again later`);
+  }
+}
+
 /** The loader's steps for one run: wait out lost connections, read a group, load it, count and report. */
 function createLoader(options: LoaderOptions) {
   const run: LoaderRun = {
     ...options,
-    totals: { files: 0, skipped: 0, failed: 0, records: 0, inserted: 0, duplicates: 0, rejected: 0, warnings: 0, resolved: 0, crossSource: 0, lost: 0, busyMs: 0 },
+    totals: {
+      files: 0,
+      skipped: 0,
+      failed: 0,
+      records: 0,
+      inserted: 0,
+      duplicates: 0,
+      rejected: 0,
+      warnings: 0,
+      resolved: 0,
+      crossSource: 0,
+      lost: 0,
+      moved: 0,
+      deleted: 0,
+      busyMs: 0,
+    },
     unsettled: new Set<string>(),
     persist: createPersist(options),
     lockWaitMs: options.watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS,
   };
-  return { totals: run.totals, persist: run.persist, loadPending: (done: LoadedFiles) => loadPending(run, done), unsettled: run.unsettled };
+  return {
+    totals: run.totals,
+    persist: run.persist,
+    loadPending: (done: LoadedFiles) => loadPending(run, done),
+    sweepFolder: (done: LoadedFiles) => sweepFolder(run, done),
+    unsettled: run.unsettled,
+  };
 }
 
 /**
@@ -503,6 +597,46 @@ async function readLedger(persist: Persist, db: Database, where: string): Promis
   return new LoadedFiles(ledger);
 }
 
+/** The retention policy: the flags win over BATCH_RETENTION and BATCH_RETENTION_DAYS; messages name the one used. */
+export function retentionFrom(flags: { retention?: string; "retention-days"?: string }, config: Config): RetentionPolicy {
+  const mode = flags.retention === undefined ? config.batchRetention : parseRetentionMode(flags.retention, "--retention");
+  const days = flags["retention-days"] === undefined ? config.batchRetentionDays : parseRetentionDays(flags["retention-days"], "--retention-days");
+  return retentionPolicy(mode, days, {
+    mode: flags.retention === undefined ? "BATCH_RETENTION" : "--retention",
+    days: flags["retention-days"] === undefined ? "BATCH_RETENTION_DAYS" : "--retention-days",
+  });
+}
+
+/**
+ * Loads until nothing is left (a single run, then the retention policy over the folder) or until a stop
+ * (--watch: the policy over the folder at the start and once an hour, besides each group as it commits).
+ */
+async function loadUntilDone(loader: ReturnType<typeof createLoader>, done: LoadedFiles, dir: string, watch: boolean, shutdown: Shutdown): Promise<void> {
+  let swept = -Infinity;
+  while (!shutdown.requested) {
+    if (!(await loader.loadPending(done))) return;
+    if (watch && performance.now() - swept >= RETENTION_SWEEP_MS) {
+      await loader.sweepFolder(done);
+      swept = performance.now();
+    }
+    // A single run ends when nothing is left; it waits only for files still being written.
+    if (!watch && loader.unsettled.size === 0) break;
+    await nextChange(dir, 500, shutdown.signal);
+  }
+  if (!watch && !shutdown.requested) await loader.sweepFolder(done);
+}
+
+function summaryLine(totals: Totals, ms: number): string {
+  return (
+    `done: files=${totals.files} rows=${totals.records} inserted=${totals.inserted} duplicates=${totals.duplicates} ` +
+    `rejected=${totals.rejected} already_loaded=${totals.skipped} failed_files=${totals.failed} ` +
+    `warnings=${totals.warnings} resolved=${totals.resolved} cross_source=${totals.crossSource} lost_offsets=${totals.lost} ` +
+    `moved=${totals.moved} deleted=${totals.deleted} ` +
+    // --watch spends most of its time waiting for files, a single run some waiting for PostgreSQL: not in the rate.
+    `in ${formatDuration(ms)}${rateWhile(totals.records, totals.busyMs, "while loading files")}`
+  );
+}
+
 async function main(): Promise<void> {
   const flags = parseCli(command);
   if (!flags) return;
@@ -511,6 +645,7 @@ async function main(): Promise<void> {
   const dir = flags.dir ?? config.batchesDir;
   const where = describeDatabase(config.database);
   const watch = flags.watch === true;
+  const retention = retentionFrom(flags, config);
   await mkdir(dir, { recursive: true });
   // Statements are not prepared: the duplicate check must use the identity index however large orders has grown
   // since it was first planned (a generic plan made while the table was empty scans it whole). Not
@@ -520,30 +655,19 @@ async function main(): Promise<void> {
   const db = openDatabase(config.database, log, { max: 1, prepare: false, parameters: { statement_timeout: "0" } });
   const shutdown = createShutdown(log);
   shutdown.onStop("close database connections", () => db.end(5));
-  const loader = createLoader({ db, dir, database: config.database.database, where, watch, log, shutdown });
+  const loader = createLoader({ db, dir, database: config.database.database, where, watch, retention, log, shutdown });
 
   const started = performance.now();
   try {
     const done = await readLedger(loader.persist, db, where);
-    log.info(`loading ${dir}/*.csv into ${where}${watch ? " (watching for new files, Ctrl-C to stop)" : ""}`);
-    while (!shutdown.requested) {
-      if (!(await loader.loadPending(done))) break;
-      // A single run ends when nothing is left; it waits only for files still being written.
-      if (!watch && loader.unsettled.size === 0) break;
-      await nextChange(dir, 500, shutdown.signal);
-    }
+    const kept = retention.mode === "keep" ? "" : `; ${describeRetention(retention, dir)}`;
+    log.info(`loading ${dir}/*.csv into ${where}${watch ? " (watching for new files, Ctrl-C to stop)" : ""}${kept}`);
+    await loadUntilDone(loader, done, dir, watch, shutdown);
   } finally {
     await shutdown.run();
   }
   const { totals } = loader;
-  const ms = performance.now() - started;
-  log.info(
-    `done: files=${totals.files} rows=${totals.records} inserted=${totals.inserted} duplicates=${totals.duplicates} ` +
-      `rejected=${totals.rejected} already_loaded=${totals.skipped} failed_files=${totals.failed} ` +
-      `warnings=${totals.warnings} resolved=${totals.resolved} cross_source=${totals.crossSource} lost_offsets=${totals.lost} ` +
-      // --watch spends most of its time waiting for files, a single run some waiting for PostgreSQL: not in the rate.
-      `in ${formatDuration(ms)}${rateWhile(totals.records, totals.busyMs, "while loading files")}`,
-  );
+  log.info(summaryLine(totals, performance.now() - started));
   if (totals.crossSource > 0) {
     log.warn(`${totals.crossSource} rows loaded repeat rows of another source and count twice in every total: see the warnings above, or make status`);
   }

@@ -3,17 +3,20 @@
 // all from one snapshot even while rows are loading.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
 import { connect, type Sql } from "../scripts/lib/db.ts";
 import { createLogger } from "../scripts/lib/log.ts";
-import { EXPORTS } from "../scripts/export.ts";
+import { EXPORTS, PACKAGE } from "../scripts/export.ts";
+import { readConfig } from "../scripts/lib/config.ts";
 import {
   createTestDatabase,
   decimalSum,
   normalizeDecimal,
   pipelineEnv,
+  ROOT,
   runOk,
   runPipeline,
   runScript,
@@ -26,6 +29,23 @@ import {
 } from "./helpers.ts";
 
 const quiet = createLogger("test", "silent");
+
+// The packaged workbook is checked with the standard unzip (the control) and against Tableau's schema with xmllint.
+const UNZIP = Bun.which("unzip");
+const XMLLINT = Bun.which("xmllint");
+const SCHEMA = join(import.meta.dir, "..", "..", "shared", "tableau-schemas", "tableau.xsd");
+const cannotValidate = !existsSync(SCHEMA) ? `Tableau's schema is not at ${SCHEMA}` : XMLLINT === null ? "xmllint is not installed (Debian: apt-get install libxml2-utils)" : undefined;
+const cannotUnpack = UNZIP === null ? "unzip is not installed (Debian: apt-get install unzip)" : undefined;
+for (const missing of [cannotUnpack, cannotValidate]) {
+  if (missing && readConfig().requireAllTests) throw new Error(`the packaged workbook cannot be checked: ${missing}`);
+  if (missing) console.warn(`skipping a check of the packaged workbook: ${missing}`);
+}
+
+function unzip(args: string[]): string {
+  const run = Bun.spawnSync([UNZIP!, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, LC_ALL: "C" } });
+  if (run.exitCode !== 0) throw new Error(`unzip ${args.join(" ")} exited ${run.exitCode}: ${run.stderr.toString()}`);
+  return run.stdout.toString();
+}
 type Source = Record<string, string>;
 
 /** Exact sums of a column per key, as normalized decimal strings. */
@@ -190,18 +210,18 @@ describe("make export", () => {
     await runOk("make_data.ts", ["--out", file, "--rows", "3000"], {});
     await runOk("producer.ts", ["--file", file, "--rate", "max"], env);
     await runOk("consumer_batch_to_csv.ts", ["--until-idle", "2"], env);
+    await runOk("load.ts", [], env);
+    await runOk("export.ts", ["--dir", dir], env);
   });
   afterAll(async () => {
     await db?.drop();
     tmp.remove();
   });
 
+  const dir = join(tmp.path, "exports");
   const read = (dir: string, view: string) => parse(readFileSync(join(dir, `${view}.csv`)), { columns: true }) as Source[];
 
   test("writes each view's rows exactly, header first, and a workbook over the files", async () => {
-    await runOk("load.ts", [], env);
-    const dir = join(tmp.path, "exports");
-    await runOk("export.ts", ["--dir", dir], env);
     for (const { view, orderBy } of EXPORTS) {
       const rows = await db.sql.unsafe(`select * from ${view} order by ${orderBy}`);
       const text = (v: unknown) => (v === null ? "" : v instanceof Date ? v.toISOString().slice(0, 10) : String(v));
@@ -211,6 +231,31 @@ describe("make export", () => {
     const workbook = readFileSync(join(dir, "superstore_sales.twb"), "utf8");
     expect(workbook).toContain(dir);
     expect(workbook).not.toContain("../../data/exports");
+  });
+
+  test.skipIf(cannotUnpack !== undefined)("packs the workbook and the CSV files into superstore_sales.twbx, with no path of this machine", () => {
+    const twbx = join(dir, PACKAGE);
+    const out = join(tmp.path, "unpacked");
+    const names = unzip(["-Z1", twbx]).split("\n").filter(Boolean);
+    expect(names.sort()).toEqual([...EXPORTS.map(({ view }) => `Data/exports/${view}.csv`), "superstore_sales.twb"].sort());
+    unzip(["-q", twbx, "-d", out]);
+    expect(readdirSync(dir).filter((f) => f.startsWith("."))).toEqual([]); // no temporary file left
+    const twb = join(out, "superstore_sales.twb");
+    const text = readFileSync(twb, "utf8");
+    // No absolute path: no value starting with "/" or "\\" or a drive letter, no folder of this machine.
+    const values = [...text.matchAll(/[\w:.-]+=(?:'([^']*)'|"([^"]*)")/g)].map(([, a, b]) => a ?? b ?? "");
+    expect(values.filter((v) => /^([/\\]|[A-Za-z]:[/\\])/.test(v))).toEqual([]);
+    for (const local of [tmp.path, ROOT, homedir(), tmpdir()]) expect(text).not.toContain(local);
+    // Every data file the workbook names is in the package, byte for byte the loose export.
+    const connections = [...text.matchAll(/<connection class='textscan' directory='([^']*)' filename='([^']*)'/g)];
+    expect(connections.map(([, directory]) => directory)).toEqual(EXPORTS.map(() => "Data/exports"));
+    for (const [, directory, filename] of connections) {
+      const packed = readFileSync(join(out, directory!, filename!));
+      expect({ filename, same: packed.equals(readFileSync(join(dir, filename!))) }).toEqual({ filename, same: true });
+    }
+    if (cannotValidate) return;
+    const run = Bun.spawnSync([XMLLINT!, "--noout", "--schema", SCHEMA, twb], { stdout: "pipe", stderr: "pipe" });
+    expect(`${run.exitCode} ${run.stderr.toString().trim()}`).toBe(`0 ${twb} validates`);
   });
 
   test("takes all files from one snapshot while the loader keeps committing", async () => {

@@ -41,6 +41,10 @@ export const PATHS_HELP = [
 
 export type StackMode = "auto" | "docker" | "local";
 
+/** What the loader does with a loaded batch file (BATCH_RETENTION): see scripts/lib/load/retention.ts. */
+export const RETENTION_MODES = ["keep", "move", "delete"] as const;
+export type RetentionMode = (typeof RETENTION_MODES)[number];
+
 /** Where PostgreSQL is, resolved once from DATABASE_URL or the PG* variables. */
 export interface DatabaseTarget {
   /** host name, or the folder of a Unix socket */
@@ -103,6 +107,10 @@ export interface Config {
   readonly batchQuietSeconds: number;
   /** a partial batch is written once its first record has waited this long, however fast records come */
   readonly batchMaxSeconds: number;
+  /** BATCH_RETENTION: keep loaded batch files, move them to BATCHES_DIR/loaded/YYYY-MM-DD/, or delete them */
+  readonly batchRetention: RetentionMode;
+  /** BATCH_RETENTION_DAYS: loaded files whose load is older are deleted; undefined: never */
+  readonly batchRetentionDays: number | undefined;
   /** messages per second; Infinity for "max" */
   readonly producerRate: number;
   readonly logLevel: Level;
@@ -148,6 +156,9 @@ export const ENV_DOCS: Readonly<Record<string, string>> = {
   BATCH_SIZE: "100",
   BATCH_QUIET_SECONDS: "5",
   BATCH_MAX_SECONDS: "10 (a batch file is written at BATCH_SIZE records or once its first record has waited this long)",
+  BATCH_RETENTION:
+    "keep (what the loader does with a loaded batch file: keep | move, to BATCHES_DIR/loaded/YYYY-MM-DD/ | delete, once BATCH_RETENTION_DAYS old)",
+  BATCH_RETENTION_DAYS: "unset: never delete (N: loaded files whose load is N days old are deleted, in BATCHES_DIR and its loaded/; 0: at once)",
   PRODUCER_RATE: '1 (messages per second, or "max")',
   LOG_LEVEL: "info (error | warn | info | debug)",
   LOG_PROGRESS: "auto (progress redrawn in place on a terminal; lines: a whole line every 10 s, for a terminal processes share, as in make stream)",
@@ -247,6 +258,18 @@ export function parsePositiveNumber(value: string, name: string): number {
     throw new Error(`${name} must be a number greater than 0, got "${value}"`);
   }
   return n;
+}
+
+export function parseRetentionMode(value: string, name: string): RetentionMode {
+  const mode = value.trim().toLowerCase();
+  if (!(RETENTION_MODES as readonly string[]).includes(mode)) throw new Error(`${name} must be ${RETENTION_MODES.join(", ").replace(/, (\w+)$/, " or $1")}, got "${value}"`);
+  return mode as RetentionMode;
+}
+
+/** A number of days, 0 included (0: at once). */
+export function parseRetentionDays(value: string, name: string): number {
+  if (!/^\d+$/.test(value.trim()) || Number(value) > 36_500) throw new Error(`${name} must be a whole number of days from 0 to 36500, got "${value}"`);
+  return Number(value);
 }
 
 /** "1", "0.5", "250" or "max" (Infinity). */
@@ -508,6 +531,8 @@ export function readConfig(env: Env = process.env): Config {
     batchSize: parsePositiveInt(text(env, "BATCH_SIZE", "100"), "BATCH_SIZE", 1_000_000),
     batchQuietSeconds: parsePositiveNumber(text(env, "BATCH_QUIET_SECONDS", "5"), "BATCH_QUIET_SECONDS"),
     batchMaxSeconds: parsePositiveNumber(text(env, "BATCH_MAX_SECONDS", "10"), "BATCH_MAX_SECONDS"),
+    batchRetention: parseRetentionMode(text(env, "BATCH_RETENTION", "keep"), "BATCH_RETENTION"),
+    batchRetentionDays: text(env, "BATCH_RETENTION_DAYS", "") === "" ? undefined : parseRetentionDays(text(env, "BATCH_RETENTION_DAYS", ""), "BATCH_RETENTION_DAYS"),
     producerRate: parseRate(text(env, "PRODUCER_RATE", "1"), "PRODUCER_RATE"),
     logLevel,
     logProgress,
