@@ -106,20 +106,25 @@ interface Header {
   readonly size: number;
 }
 
+/** The fields both headers hold in the same order, from flags to the name's length, written at `at`. */
+function putEntryFields(v: DataView, at: number, h: Header): void {
+  v.setUint16(at, h.flags, true);
+  v.setUint16(at + 2, h.method, true);
+  v.setUint16(at + 4, h.time, true);
+  v.setUint16(at + 6, h.date, true);
+  v.setUint32(at + 8, h.crc32, true);
+  v.setUint32(at + 12, h.compressedSize, true);
+  v.setUint32(at + 16, h.size, true);
+  v.setUint16(at + 20, h.name.length, true);
+}
+
 /** The local file header that comes before an entry's data. */
 export function localHeader(h: Header): Uint8Array {
   const out = new Uint8Array(30 + h.name.length);
   const v = new DataView(out.buffer);
   v.setUint32(0, LOCAL_HEADER, true);
   v.setUint16(4, VERSION_NEEDED, true);
-  v.setUint16(6, h.flags, true);
-  v.setUint16(8, h.method, true);
-  v.setUint16(10, h.time, true);
-  v.setUint16(12, h.date, true);
-  v.setUint32(14, h.crc32, true);
-  v.setUint32(18, h.compressedSize, true);
-  v.setUint32(22, h.size, true);
-  v.setUint16(26, h.name.length, true);
+  putEntryFields(v, 6, h);
   v.setUint16(28, 0, true); // no extra field
   out.set(h.name, 30);
   return out;
@@ -132,14 +137,7 @@ export function centralHeader(h: Header, offset: number): Uint8Array {
   v.setUint32(0, CENTRAL_HEADER, true);
   v.setUint16(4, VERSION_MADE_BY, true);
   v.setUint16(6, VERSION_NEEDED, true);
-  v.setUint16(8, h.flags, true);
-  v.setUint16(10, h.method, true);
-  v.setUint16(12, h.time, true);
-  v.setUint16(14, h.date, true);
-  v.setUint32(16, h.crc32, true);
-  v.setUint32(20, h.compressedSize, true);
-  v.setUint32(24, h.size, true);
-  v.setUint16(28, h.name.length, true);
+  putEntryFields(v, 8, h);
   // extra field, comment, disk number start and internal attributes: all zero
   v.setUint32(38, (UNIX_FILE_MODE << 16) >>> 0, true);
   v.setUint32(42, offset, true);
