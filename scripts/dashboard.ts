@@ -16,6 +16,12 @@
 // taking anything (createFanOut). Requests that do not name this server as their host, or come from a page of
 // another origin, are refused (a DNS-rebinding page reaches 127.0.0.1 under its own name).
 //
+// GET /metrics: the pipeline's health for Prometheus (text format 0.0.4; lib/metrics.ts), the facts `make status`
+// prints (lib/health.ts). Gathered on scrape, not taken from the page's snapshot: the snapshot's database part is
+// read only when a load is announced, and per-partition lag, the group's members and the loader's sessions are
+// not in it. A gathering is kept for a second (createHealthReader), so a storm of scrapes reads Kafka and
+// PostgreSQL once a second.
+//
 // Env: DASHBOARD_PORT, DATABASE_URL (or PG*), KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*,
 // BATCHES_DIR, LOG_LEVEL.
 // Flags: --port, --help.
@@ -25,6 +31,7 @@ import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, describeDatabase, describeDatabaseFailure, type Sql } from "./lib/db.ts";
 import {
+  createHealthReader,
   databaseFailure,
   databaseHealth,
   filesHealth,
@@ -38,6 +45,7 @@ import {
 import { checkKafkaAccess } from "./lib/kafka_errors.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
+import { metricsResponse } from "./lib/metrics.ts";
 import { backoffDelay, retryWhile, sleep, type Backoff } from "./lib/retry.ts";
 import { createShutdown } from "./lib/shutdown.ts";
 
@@ -403,6 +411,7 @@ async function main(): Promise<void> {
   const sql = connect(config.database, log, { max: 2 });
   const shutdown = createShutdown(log);
   const hub = createHub(config, sql, log, shutdown.signal);
+  const readHealth = createHealthReader(config, sql);
 
   const files: Record<string, { path: string; type: string }> = {
     "/": { path: join(PAGE_DIR, "index.html"), type: "text/html; charset=utf-8" },
@@ -421,6 +430,7 @@ async function main(): Promise<void> {
         server.timeout(request, 0); // server-sent events stay open...
         return hub.follow(() => server.timeout(request, 2)); // ...until the page is dropped: then 2 s without progress close it
       }
+      if (pathname === "/metrics") return readHealth().then(metricsResponse);
       if (pathname === "/api/snapshot") return Response.json({ ...hub.snapshot, pages: hub.pages }, { headers: { "cache-control": "no-store" } });
       const file = files[pathname];
       if (file) return new Response(Bun.file(file.path), { headers: { "content-type": file.type } });
