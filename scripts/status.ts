@@ -35,7 +35,7 @@ import { describeStack, type StackFacts } from "./lib/stack/describe.ts";
 
 const command = {
   script: "scripts/status.ts",
-  summary: "Report consumer lag, pending batch files and what PostgreSQL holds.",
+  summary: "Report consumer lag, pending batch files, what PostgreSQL holds and whether producer, consumer and loader look alive.",
   flags: {
     since: { type: "string", arg: "EPOCH_SECONDS", help: "start time of a run, to report how long it took" },
     stack: { type: "boolean", help: "also what make up started: the mode, local Kafka nodes, PostgreSQL's version (make status)" },

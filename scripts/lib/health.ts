@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { Admin } from "kafkajs";
 import type { Config, DatabaseTarget } from "./config.ts";
 import { explainDatabaseFailure, type DatabaseProblem, type Sql, type TransactionSql } from "./db.ts";
-import { consumerLag, createKafka, partitionLags, type PartitionLag } from "./kafka.ts";
+import { createKafka, partitionLags, type PartitionLag } from "./kafka.ts";
 import { explainKafkaFailure } from "./kafka_errors.ts";
 import { createLogger, formatDuration } from "./log.ts";
 
