@@ -90,7 +90,7 @@ destroy: install ## Stop and DELETE all data (topics, offsets, database); asks f
 	$(BUN) scripts/local_stack.ts destroy
 
 .PHONY: status
-status: install ## What runs, consumer lag, batch files waiting, rows in PostgreSQL
+status: install ## What runs, consumer lag (per partition too), batch files waiting, rows in PostgreSQL, who looks alive
 	@$(BUN) scripts/status.ts --stack
 
 ##@ Pipeline, step by step
@@ -138,7 +138,7 @@ stream: up data ## Watch it live in a database of its own (<db>_live, emptied fi
 ##@ Look at the data
 
 .PHONY: dashboard
-dashboard: migrate ## The live dashboard on http://127.0.0.1:8050/ (DASHBOARD_PORT): KPIs, charts, pipeline health
+dashboard: migrate ## The live dashboard on http://127.0.0.1:8050/ (DASHBOARD_PORT): KPIs, charts, pipeline health, /metrics for Prometheus
 	$(BUN) scripts/dashboard.ts
 
 .PHONY: export

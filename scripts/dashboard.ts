@@ -25,6 +25,12 @@
 // database of DATABASE_URL, with BI_READER_PASSWORD or the password make migrate stored in
 // BI_READER_PASSWORD_FILE: it reads the views bi_reader may read, and cannot change anything.
 //
+// GET /metrics: the pipeline's health for Prometheus (text format 0.0.4; lib/metrics.ts), the facts `make status`
+// prints (lib/health.ts). Gathered on scrape, not taken from the page's snapshot: the snapshot's database part is
+// read only when a load is announced, and per-partition lag, the group's members and the loader's sessions are
+// not in it. A gathering is kept for a second (createHealthReader), so a storm of scrapes reads Kafka and
+// PostgreSQL once a second.
+//
 // Env: DASHBOARD_PORT, DATABASE_URL (or PG*), BI_READER_PASSWORD, BI_READER_PASSWORD_FILE, KAFKA_BROKERS,
 // KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_SSL*, KAFKA_SASL_*, BATCHES_DIR, LOG_LEVEL.
 // Flags: --port, --help.
@@ -35,6 +41,7 @@ import { fail, parseCli } from "./lib/cli.ts";
 import { KAFKA_SECURITY_ENV, parsePort, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
 import { connect, describeDatabase, describeDatabaseFailure, type Sql, type TransactionSql } from "./lib/db.ts";
 import {
+  createHealthReader,
   databaseFailure,
   databaseHealth,
   filesHealth,
@@ -48,6 +55,7 @@ import {
 import { checkKafkaAccess } from "./lib/kafka_errors.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
+import { metricsResponse } from "./lib/metrics.ts";
 import { backoffDelay, retryWhile, sleep, type Backoff } from "./lib/retry.ts";
 import { createShutdown } from "./lib/shutdown.ts";
 
@@ -640,6 +648,7 @@ async function main(): Promise<void> {
   const sql = connect(config.database, log, { max: 2 });
   const shutdown = createShutdown(log);
   const hub = createHub(config, sql, log, shutdown.signal);
+  const readHealth = createHealthReader(config, sql);
 
   const files: Record<string, { path: string; type: string }> = {
     "/": { path: join(PAGE_DIR, "index.html"), type: "text/html; charset=utf-8" },
@@ -659,6 +668,7 @@ async function main(): Promise<void> {
         // Server-sent events stay open until the page is dropped: then 2 s without progress close it.
         return answerApi(hub, url, () => server.timeout(request, 0), () => server.timeout(request, 2));
       }
+      if (pathname === "/metrics") return readHealth().then(metricsResponse);
       const file = files[pathname];
       if (file) return new Response(Bun.file(file.path), { headers: { "content-type": file.type } });
       return new Response("not found\n", { status: 404 });

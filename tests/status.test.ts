@@ -1,11 +1,12 @@
 // `make status`, run as a user runs it: one report in which each service has one line (kafka:, postgresql:),
 // keeping what the stack part showed (the mode, the local Kafka nodes, PostgreSQL's version) beside the
-// pipeline's health (the topic and lag, batch files, rows).
+// pipeline's health (the topic and lag, batch files, rows, the ledger), and whether the producer, consumer and
+// loader look alive (tests/metrics.test.ts has a running pipeline's lines beside its /metrics).
 
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BROKERS, createTestDatabase, ROOT, tempDir, uniqueName, type TestDatabase } from "./helpers.ts";
+import { BASE, BROKERS, createTestDatabase, ROOT, tempDir, uniqueName, type TestDatabase } from "./helpers.ts";
 
 /** `make -s status` from the repository with this topic, database and batch folder: its exit code, stderr and lines. */
 async function makeStatus(topic: string, db: TestDatabase, dir: string): Promise<{ code: number; err: string; lines: string[] }> {
@@ -39,6 +40,13 @@ describe("make status", () => {
       expect(starting("postgresql:")[0]).toBe(`postgresql: ${db.target.host}:${db.target.port}/${db.name} (PostgreSQL ${version})`);
       expect(lines).toContain("  orders 0, users 0, products 0, open rejections 0, rows with warnings 0, batch files loaded 0");
       expect(starting("batches:")[0]).toBe(`batches:    0 files in ${tmp.path}/, 0 not loaded yet, 0 set aside in failed/`);
+      expect(lines).toContain("  ledger: inserted 0, duplicates 0, rejected 0; loader sessions 0");
+      expect(lines.slice(-3)).toEqual([
+        `alive:      producer no: no record appended to ${topic} in the last 60 s`,
+        `            consumer no: group ${BASE.kafkaGroupId} has no member (no topic ${topic})`,
+        "            loader no: no session named load, no load yet",
+      ]);
+      expect(starting("  lag by partition")).toEqual([]);
       for (const n of localNodes()) expect(lines).toContain(`  node ${n.id} 127.0.0.1:${n.port} pid ${n.pid} running`);
       if (localNodes().length > 0) expect(starting("kafka:")[0]).toContain("(local ");
     } finally {

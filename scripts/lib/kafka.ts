@@ -171,19 +171,39 @@ export async function ensureTopic(admin: Admin, topic: string, partitions: numbe
   return created;
 }
 
+/** One partition of a topic as a consumer group sees it. */
+export interface PartitionLag {
+  readonly partition: number;
+  /** the log start offset: records below it are gone (retention, deleteRecords) */
+  readonly low: number;
+  /** the end offset: the offset the next record written gets */
+  readonly high: number;
+  /** the group's committed offset (the next one it reads), null when it has committed none */
+  readonly committed: number | null;
+  /** records the group has not committed: high minus committed (minus low when it has committed none) */
+  readonly lag: number;
+}
+
+/**
+ * Each partition's offsets and `groupId`'s lag on it, by partition. The committed offsets are asked for before
+ * the end offsets, so a commit made between the two answers cannot make a lag negative (only a committed offset
+ * past the end of a topic deleted and re-created can).
+ */
+export async function partitionLags(admin: Admin, groupId: string, topic: string): Promise<PartitionLag[]> {
+  const committed = await admin.fetchOffsets({ groupId, topics: [topic] });
+  const ends = await admin.fetchTopicOffsets(topic);
+  const done = new Map(committed[0]?.partitions.map((p) => [p.partition, Number(p.offset)]) ?? []);
+  return ends
+    .map(({ partition, high, low }) => {
+      const at = done.get(partition) ?? -1;
+      return { partition, low: Number(low), high: Number(high), committed: at < 0 ? null : at, lag: Number(high) - (at < 0 ? Number(low) : at) };
+    })
+    .sort((a, b) => a.partition - b.partition);
+}
+
 /** Message lag of `groupId` on `topic`: log end offset minus committed offset, summed over partitions. */
 export async function consumerLag(admin: Admin, groupId: string, topic: string): Promise<number> {
-  const [ends, committed] = await Promise.all([
-    admin.fetchTopicOffsets(topic),
-    admin.fetchOffsets({ groupId, topics: [topic] }),
-  ]);
-  const done = new Map(committed[0]?.partitions.map((p) => [p.partition, Number(p.offset)]) ?? []);
-  let lag = 0;
-  for (const { partition, high, low } of ends) {
-    const at = done.get(partition) ?? -1;
-    lag += Number(high) - (at < 0 ? Number(low) : at);
-  }
-  return lag;
+  return (await partitionLags(admin, groupId, topic)).reduce((n, p) => n + p.lag, 0);
 }
 
 /** "127.0.0.1:9092" style list for messages. */
