@@ -130,6 +130,8 @@ export function parseFilter(params: URLSearchParams): { filter: Filter } | { err
     if (value === "") continue;
     if ((name === "from" || name === "to") && !isDay(value)) return { error: `parameter "${name}": ${JSON.stringify(value)} is not a date (YYYY-MM-DD)` };
     if (value.length > MAX_FILTER_VALUE) return { error: `parameter "${name}" is longer than ${MAX_FILTER_VALUE} characters` };
+    // PostgreSQL's text holds no NUL: sent on, it would fail the slice's reads and show PostgreSQL as away.
+    if (value.includes("\0")) return { error: `parameter "${name}" holds a NUL character (%00), which no value in PostgreSQL can` };
     filter[name] = value;
   }
   if (filter.from && filter.to && filter.from > filter.to) return { error: `parameter "from" (${filter.from}) is after parameter "to" (${filter.to})` };

@@ -188,6 +188,22 @@ describe.skipIf(missing.length > 0)("bi_reader's password, set once per server",
     }
   });
 
+  test("a password of quotes, a backslash, spaces, $, decomposed and compatibility unicode, 300 characters: rotation, the dashboard's login and psql agree", async () => {
+    // "café" as macOS types it (e + U+0301), a ligature and full-width letters: SASLprep (NFKC) changes each.
+    const hostile = `it's "a" \\ pass $HOME \`x\` cafe\u0301 \ufb01 \uff50\uff57 ${"é".repeat(270)}`;
+    const rotated = await runOk("migrate.ts", ["--rotate-bi-reader-password"], env(first, { BI_READER_PASSWORD: hostile }));
+    expect(rotated.stderr + rotated.stdout).not.toContain(hostile);
+    const dashboards = readerTarget({ ...readConfig({}), biReaderPassword: hostile, biReaderPasswordFile: file, database: target(first) });
+    expect(await login(target(first), dashboards.password!)).toBeUndefined();
+    const psql = Bun.spawnSync(["psql", "-h", "127.0.0.1", "-p", String(pg.target.port), "-U", "bi_reader", "-d", first, "-Atc", "select 1"], {
+      env: { ...process.env, PGPASSWORD: hostile, PGCONNECT_TIMEOUT: "5" },
+    });
+    expect([psql.exitCode, psql.stdout.toString() + psql.stderr.toString()]).toEqual([0, "1\n"]);
+    // The same password set by PostgreSQL itself (as psql's \password would): the dashboard's login takes it too.
+    await admin.unsafe(`alter role bi_reader password '${hostile.replaceAll("'", "''")}'`);
+    expect(await login(target(first), dashboards.password!)).toBeUndefined();
+  });
+
   test("compares with the verifiers PostgreSQL makes itself, SCRAM-SHA-256 and md5", async () => {
     for (const encryption of ["scram-sha-256", "md5"]) {
       await admin.begin(async (tx) => {

@@ -323,6 +323,7 @@ describe.skipIf(!CHROMIUM)("the live dashboard", () => {
       ["api/snapshot?to=2016-02-30", 'parameter "to": "2016-02-30" is not a date (YYYY-MM-DD)'],
       ["api/events?from=2016-07-01&to=2016-06-30", 'parameter "from" (2016-07-01) is after parameter "to" (2016-06-30)'],
       ["api/snapshot?region=West&region=East", 'parameter "region" is given more than once'],
+      ["api/snapshot?segment=Consumer%00", 'parameter "segment" holds a NUL character (%00), which no value in PostgreSQL can'],
     ];
     for (const [path, named] of refused) {
       const response = await fetch(`${dashboard.url}${path}`);
@@ -528,7 +529,7 @@ describe("parseFilter", () => {
     expect(filterQuery({})).toBe("");
   });
   test("refuses, naming the parameter, an unknown one, a repeated one, a date that is no day, from after to, a value too long", () => {
-    const errors = ["colour=red", "from=2016-1-5", "from=2016-02-30", "to=0000-01-01", "to=yesterday", "region=a&region=b", "from=2016-02-02&to=2016-02-01", `segment=${"x".repeat(101)}`]
+    const errors = ["colour=red", "from=2016-1-5", "from=2016-02-30", "to=0000-01-01", "to=yesterday", "region=a&region=b", "from=2016-02-02&to=2016-02-01", `segment=${"x".repeat(101)}`, "region=West%00"]
       .map((query) => [query, (parse(query) as { error?: string }).error]);
     expect(errors).toEqual([
       ["colour=red", 'unknown parameter "colour": the dashboard takes region, segment, from, to'],
@@ -539,6 +540,7 @@ describe("parseFilter", () => {
       ["region=a&region=b", 'parameter "region" is given more than once'],
       ["from=2016-02-02&to=2016-02-01", 'parameter "from" (2016-02-02) is after parameter "to" (2016-02-01)'],
       [`segment=${"x".repeat(101)}`, 'parameter "segment" is longer than 100 characters'],
+      ["region=West%00", 'parameter "region" holds a NUL character (%00), which no value in PostgreSQL can'],
     ]);
     expect(parse("from=2016-02-29&to=2016-02-29")).toEqual({ filter: { from: "2016-02-29", to: "2016-02-29" } });
   });

@@ -5,7 +5,7 @@
 // at the top and in loaded/; a move that fails is logged and the load goes on; --watch moves as it goes.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { batchFileName, META_COLUMNS, sha256 } from "../scripts/lib/batch.ts";
 import { readConfig } from "../scripts/lib/config.ts";
@@ -182,6 +182,33 @@ describe("retention of loaded batch files", () => {
       [added, `${LOADED_DIR}/${oldDay}/stranger.csv`, `${LOADED_DIR}/${recentDay}/${recent.name}`, `${LOADED_DIR}/${today}/${fresh.name}`].sort(),
     );
     expect((await counts()).files).toBe(ledger + 1); // the ledger still knows every file, and the one added
+  });
+
+  test("a link at the top is left as it is, and the file it points to, in loaded/ or elsewhere, stays whole", async () => {
+    const dir = join(tmp.path, "links");
+    const [kept, outside] = [batch(75), batch(80)];
+    put(dir, kept);
+    await runOk("load.ts", ["--retention", "move"], env(dir));
+    const moved = join(dir, LOADED_DIR, await dayOf(kept.name), kept.name);
+    symlinkSync(moved, join(dir, kept.name)); // a moved file linked back to the top
+    put(join(tmp.path, "elsewhere"), outside);
+    symlinkSync(join("..", "elsewhere", outside.name), join(dir, outside.name)); // a relative link to a file elsewhere
+    let run = await runOk("load.ts", ["--retention", "move"], env(dir));
+    expect(readFileSync(moved, "utf8")).toBe(kept.content);
+    expect(readFileSync(join(dir, kept.name), "utf8")).toBe(kept.content);
+    expect(readFileSync(join(dir, outside.name), "utf8")).toBe(outside.content);
+    expect(run.stderr).toContain("files=1 rows=5 inserted=5");
+    expect(run.stderr).toContain("moved=0 deleted=0");
+    // A hard link back to the top is the same file: the move takes the top name away, the file stays in loaded/.
+    rmSync(join(dir, kept.name));
+    linkSync(moved, join(dir, kept.name));
+    expect((await runOk("load.ts", ["--retention", "move"], env(dir))).stderr).toContain("moved=1 deleted=0");
+    expect(existsSync(join(dir, kept.name))).toBe(false);
+    expect(readFileSync(moved, "utf8")).toBe(kept.content);
+    // delete takes the file in loaded/ (its load is 0 days old), never the link nor what it points to
+    run = await runOk("load.ts", ["--retention", "delete", "--retention-days", "0"], env(dir));
+    expect(run.stderr).toContain("moved=0 deleted=1");
+    expect(readFileSync(join(dir, outside.name), "utf8")).toBe(outside.content);
   });
 
   test("--watch moves each file as soon as it is loaded", async () => {

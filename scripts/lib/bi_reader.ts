@@ -81,8 +81,29 @@ export function scramVerifier(password: string, salt: Buffer = randomBytes(16), 
   return `SCRAM-SHA-256$${iterations}:${salt.toString("base64")}$${storedKey.toString("base64")}:${serverKey.toString("base64")}`;
 }
 
+// SASLprep (RFC 4013) as PostgreSQL's server and libpq apply it to a SCRAM password: pure ASCII as it is; else
+// non-ASCII spaces become spaces, characters "mapped to nothing" go, NFKC; a result holding a prohibited character
+// (a control, private-use, surrogate, non-character or unassigned code point, a tagging or display character)
+// means the password is used as it was typed. Unassigned is JavaScript's Unicode, not Unicode 3.2's, and the bidi
+// rule (right-to-left text) is not checked: a password of those may still differ from psql's.
+const NON_ASCII_SPACE = /[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000]/gu;
+const MAPPED_TO_NOTHING = /[\u00ad\u034f\u1806\u180b-\u180d\u200b-\u200d\u2060\ufe00-\ufe0f\ufeff]/gu;
+const PROHIBITED =
+  /[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000\u0340\u0341\u200e\u200f\u202a-\u202e\u206a-\u206f\u2ff0-\u2ffb\ufff9-\ufffd\u{e0001}\u{e0020}-\u{e007f}\p{Cc}\p{Co}\p{Cs}\p{Cn}\p{Noncharacter_Code_Point}]/u;
+
+/**
+ * The password as a SCRAM exchange uses it (SASLprep, as PostgreSQL and libpq do): the verifier is computed from
+ * it, and the dashboard's client (postgres.js, which prepares nothing) is given it, so a password typed with
+ * decomposed accents, ligatures or full-width letters logs in from the dashboard as from psql.
+ */
+export function preparedPassword(password: string): string {
+  if (/^[\x00-\x7f]*$/.test(password)) return password;
+  const prepared = password.replace(NON_ASCII_SPACE, " ").replace(MAPPED_TO_NOTHING, "").normalize("NFKC");
+  return PROHIBITED.test(prepared) ? password : prepared;
+}
+
 function scramKeys(password: string, salt: Buffer, iterations: number): { storedKey: Buffer; serverKey: Buffer } {
-  const salted = pbkdf2Sync(password.normalize("NFKC"), salt, iterations, 32, "sha256");
+  const salted = pbkdf2Sync(preparedPassword(password), salt, iterations, 32, "sha256");
   const clientKey = createHmac("sha256", salted).update("Client Key").digest();
   return {
     storedKey: createHash("sha256").update(clientKey).digest(),
@@ -277,7 +298,7 @@ export function readerTarget(config: ReaderConfig): DatabaseTarget {
   return Object.freeze({
     ...config.database,
     user: READER_ROLE,
-    password: known.password,
+    password: known.password === undefined ? undefined : preparedPassword(known.password),
     loginHelp: loginHelp(known.source, config.biReaderPasswordFile),
   });
 }

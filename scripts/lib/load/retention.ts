@@ -8,13 +8,14 @@
 // "Loaded" is the ledger's word, never a name's: a file is loaded when the sha256 of its content is in
 // loaded_files, and it is touched only while it still looks as it did when its content was hashed (size, inode,
 // times: the loader keeps that for each file it judged). A file written later under a loaded file's name is
-// another file, and stays. failed/ and rejected/ are never looked at. The ledger keeps its rows for moved and deleted
-// files, so the same file written again (a replay) is still known, and loads nothing twice.
+// another file, and stays; so does a symbolic link (to a file in loaded/, or elsewhere), which is never followed.
+// failed/ and rejected/ are never looked at. The ledger keeps its rows for moved and deleted files, so the same
+// file written again (a replay) is still known, and loads nothing twice.
 // A move or a delete that fails (disk, permissions) is logged with the file and the error; the load goes on,
 // and the file is tried again later.
 
 import { existsSync, type Stats } from "node:fs";
-import { mkdir, readdir, rename, rmdir, stat, unlink } from "node:fs/promises";
+import { lstat, mkdir, readdir, rename, rmdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { sha256 } from "../batch.ts";
 import type { RetentionMode } from "../config.ts";
@@ -113,11 +114,15 @@ async function ledgerEntries(sql: Sql, hashes: readonly string[], days: number |
 async function moveFile(dir: string, name: string, hash: string, day: string): Promise<string> {
   const folder = join(dir, LOADED_DIR, day);
   await mkdir(folder, { recursive: true });
+  const source = join(dir, name);
   let target = join(folder, name);
   for (let n = 2; existsSync(target) && sha256(await Bun.file(target).bytes()) !== hash; n++) {
     target = join(folder, name.replace(/(\.csv)?$/, `.${n}$1`));
   }
-  await rename(join(dir, name), target);
+  // The same file under both names (a hard link back to the top): rename would do nothing; the top name goes.
+  const [from, to] = await Promise.all([lstat(source), lstat(target).catch(() => undefined)]);
+  if (to && to.ino === from.ino && to.dev === from.dev) await unlink(source);
+  else await rename(source, target);
   return target;
 }
 
@@ -134,7 +139,13 @@ export async function retainLoaded(sql: Sql, dir: string, files: readonly Loaded
     const entry = ledger.get(file.hash);
     if (!entry || (!entry.expired && policy.mode !== "move")) continue;
     const path = join(dir, file.name);
-    const info = await stat(path).catch(() => undefined);
+    // Not followed: a link is someone's way to a file (one in loaded/, one elsewhere), and moving or deleting the
+    // link would break it, or put it in place of the very file it points to.
+    const info = await lstat(path).catch(() => undefined);
+    if (info?.isSymbolicLink()) {
+      log.debug(`${path}: loaded, but a symbolic link; left as it is`);
+      continue;
+    }
     if (!info || !sameStamp(stampOf(info), file.stamp)) continue; // gone, or written over since: not the loaded file
     const verb = entry.expired ? "delete" : "move";
     try {
