@@ -51,6 +51,7 @@ import {
   type FilesHealth,
   type KafkaHealth,
   type Part,
+  type PipelineHealth,
 } from "./lib/health.ts";
 import { checkKafkaAccess } from "./lib/kafka_errors.ts";
 import { LOADED_CHANNEL } from "./lib/load/transaction.ts";
@@ -475,6 +476,14 @@ function createSlices(config: Config, reader: ReturnType<typeof createReader>, b
       slice.first = slice.refresh();
       return slice;
     },
+    /** The pipeline's health, the same for every slice; pages are sent it only when it changed. */
+    setPipeline(kafka: Part<KafkaHealth>, files: FilesHealth) {
+      const changed = JSON.stringify([kafka, files]) !== JSON.stringify([all.snapshot.health.kafka, all.snapshot.health.files]);
+      for (const slice of slices.values()) {
+        slice.snapshot = { ...slice.snapshot, health: { ...slice.snapshot.health, kafka, files } };
+        if (changed) broadcast(slice);
+      }
+    },
     /** PostgreSQL went away, or cannot be used: pages say why and keep their last numbers, marked as such. */
     postgresDown(failure: Part<never>) {
       for (const slice of slices.values()) {
@@ -518,13 +527,9 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     async refreshDatabase(): Promise<void> {
       await Promise.all(slices.list().map((slice) => slice.refresh()));
     },
+    /** Kafka and the batch folder looked at again: every slice shows it, pushed to pages when it changed. */
     async refreshPipeline(): Promise<void> {
-      const [kafka, files] = await Promise.all([kafkaHealth(config), filesHealth(config.batchesDir, reader.loaded)]);
-      const changed = JSON.stringify([kafka, files]) !== JSON.stringify([slices.all.snapshot.health.kafka, slices.all.snapshot.health.files]);
-      for (const slice of slices.list()) {
-        slice.snapshot = { ...slice.snapshot, health: { ...slice.snapshot.health, kafka, files } };
-        if (changed) broadcast(slice);
-      }
+      slices.setPipeline(...(await Promise.all([kafkaHealth(config), filesHealth(config.batchesDir, reader.loaded)])));
     },
     postgresDown: slices.postgresDown,
     /** The snapshot of `filter` as /api/snapshot answers it; a filter no page follows is read for this answer. */
@@ -636,28 +641,17 @@ export function refuseForeign(request: Request, port: number): Response | undefi
   return new Response(`refused: ${why} is not this dashboard (open http://127.0.0.1:${port}/)\n`, { status: 403 });
 }
 
-async function main(): Promise<void> {
-  const flags = parseCli(command);
-  if (!flags) return;
-  // Everything below reads the database as bi_reader: DATABASE_URL's server and database, bi_reader's login.
-  const settings = readConfig();
-  const config: Config = { ...settings, database: readerTarget(settings) };
-  const log = createLogger("dashboard", config.logLevel);
-  const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
-  // Kafka that refuses us, or an address where something else answers, needs a setting changed: say so and stop.
-  // A broker that is away is shown on the page and looked at again every two seconds.
-  await checkKafkaAccess(config);
-  const sql = connect(config.database, log, { max: 2 });
-  const shutdown = createShutdown(log);
-  const hub = createHub(config, sql, log, shutdown.signal);
-  const readHealth = createHealthReader(config, sql);
-
+/**
+ * The page, its script and the chart library, the data routes (/api/snapshot, /api/events, both filtered by the
+ * query) and /metrics, on 127.0.0.1 only; requests that do not name this dashboard are refused (refuseForeign).
+ */
+function serve(port: number, hub: ReturnType<typeof createHub>, readHealth: () => Promise<PipelineHealth>) {
   const files: Record<string, { path: string; type: string }> = {
     "/": { path: join(PAGE_DIR, "index.html"), type: "text/html; charset=utf-8" },
     "/client.js": { path: join(PAGE_DIR, "client.js"), type: "text/javascript; charset=utf-8" },
     "/echarts.js": { path: ECHARTS, type: "text/javascript; charset=utf-8" },
   };
-  const server = Bun.serve({
+  return Bun.serve({
     hostname: "127.0.0.1",
     port,
     idleTimeout: 30, // a connection that sends no request is closed; event streams are exempt below
@@ -676,6 +670,25 @@ async function main(): Promise<void> {
       return new Response("not found\n", { status: 404 });
     },
   });
+}
+
+async function main(): Promise<void> {
+  const flags = parseCli(command);
+  if (!flags) return;
+  // Everything below reads the database as bi_reader: DATABASE_URL's server and database, bi_reader's login.
+  const settings = readConfig();
+  const config: Config = { ...settings, database: readerTarget(settings) };
+  const log = createLogger("dashboard", config.logLevel);
+  const port = flags.port === undefined ? config.dashboardPort : parsePort(flags.port, "--port");
+  // Kafka that refuses us, or an address where something else answers, needs a setting changed: say so and stop.
+  // A broker that is away is shown on the page and looked at again every two seconds.
+  await checkKafkaAccess(config);
+  const sql = connect(config.database, log, { max: 2 });
+  const shutdown = createShutdown(log);
+  const hub = createHub(config, sql, log, shutdown.signal);
+  const readHealth = createHealthReader(config, sql);
+
+  const server = serve(port, hub, readHealth);
   log.info(
     `dashboard at http://127.0.0.1:${server.port}/ showing database ${config.database.database} at ${config.database.host}:${config.database.port} ` +
       `as ${config.database.user} (Ctrl-C to stop)`,
