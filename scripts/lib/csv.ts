@@ -264,9 +264,20 @@ export function byColumn<T>(): Record<string, T> {
  * default, which a reader would take for a line end).
  */
 export function writeCsv(rows: readonly CsvRow[], columns: readonly string[], header = true): string {
-  const lines: string[] = header ? [columns.map(csvField).join(",")] : [];
-  for (const row of rows) lines.push(columns.map((column) => csvField(row[column])).join(","));
-  return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
+  // One string built by appending (a rope in the engine), no array per row: this runs for every row the
+  // consumer writes.
+  let out = header ? csvLine(columns) : "";
+  const last = columns.length - 1;
+  for (const row of rows) {
+    let line = "";
+    for (let i = 0; i < last; i++) line += `${csvField(row[columns[i]!])},`;
+    out += `${line}${last >= 0 ? csvField(row[columns[last]!]) : ""}\n`;
+  }
+  return out;
+}
+
+function csvLine(values: readonly string[]): string {
+  return `${values.map(csvField).join(",")}\n`;
 }
 
 const QUOTE_WHEN = /[",\r\n]/;
@@ -274,7 +285,7 @@ const QUOTE_WHEN = /[",\r\n]/;
 /** One field as writeCsv writes it: the same text csv-stringify writes with writeCsvWithCsvStringify's options. */
 function csvField(value: string | number | null | undefined): string {
   if (value === null || value === undefined) return "";
-  const text = String(value);
+  const text = typeof value === "string" ? value : String(value);
   return QUOTE_WHEN.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
