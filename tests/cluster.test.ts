@@ -200,7 +200,8 @@ describe.skipIf(missing.length > 0)("on three brokers", () => {
     expect(lines.map((r) => r.line)).toEqual(Array.from({ length: ROWS }, (_, i) => i + 2));
     expect(new Set(await topicKeys(cluster.brokers, s.id)).size).toBe(ROWS);
     expect(new Set(await topicKeys(cluster.brokers, s.kcatTopic)).size).toBe(ROWS);
-    expect(await groupLag(cluster.brokers, s.env.KAFKA_GROUP_ID!, s.id)).toBe(0);
+    const lag = await groupLag(cluster.brokers, s.env.KAFKA_GROUP_ID!, s.id);
+    expect(lag, `group lag after every host stopped\n${s.consumers.map((c) => c.output()).join("\n")}`).toBe(0);
   }
 
   async function afterCase(s: Stream): Promise<void> {
