@@ -348,10 +348,13 @@ describe.skipIf(!CHROMIUM)("the live dashboard", () => {
     const filters = async () => ((await (await fetch(`${dashboard.url}api/snapshot`)).json()) as { filters: number }).filters;
     const before = await filters(); // those of pages still open, if any
     const streams: AbortController[] = [];
+    // Each response is kept until the end: one the test let go of could be collected, and its stream closed.
+    const open: Response[] = [];
     try {
       for (let i = before; i < MAX_FILTERS; i++) {
         streams.push(new AbortController());
-        expect((await fetch(`${dashboard.url}api/events?region=r${i}`, { signal: streams.at(-1)!.signal })).status).toBe(200);
+        open.push(await fetch(`${dashboard.url}api/events?region=r${i}`, { signal: streams.at(-1)!.signal }));
+        expect(open.at(-1)!.status).toBe(200);
       }
       expect(await filters()).toBe(MAX_FILTERS);
       const beyond = await fetch(`${dashboard.url}api/events?region=one-more`);
