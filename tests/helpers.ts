@@ -15,9 +15,12 @@ import { consumerLag, createKafka } from "../scripts/lib/kafka.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { pollUntil, type Truthy } from "../scripts/lib/retry.ts";
 import { readCompose } from "../scripts/lib/stack/compose.ts";
-import { kafkaJars, launchBroker, quorumVoters, waitForBroker } from "../scripts/lib/stack/kafka.ts";
+import { kafkaJars, launchBroker, waitForBroker } from "../scripts/lib/stack/kafka.ts";
 import { launchPostgres, startCluster, stopPostgres } from "../scripts/lib/stack/postgres.ts";
-import { pidAlive, run, stopPid } from "../scripts/lib/stack/process.ts";
+import { run, stopPid } from "../scripts/lib/stack/process.ts";
+import { freePorts, startPrivateCluster as startKafkaCluster, withAdmin as withClusterAdmin, type PrivateCluster } from "../scripts/lib/stack/cluster.ts";
+
+export { freePorts, type PrivateCluster };
 import { ensureDatabase, migrate } from "../scripts/migrate.ts";
 
 export const ROOT = join(import.meta.dir, "..");
@@ -171,16 +174,6 @@ export function pipelineEnv(opts: { topic: string; group: string; dir: string; d
 }
 
 // --- Private services for the fault tests: their own broker and PostgreSQL, so killing them harms nothing else.
-
-/** Ports nothing listens on right now. */
-export function freePorts(count: number): number[] {
-  const servers = Array.from({ length: count }, () =>
-    Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }),
-  );
-  const ports = servers.map((s) => s.port);
-  for (const s of servers) s.stop(true);
-  return ports;
-}
 
 export interface PrivateKafka {
   readonly brokers: string;
@@ -367,81 +360,9 @@ export async function startSecureKafka(dir: string): Promise<SecureKafka> {
   };
 }
 
-export interface PrivateCluster {
-  /** every node's address, as KAFKA_BROKERS */
-  readonly brokers: string;
-  readonly nodes: readonly { readonly id: number; readonly port: number; readonly pid: number }[];
-  /** SIGKILL node `id`, as a crash would */
-  kill(id: number): void;
-  /** SIGSTOP / SIGCONT: a node that hangs (a long GC pause, a frozen VM) and comes back */
-  pause(id: number): void;
-  resume(id: number): void;
-  /** SIGTERM node `id` and wait until it has exited: a controlled shutdown, as in a rolling restart */
-  stop(id: number): Promise<void>;
-  /** start node `id` again on its ports and data, and wait until it answers */
-  start(id: number): Promise<void>;
-  /** wait until every node is registered and every replica of every topic is in sync again */
-  waitInSync(timeoutMs?: number): Promise<void>;
-  stopAll(): Promise<void>;
-}
-
-/**
- * Three KRaft nodes (each broker and controller) with the compose file's cluster settings (replication
- * factor 3, min.insync.replicas 2, no unclean leader election), on free ports, data in `dir`/node-N.
- */
-export async function startPrivateCluster(dir: string, count = 3): Promise<PrivateCluster> {
-  const facts = readCompose(readFileSync(join(ROOT, "docker-compose.yml"), "utf8"), count);
-  const libs = kafkaJars(facts.kafkaVersion, quiet);
-  const ports = freePorts(2 * count);
-  const nodes = facts.kafkaNodes.map((n, i) => ({ id: Number(n.env.KAFKA_NODE_ID), port: ports[2 * i]!, controllerPort: ports[2 * i + 1]!, env: n.env, pid: 0 }));
-  const voters = quorumVoters("127.0.0.1", nodes);
-  const brokers = nodes.map((n) => `127.0.0.1:${n.port}`).join(",");
-  const node = (id: number) => nodes.find((n) => n.id === id) ?? raise(`no node ${id}`);
-  const nodeDir = (id: number) => join(dir, `node-${id}`);
-  const launch = (id: number) => {
-    const n = node(id);
-    n.pid = launchBroker({ dir: nodeDir(id), libs, port: n.port, controllerPort: n.controllerPort, env: n.env, voters, heap: "512m" }, quiet);
-  };
-  const answers = (id: number) => waitForBroker(readConfig({ KAFKA_BROKERS: `127.0.0.1:${node(id).port}` }), node(id).pid, nodeDir(id), 120);
-  for (const n of nodes) launch(n.id);
-  await Promise.all(nodes.map((n) => answers(n.id)));
-  const cluster: PrivateCluster = {
-    brokers,
-    nodes,
-    kill: (id) => process.kill(node(id).pid, "SIGKILL"),
-    pause: (id) => process.kill(node(id).pid, "SIGSTOP"),
-    resume: (id) => process.kill(node(id).pid, "SIGCONT"),
-    stop: (id) => stopPid(node(id).pid, `test broker ${id}`, quiet, 60_000),
-    async start(id) {
-      launch(id);
-      await answers(id);
-    },
-    waitInSync: (timeoutMs = 120_000) =>
-      waitFor("every node registered and every replica in sync", () => clusterInSync(brokers, nodes.length), timeoutMs, 500).then(() => undefined),
-    // The end of a test run: nothing on these nodes is kept, so they go at once.
-    async stopAll() {
-      for (const n of nodes) if (pidAlive(n.pid)) process.kill(n.pid, "SIGKILL");
-      await waitFor("the test cluster to exit", () => nodes.every((n) => !pidAlive(n.pid)), 10_000);
-    },
-  };
-  await cluster.waitInSync();
-  return cluster;
-}
-
-function raise(message: string): never {
-  throw new Error(message);
-}
-
-/** True when `nodes` brokers are registered and no partition of any topic lacks a replica in sync. */
-async function clusterInSync(brokers: string, nodes: number): Promise<boolean> {
-  return withAdmin(brokers, async (admin) => {
-    const { brokers: alive } = await admin.describeCluster();
-    if (alive.length < nodes) return false;
-    const topics = await admin.listTopics();
-    if (topics.length === 0) return true;
-    const { topics: metadata } = await admin.fetchTopicMetadata({ topics });
-    return metadata.every((t) => t.partitions.every((p) => p.leader >= 0 && p.isr.length === p.replicas.length));
-  }).catch(() => false);
+/** The cluster of scripts/lib/stack/cluster.ts, its nodes' output kept quiet. */
+export function startPrivateCluster(dir: string, count = 3): Promise<PrivateCluster> {
+  return startKafkaCluster(dir, quiet, count);
 }
 
 export interface PrivatePostgres {
@@ -615,14 +536,8 @@ export async function partitionLeaders(broker: string, topics: string[]): Promis
 // --- Kafka facts for assertions.
 
 /** Runs `fn` with an admin client of `brokers`, connected for the call. */
-export async function withAdmin<T>(brokers: string, fn: (admin: import("kafkajs").Admin) => Promise<T>): Promise<T> {
-  const admin = createKafka(readConfig({ KAFKA_BROKERS: brokers }), quiet).admin();
-  await admin.connect();
-  try {
-    return await fn(admin);
-  } finally {
-    await admin.disconnect();
-  }
+export function withAdmin<T>(brokers: string, fn: (admin: import("kafkajs").Admin) => Promise<T>): Promise<T> {
+  return withClusterAdmin(brokers, quiet, fn);
 }
 
 /** Messages ever written to `topic` (0 when it does not exist). */
