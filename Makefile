@@ -148,6 +148,8 @@ export: migrate ## CSV extracts of every BI view in data/exports/ (one snapshot)
 ##@ Development
 
 SIZE ?= quick
+# make bench STAGES=loader,scale: some stages only (producer, consumer, loader, together, connect, scale).
+STAGES ?=
 # make bench SOAK=1: the soak line instead of the stages, SOAK_MINUTES long, the producer at SOAK_RATE rows/s.
 SOAK ?=
 SOAK_MINUTES ?= 10
@@ -157,7 +159,7 @@ SOAK_RATE ?= 500
 bench: up migrate ## Each stage next to kcat / psql / Kafka Connect on the same rows (SIZE=quick: 99,940 rows; SIZE=full: 999,400); SOAK=1: 10-minute soak
 	@command -v kcat >/dev/null || { echo "make bench compares with kcat: apt-get install kcat" >&2; exit 1; }
 	@command -v psql >/dev/null || { echo "make bench compares with psql: apt-get install postgresql-client" >&2; exit 1; }
-	$(BUN) scripts/bench.ts $(if $(filter-out 0,$(SOAK)),--soak $(SOAK_MINUTES) --soak-rate $(SOAK_RATE),--size $(SIZE))
+	$(BUN) scripts/bench.ts $(if $(filter-out 0,$(SOAK)),--soak $(SOAK_MINUTES) --soak-rate $(SOAK_RATE),--size $(SIZE)$(if $(STAGES), --stages $(STAGES)))
 
 .PHONY: typecheck
 typecheck: install ## Type-check every script and test (tsc --noEmit)

@@ -7,6 +7,7 @@
 //
 //   make bench                 quick: 99,940 rows (10 copies of the sample), about 2 minutes
 //   make bench SIZE=full       999,400 rows (100 copies)
+//   make bench STAGES=scale    some stages only (see --stages)
 //   make bench SOAK=1          the soak line instead: producer --rate 500, consumer, loader --watch for 10 minutes
 //
 // Stages: the producer at --rate max beside kcat -P (acks=all, idempotent) sending the same keyed messages, and
@@ -19,6 +20,9 @@
 // beside Kafka Connect standalone with Debezium's JDBC sink (lib/connect.ts) upserting the same rows, sent as
 // schema'd JSON to a topic of its own, into a database of its own: with its defaults, and tuned (batches of
 // 2,000, the driver's multi-row inserts). Kafka's tools and Connect need Java and Maven.
+// Last, the scale line: consumers and loaders --watch on a topic already full, 3 partitions × 3 consumers × 2
+// loaders (consumers writing into two folders, a loader on each) beside 1 × 1 × 1, on the stack's broker and
+// again on a three-node cluster the benchmark starts for it (lib/stack/cluster.ts, local mode only).
 // Everything runs on topics, groups, databases and folders of its own under .local/bench; the walkthrough's
 // data is not touched. The table is printed and written to .local/bench/latest.md.
 //
@@ -27,7 +31,7 @@
 // the end, with the row counts checked; it writes .local/bench/soak.md.
 //
 // Env: KAFKA_BROKERS, DATABASE_URL (the server; databases bench_*), LOG_LEVEL.
-// Flags: --size, --copies, --runs, --soak, --soak-rate.
+// Flags: --size, --copies, --runs, --stages, --soak, --soak-rate.
 
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
@@ -44,9 +48,13 @@ import { createLogger, formatDuration } from "./lib/log.ts";
 import { cleanRow, mapHeader, type HeaderMap } from "./lib/record.ts";
 import { pollUntil, TimeoutError } from "./lib/retry.ts";
 import { readCompose } from "./lib/stack/compose.ts";
+import { startPrivateCluster } from "./lib/stack/cluster.ts";
 import { kafkaJars } from "./lib/stack/kafka.ts";
 import { tail } from "./lib/stack/process.ts";
 import { ensureDatabase, migrate } from "./migrate.ts";
+
+const STAGES = ["producer", "consumer", "loader", "together", "connect", "scale"] as const;
+type Stage = (typeof STAGES)[number];
 
 const command = {
   script: "scripts/bench.ts",
@@ -58,6 +66,7 @@ const command = {
     size: { type: "string", arg: "quick|full", help: "quick: 10 copies of the sample (99,940 rows); full: 100 (999,400)" },
     copies: { type: "string", arg: "N", help: "copies of the 9,994 sample rows (overrides --size)" },
     runs: { type: "string", arg: "N", help: "runs of each measurement, interleaved with the peer's (default 1)" },
+    stages: { type: "string", arg: "LIST", help: `some stages only, comma-separated: ${STAGES.join(",")} (default all; loader needs consumer needs producer, which then run too)` },
     soak: { type: "string", arg: "MINUTES", help: "the soak line instead: producer, consumer and loader --watch together this long" },
     "soak-rate": { type: "string", arg: "N", help: "the soak's producer --rate (default 500 rows/s)" },
   },
@@ -69,6 +78,19 @@ const command = {
 } as const;
 
 const ROOT = projectPath(".local/bench");
+
+/** The stages --stages names, with what they need: the consumer reads the producer's topic, the loader its files. */
+export function parseStages(list: string | undefined): ReadonlySet<Stage> {
+  if (list === undefined) return new Set(STAGES);
+  const wanted = new Set<Stage>();
+  for (const name of list.split(",").map((s) => s.trim())) {
+    if (!(STAGES as readonly string[]).includes(name)) throw new UsageError(`--stages: unknown stage "${name}" (stages: ${STAGES.join(", ")})`);
+    wanted.add(name as Stage);
+  }
+  if (wanted.has("loader")) wanted.add("consumer");
+  if (wanted.has("consumer")) wanted.add("producer");
+  return wanted;
+}
 const log = createLogger("bench");
 const quiet = createLogger("bench", "silent");
 
@@ -186,8 +208,13 @@ class Bench {
     return this.admin(async (admin) => (await admin.fetchTopicOffsets(topic)).reduce((n, p) => n + Number(p.high), 0));
   }
 
-  createTopic(topic: string): Promise<boolean> {
-    return this.admin((admin) => ensureTopic(admin, topic, this.config.kafkaPartitions));
+  createTopic(topic: string, partitions = this.config.kafkaPartitions): Promise<boolean> {
+    return this.admin((admin) => ensureTopic(admin, topic, partitions));
+  }
+
+  /** Brokers in the cluster KAFKA_BROKERS reaches. */
+  brokerCount(): Promise<number> {
+    return this.admin(async (admin) => (await admin.describeCluster()).brokers.length);
   }
 
   check(what: string, got: number): void {
@@ -568,6 +595,83 @@ async function topicToTable(b: Bench, jars: ConnectJars, runs: number, rows: Row
   }
 }
 
+/** How the work is split: partitions of the topic, consumers in the group, loaders (each with a folder of its own). */
+interface Shape {
+  readonly partitions: number;
+  readonly consumers: number;
+  readonly loaders: number;
+}
+
+const SHAPES = { one: { partitions: 1, consumers: 1, loaders: 1 }, wide: { partitions: 3, consumers: 3, loaders: 2 } } as const;
+const shapeName = (s: Shape) =>
+  `${s.partitions} partition${s.partitions > 1 ? "s" : ""} × ${s.consumers} consumer${s.consumers > 1 ? "s" : ""} × ${s.loaders} loader${s.loaders > 1 ? "s" : ""}`;
+
+/** A topic of `partitions` filled by the producer with the benchmark's rows, before anything is timed. */
+async function filledTopic(b: Bench, partitions: number): Promise<string> {
+  const topic = b.name(`scale${partitions}`);
+  await b.createTopic(topic, partitions);
+  await measure(script("producer.ts", ["--file", b.file, "--rate", "max"]), b.env(topic, "-", ROOT));
+  b.check(`producer (topic of ${partitions} partitions)`, await b.topicSize(topic));
+  return topic;
+}
+
+/**
+ * `shape.consumers` consumers in one group on `topic`, consumer i writing into folder i mod `shape.loaders`,
+ * and a loader --watch on each folder, all into one fresh database: from the start to the last row in orders.
+ */
+async function runShape(b: Bench, topic: string, shape: Shape): Promise<Cost> {
+  const db = await b.database("scale");
+  const group = b.name("group");
+  const dirs = Array.from({ length: shape.loaders }, () => join(ROOT, b.name("scale")));
+  const started = performance.now();
+  const scripts = [
+    ...Array.from({ length: shape.consumers }, (_, i) =>
+      start(`consumer ${i + 1}`, "consumer_batch_to_csv.ts", ["--batch-size", "100", "--quiet", "1"], b.env(topic, group, dirs[i % dirs.length]!, db)),
+    ),
+    ...dirs.map((dir, i) => start(`loader --watch ${i + 1}`, "load.ts", ["--watch"], b.env(topic, group, dir, db))),
+  ];
+  const { cost } = await runUntilLoaded(b, db, scripts, started);
+  b.check(`${shapeName(shape)} (topic to table)`, await b.count(db));
+  return cost;
+}
+
+/** The scale line on `b`'s brokers: 3 partitions × 3 consumers × 2 loaders beside 1 × 1 × 1, interleaved. */
+async function scaleLine(b: Bench, where: string, runs: number, rows: Row[]): Promise<void> {
+  const topics = { one: await filledTopic(b, SHAPES.one.partitions), wide: await filledTopic(b, SHAPES.wide.partitions) };
+  for (let r = 0; r < runs; r++) {
+    const one = await runShape(b, topics.one, SHAPES.one);
+    const wide = await runShape(b, topics.wide, SHAPES.wide);
+    rows.push({
+      stage: `scale: ${shapeName(SHAPES.wide)}, topic to table (100 per file, ${where})`,
+      ours: wide,
+      peer: { name: `itself at ${shapeName(SHAPES.one)}`, cost: one, costs: true },
+    });
+  }
+}
+
+/**
+ * The scale line on the stack's brokers, and, when the stack is one local broker, again on a three-node cluster
+ * of its own (lib/stack/cluster.ts: replication 3, min.insync.replicas 2), started here and removed after.
+ */
+async function scale(b: Bench, runs: number, rows: Row[]): Promise<void> {
+  const brokers = await b.brokerCount();
+  await scaleLine(b, brokers === 1 ? "one broker" : `the stack's ${brokers} brokers`, runs, rows);
+  if (brokers > 1) return;
+  if (!b.kafkaTools) {
+    log.warn("the scale line on a three-broker cluster is left out: it needs local mode's Kafka jars (make up without Docker)");
+    return;
+  }
+  log.info("starting a three-broker cluster of its own for the scale line");
+  const cluster = await startPrivateCluster(join(ROOT, `${b.id}-cluster`), quiet);
+  const onCluster = new Bench({ ...b.config, kafkaBrokers: cluster.brokers.split(",") }, b.rows, b.file, b.kafkaTools);
+  try {
+    await scaleLine(onCluster, "three-broker cluster", runs, rows);
+  } finally {
+    await onCluster.cleanUp().catch((error) => log.warn(`cleaning up after the cluster's scale line: ${(error as Error).message}`));
+    await cluster.stopAll();
+  }
+}
+
 /** Connect's jars and Debezium's sink (fetched once), or undefined when Kafka's own are not at hand. */
 function localConnectJars(kafkaTools: string | undefined): ConnectJars | undefined {
   if (!kafkaTools) return undefined;
@@ -734,7 +838,7 @@ async function main(): Promise<void> {
   const config = readConfig();
   mkdirSync(ROOT, { recursive: true });
   if (flags["soak-rate"] && !flags.soak) throw new UsageError("--soak-rate is the soak's: give --soak MINUTES too");
-  if (flags.soak && (flags.size || flags.copies || flags.runs)) throw new UsageError("--soak runs the soak alone: leave out --size, --copies and --runs");
+  if (flags.soak && (flags.size || flags.copies || flags.runs || flags.stages)) throw new UsageError("--soak runs the soak alone: leave out --size, --copies, --runs and --stages");
   if (flags.soak) {
     const minutes = parsePositiveInt(flags.soak, "--soak", 1440);
     const soakRate = flags["soak-rate"] ? parsePositiveInt(flags["soak-rate"], "--soak-rate", 100_000) : 500;
@@ -747,6 +851,7 @@ async function main(): Promise<void> {
   if (size !== "quick" && size !== "full") throw new UsageError(`--size must be quick or full, got "${size}"`);
   const copies = flags.copies ? parsePositiveInt(flags.copies, "--copies", 1000) : size === "full" ? 100 : 10;
   const runs = flags.runs ? parsePositiveInt(flags.runs, "--runs", 10) : 1;
+  const stages = parseStages(flags.stages);
   for (const tool of ["kcat", "psql"]) {
     if (!Bun.which(tool)) throw new UsageError(`make bench compares with ${tool}: apt-get install ${tool === "psql" ? "postgresql-client" : tool}`);
   }
@@ -755,15 +860,16 @@ async function main(): Promise<void> {
   const load0 = loadavg();
   const started = new Date();
   const b = new Bench(config, copies * 9994, file, localKafkaJars());
-  const jars = localConnectJars(b.kafkaTools);
+  const jars = stages.has("connect") ? localConnectJars(b.kafkaTools) : undefined;
   const rows: Row[] = [];
   log.info(`${b.rows} rows, ${runs} run(s) of each stage; load average ${load0.map((l) => l.toFixed(2)).join(" ")}`);
   try {
-    const topic = await produce(b, runs, rows);
-    const dirs = await consume(b, topic, runs, rows);
-    await load(b, dirs, runs, rows);
-    await together(b, rows);
-    if (jars) await topicToTable(b, jars, runs, rows);
+    const topic = stages.has("producer") ? await produce(b, runs, rows) : undefined;
+    const dirs = topic && stages.has("consumer") ? await consume(b, topic, runs, rows) : undefined;
+    if (dirs && stages.has("loader")) await load(b, dirs, runs, rows);
+    if (stages.has("together")) await together(b, rows);
+    if (jars && stages.has("connect")) await topicToTable(b, jars, runs, rows);
+    if (stages.has("scale")) await scale(b, runs, rows);
   } finally {
     await b.cleanUp();
     for (const entry of readdirSync(ROOT)) if (entry.startsWith(`bench_${b.id}`) || entry.startsWith(b.id)) rmSync(join(ROOT, entry), { recursive: true, force: true });

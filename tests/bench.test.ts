@@ -2,6 +2,7 @@
 // the worker's and the connector's settings as Java reads them. Pure functions only: no Java, no broker.
 
 import { describe, expect, test } from "bun:test";
+import { parseStages } from "../scripts/bench.ts";
 import { parseDatabase } from "../scripts/lib/config.ts";
 import {
   CONNECT_SCHEMA,
@@ -177,5 +178,20 @@ describe("Connect's settings", () => {
   test("a properties file escapes what Java's reader would change: backslashes, breaks, non-ASCII, a key's separators", () => {
     const text = propertiesText({ "connection.password": "s3crét\\\n", "a=b c": " x😀" }, "header");
     expect(text).toBe("# header\nconnection.password=s3cr\\u00e9t\\\\\\n\na\\=b\\ c=\\ x\\ud83d\\ude00\n");
+  });
+});
+
+describe("bench --stages", () => {
+  test("runs every stage when none is named", () => {
+    expect([...parseStages(undefined)]).toEqual(["producer", "consumer", "loader", "together", "connect", "scale"]);
+  });
+
+  test("adds what a stage reads: the loader the consumer's files, the consumer the producer's topic", () => {
+    expect([...parseStages("loader")].sort()).toEqual(["consumer", "loader", "producer"]);
+    expect([...parseStages("scale, connect")].sort()).toEqual(["connect", "scale"]);
+  });
+
+  test("refuses a stage it does not know, naming it and the stages there are", () => {
+    expect(() => parseStages("scale,loadr")).toThrow('--stages: unknown stage "loadr" (stages: producer, consumer, loader, together, connect, scale)');
   });
 });
