@@ -38,7 +38,7 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { basename, join } from "node:path";
 import { fail, parseCli, UsageError } from "./lib/cli.ts";
 import { parsePositiveInt, projectPath, readConfig, type Config, type DatabaseTarget } from "./lib/config.ts";
-import { connectJars, connectLog4j, connectValue, DEBEZIUM_VERSION, propertiesText, sinkProperties, workerProperties, type ConnectJars, type SinkRun } from "./lib/connect.ts";
+import { connectJars, connectValue, DEBEZIUM_VERSION, propertiesText, sinkProperties, workerProperties, type ConnectJars, type SinkRun } from "./lib/connect.ts";
 import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "./lib/db.ts";
 import { prepareFile } from "./lib/load/read.ts";
 import { COPY_COLUMNS, copyChunks } from "./lib/load/transaction.ts";
@@ -49,7 +49,7 @@ import { cleanRow, mapHeader, type HeaderMap } from "./lib/record.ts";
 import { pollUntil, TimeoutError } from "./lib/retry.ts";
 import { readCompose } from "./lib/stack/compose.ts";
 import { startPrivateCluster } from "./lib/stack/cluster.ts";
-import { kafkaJars } from "./lib/stack/kafka.ts";
+import { kafkaJars, log4jToFile } from "./lib/stack/kafka.ts";
 import { tail } from "./lib/stack/process.ts";
 import { ensureDatabase, migrate } from "./migrate.ts";
 
@@ -508,7 +508,7 @@ function writeConnectFiles(sink: SinkRun): { worker: string; connector: string; 
   writeFileSync(files.worker, propertiesText(workerProperties(sink), by));
   // It holds the database password: readable by its owner only, and deleted with the run's folder.
   writeFileSync(files.connector, propertiesText(sinkProperties(sink), by), { mode: 0o600 });
-  writeFileSync(files.log4j, connectLog4j(files.log));
+  writeFileSync(files.log4j, log4jToFile(files.log)); // everything at INFO, Connect's default
   return files;
 }
 

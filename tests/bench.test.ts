@@ -1,5 +1,6 @@
 // Unit tests for scripts/lib/connect.ts, make bench's Kafka Connect peer: the schema'd JSON a row becomes, and
-// the worker's and the connector's settings as Java reads them. Pure functions only: no Java, no broker.
+// the worker's and the connector's settings as Java reads them; and for bench --stages. Pure functions only: no Java,
+// no broker.
 
 import { describe, expect, test } from "bun:test";
 import { parseStages } from "../scripts/bench.ts";

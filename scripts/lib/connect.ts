@@ -232,16 +232,3 @@ export function propertiesText(properties: Readonly<Record<string, string>>, hea
   const lines = Object.entries(properties).map(([k, v]) => `${escapeProperty(k, true)}=${escapeProperty(v, false)}`);
   return `# ${header}\n${lines.join("\n")}\n`;
 }
-
-/** The worker's log4j2 settings: everything at INFO (Connect's default) into one file. */
-export function connectLog4j(logFile: string): string {
-  return `status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = ${logFile}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-`;
-}

@@ -73,17 +73,24 @@ export function localServerProperties(
   };
 }
 
-const LOG4J2 = (logFile: string) => `status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = ${logFile}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-logger.state.name = state.change.logger
-logger.state.level = warn
-`;
+/** log4j2 settings for a Kafka JVM (broker, Connect): INFO and above into `logFile`, plus `extra` lines. */
+export function log4jToFile(logFile: string, extra: readonly string[] = []): string {
+  const lines = [
+    "status = warn",
+    "appender.file.type = File",
+    "appender.file.name = file",
+    `appender.file.fileName = ${logFile}`,
+    "appender.file.layout.type = PatternLayout",
+    "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+    "rootLogger.level = info",
+    "rootLogger.appenderRef.file.ref = file",
+    ...extra,
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+/** The broker's: state changes only from WARN (each partition's every move is logged at INFO). */
+const LOG4J2 = (logFile: string) => log4jToFile(logFile, ["logger.state.name = state.change.logger", "logger.state.level = warn"]);
 
 function kafkaPom(version: string): string {
   return `<project xmlns="http://maven.apache.org/POM/4.0.0">
