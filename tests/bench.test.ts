@@ -17,31 +17,10 @@ import {
   type SinkRun,
 } from "../scripts/lib/connect.ts";
 import { cleanRow, mapHeader, type CleanRow } from "../scripts/lib/record.ts";
+import { superstoreRow } from "./fixtures/superstore.ts";
 
-/** The first row of the Kaggle file, as the producer sends it (header name -> value as read). */
-const SOURCE: Record<string, string> = {
-  "Row ID": "1",
-  "Order ID": "CA-2016-152156",
-  "Order Date": "11/8/2016",
-  "Ship Date": "11/11/2016",
-  "Ship Mode": "Second Class",
-  "Customer ID": "CG-12520",
-  "Customer Name": "Claire Gute",
-  Segment: "Consumer",
-  Country: "United States",
-  City: "Henderson",
-  State: "Kentucky",
-  "Postal Code": "42420",
-  Region: "South",
-  "Product ID": "FUR-BO-10001798",
-  Category: "Furniture",
-  "Sub-Category": "Bookcases",
-  "Product Name": 'Bush Somerset Collection Bookcase, 5" "Tall"',
-  Sales: "261.96",
-  Quantity: "2",
-  Discount: "0",
-  Profit: "41.9136",
-};
+/** The first row of the Kaggle file, with a name that has quotes and a comma (for the JSON and the CSV). */
+const SOURCE = superstoreRow({ "Product Name": 'Bush Somerset Collection Bookcase, 5" "Tall"' });
 
 function clean(source: Record<string, string>): CleanRow {
   const result = cleanRow(source, mapHeader(Object.keys(source)));

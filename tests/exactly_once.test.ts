@@ -11,36 +11,22 @@ import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../sc
 import { prepareFile } from "../scripts/lib/load/read.ts";
 import { createLogger } from "../scripts/lib/log.ts";
 import { createTestDatabase, pipelineEnv, runOk, runPipeline, runScript, startScript, tempDir, uniqueName, waitFor, type RunResult, type TestDatabase } from "./helpers.ts";
+import { SUPERSTORE_HEADER, superstoreRow } from "./fixtures/superstore.ts";
 
-const HEADER =
-  "Row ID,Order ID,Order Date,Ship Date,Ship Mode,Customer ID,Customer Name,Segment,Country,City,State,Postal Code,Region,Product ID,Category,Sub-Category,Product Name,Sales,Quantity,Discount,Profit";
+const HEADER = SUPERSTORE_HEADER.join(",");
 
 /** A Superstore row; `over` replaces fields by column name. */
 function line(id: number, over: Record<string, string> = {}): string {
-  const values: Record<string, string> = {
+  const values = superstoreRow({
     "Row ID": String(id),
     "Order ID": `CA-2016-${100000 + id}`,
-    "Order Date": "11/8/2016",
-    "Ship Date": "11/11/2016",
-    "Ship Mode": "Second Class",
     "Customer ID": `CG-${12500 + (id % 7)}`,
-    "Customer Name": "Claire Gute",
-    Segment: "Consumer",
-    Country: "United States",
-    City: "Henderson",
-    State: "Kentucky",
-    "Postal Code": "42420",
-    Region: "South",
     "Product ID": `FUR-BO-${10000 + (id % 5)}`,
-    Category: "Furniture",
-    "Sub-Category": "Bookcases",
     "Product Name": "Bookcase",
     Sales: `${100 + id}.5`,
-    Quantity: "2",
-    Discount: "0",
     Profit: "4.25",
     ...over,
-  };
+  });
   return HEADER.split(",")
     .map((c) => values[c]!)
     .join(",");

@@ -15,58 +15,11 @@ import {
   headerProblem,
   storable,
 } from "../scripts/lib/record.ts";
+import { SUPERSTORE_HEADER, superstoreRow } from "./fixtures/superstore.ts";
 
-/** The header of the Kaggle US Superstore file. */
-const SUPERSTORE = [
-  "Row ID",
-  "Order ID",
-  "Order Date",
-  "Ship Date",
-  "Ship Mode",
-  "Customer ID",
-  "Customer Name",
-  "Segment",
-  "Country",
-  "City",
-  "State",
-  "Postal Code",
-  "Region",
-  "Product ID",
-  "Category",
-  "Sub-Category",
-  "Product Name",
-  "Sales",
-  "Quantity",
-  "Discount",
-  "Profit",
-];
-
-/** Line 2 of the Kaggle file, as read (Windows-1252 decoded, M/D/YYYY dates, ZIP without its leading zero). */
+/** Line 2 of the Kaggle file, moved to Burlington, Vermont: a ZIP code that lost its leading zero (05408). */
 function sourceRow(overrides: Record<string, string> = {}): Record<string, string> {
-  return {
-    "Row ID": "1",
-    "Order ID": "CA-2016-152156",
-    "Order Date": "11/8/2016",
-    "Ship Date": "11/11/2016",
-    "Ship Mode": "Second Class",
-    "Customer ID": "CG-12520",
-    "Customer Name": "Claire Gute",
-    Segment: "Consumer",
-    Country: "United States",
-    City: "Burlington",
-    State: "Vermont",
-    "Postal Code": "5408",
-    Region: "East",
-    "Product ID": "FUR-BO-10001798",
-    Category: "Furniture",
-    "Sub-Category": "Bookcases",
-    "Product Name": "Bush Somerset Collection Bookcase",
-    Sales: "261.96",
-    Quantity: "2",
-    Discount: "0",
-    Profit: "41.9136",
-    ...overrides,
-  };
+  return superstoreRow({ City: "Burlington", State: "Vermont", "Postal Code": "5408", Region: "East", ...overrides });
 }
 
 const CLEAN_VALUES = {
@@ -95,7 +48,7 @@ const CLEAN_VALUES = {
   shipping_cost: null,
 };
 
-function reasonOf(source: Record<string, string>, columns: readonly string[] = SUPERSTORE): string {
+function reasonOf(source: Record<string, string>, columns: readonly string[] = SUPERSTORE_HEADER): string {
   const result = cleanRow(source, mapHeader(columns));
   if (result.ok) throw new Error(`expected a rejection, got ${JSON.stringify(result.row)}`);
   return result.reason;
@@ -128,7 +81,7 @@ describe("normalizeHeader", () => {
 
 describe("mapHeader", () => {
   test("maps every Superstore column, with Row ID apart and no extras", () => {
-    const header = mapHeader(SUPERSTORE);
+    const header = mapHeader(SUPERSTORE_HEADER);
     expect(header.rowId).toBe("Row ID");
     expect(header.extra).toEqual([]);
     expect([...header.fields.entries()]).toEqual([
@@ -323,7 +276,7 @@ describe("parsePostalCode", () => {
 
 describe("cleanRow", () => {
   test("cleans a Kaggle row into orders columns", () => {
-    expect(cleanRow(sourceRow(), mapHeader(SUPERSTORE))).toEqual({
+    expect(cleanRow(sourceRow(), mapHeader(SUPERSTORE_HEADER))).toEqual({
       ok: true,
       row: { values: CLEAN_VALUES, rowId: 1, extra: null, warnings: null },
     });
@@ -332,13 +285,13 @@ describe("cleanRow", () => {
   test("trims every value before reading it", () => {
     const result = cleanRow(
       sourceRow({ "Order ID": "  CA-2016-152156 ", "Order Date": " 11/8/2016\t", Quantity: " 2 ", Country: " United States " }),
-      mapHeader(SUPERSTORE),
+      mapHeader(SUPERSTORE_HEADER),
     );
     expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: null, warnings: null } });
   });
 
   test("turns an empty optional field into null", () => {
-    const result = cleanRow(sourceRow({ "Ship Date": "", Discount: "   ", "Postal Code": "" }), mapHeader(SUPERSTORE));
+    const result = cleanRow(sourceRow({ "Ship Date": "", Discount: "   ", "Postal Code": "" }), mapHeader(SUPERSTORE_HEADER));
     expect(result).toEqual({
       ok: true,
       row: { values: { ...CLEAN_VALUES, ship_date: null, discount: null, postal_code: null }, rowId: 1, extra: null, warnings: null },
@@ -350,7 +303,7 @@ describe("cleanRow", () => {
   });
 
   test("rejects a missing required column, naming the field", () => {
-    const columns = SUPERSTORE.filter((c) => c !== "Product ID");
+    const columns = SUPERSTORE_HEADER.filter((c) => c !== "Product ID");
     const source = sourceRow();
     delete source["Product ID"];
     expect(reasonOf(source, columns)).toBe("Product ID: no such column");
@@ -394,7 +347,7 @@ describe("cleanRow", () => {
     expect(reasonOf(sourceRow({ "Customer ID": "C".repeat(21) }))).toBe(
       "Customer ID: 21 characters, more than the 20 allowed",
     );
-    const atLimit = cleanRow(sourceRow({ "Order ID": "O".repeat(30) }), mapHeader(SUPERSTORE));
+    const atLimit = cleanRow(sourceRow({ "Order ID": "O".repeat(30) }), mapHeader(SUPERSTORE_HEADER));
     expect(atLimit.ok).toBe(true);
   });
 
@@ -405,7 +358,7 @@ describe("cleanRow", () => {
 
   test("does not limit free-text columns", () => {
     const name = "N".repeat(500);
-    const result = cleanRow(sourceRow({ "Product Name": name }), mapHeader(SUPERSTORE));
+    const result = cleanRow(sourceRow({ "Product Name": name }), mapHeader(SUPERSTORE_HEADER));
     expect(result).toEqual({
       ok: true,
       row: { values: { ...CLEAN_VALUES, product_name: name }, rowId: 1, extra: null, warnings: null },
@@ -413,7 +366,7 @@ describe("cleanRow", () => {
   });
 
   test("reads the postal code according to the trimmed country", () => {
-    const result = cleanRow(sourceRow({ Country: "Canada", "Postal Code": "K1A 0B1" }), mapHeader(SUPERSTORE));
+    const result = cleanRow(sourceRow({ Country: "Canada", "Postal Code": "K1A 0B1" }), mapHeader(SUPERSTORE_HEADER));
     expect(result).toEqual({
       ok: true,
       row: { values: { ...CLEAN_VALUES, country: "Canada", postal_code: "K1A 0B1" }, rowId: 1, extra: null, warnings: null },
@@ -421,18 +374,18 @@ describe("cleanRow", () => {
   });
 
   test("keeps extra columns, trimmed, and leaves out empty ones", () => {
-    const columns = [...SUPERSTORE, "Loyalty Tier", "Coupon"];
+    const columns = [...SUPERSTORE_HEADER, "Loyalty Tier", "Coupon"];
     const result = cleanRow({ ...sourceRow(), "Loyalty Tier": " Gold ", Coupon: "  " }, mapHeader(columns));
     expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: { "Loyalty Tier": "Gold" }, warnings: null } });
   });
 
   test("keeps the value of an extra column named Constructor", () => {
-    const result = cleanRow({ ...sourceRow(), Constructor: "Acme" }, mapHeader([...SUPERSTORE, "Constructor"]));
+    const result = cleanRow({ ...sourceRow(), Constructor: "Acme" }, mapHeader([...SUPERSTORE_HEADER, "Constructor"]));
     expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 1, extra: { Constructor: "Acme" }, warnings: null } });
   });
 
   test("reads the Row ID as a whole number", () => {
-    const result = cleanRow(sourceRow({ "Row ID": " 9994 " }), mapHeader(SUPERSTORE));
+    const result = cleanRow(sourceRow({ "Row ID": " 9994 " }), mapHeader(SUPERSTORE_HEADER));
     expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: 9994, extra: null, warnings: null } });
   });
 
@@ -444,7 +397,7 @@ describe("cleanRow", () => {
   });
 
   test("has no Row ID when the file has no such column", () => {
-    const columns = SUPERSTORE.filter((c) => c !== "Row ID");
+    const columns = SUPERSTORE_HEADER.filter((c) => c !== "Row ID");
     const result = cleanRow(sourceRow(), mapHeader(columns));
     expect(result).toEqual({ ok: true, row: { values: CLEAN_VALUES, rowId: undefined, extra: null, warnings: null } });
   });
@@ -507,7 +460,7 @@ describe("cleanRow", () => {
 
 describe("findRowIdColumn", () => {
   test("finds the Row ID column however it is spelled", () => {
-    expect(findRowIdColumn(SUPERSTORE)).toBe(0);
+    expect(findRowIdColumn(SUPERSTORE_HEADER)).toBe(0);
     expect(findRowIdColumn(["Order ID", "row_id"])).toBe(1);
   });
 
@@ -519,7 +472,7 @@ describe("findRowIdColumn", () => {
 describe("what PostgreSQL would refuse, checked before COPY", () => {
   test("counts length in characters as PostgreSQL does: an emoji is one, not two UTF-16 units", () => {
     expect(characterCount("😀".repeat(20))).toBe(20);
-    const fits = cleanRow(sourceRow({ "Customer ID": "😀".repeat(20) }), mapHeader(SUPERSTORE));
+    const fits = cleanRow(sourceRow({ "Customer ID": "😀".repeat(20) }), mapHeader(SUPERSTORE_HEADER));
     expect(fits.ok).toBe(true);
     expect(reasonOf(sourceRow({ "Customer ID": "😀".repeat(21) }))).toBe("Customer ID: 21 characters, more than the 20 allowed");
   });
@@ -531,7 +484,7 @@ describe("what PostgreSQL would refuse, checked before COPY", () => {
     expect(reasonOf(sourceRow({ Sales: "9".repeat(131_073) }))).toBe(
       "Sales: 131073 digits before the point, more than the 131072 PostgreSQL takes",
     );
-    expect(cleanRow(sourceRow({ Profit: `1.${"1".repeat(16_383)}` }), mapHeader(SUPERSTORE)).ok).toBe(true);
+    expect(cleanRow(sourceRow({ Profit: `1.${"1".repeat(16_383)}` }), mapHeader(SUPERSTORE_HEADER)).ok).toBe(true);
   });
 
   test("rejects a whole number outside PostgreSQL's integer range", () => {
@@ -547,7 +500,7 @@ describe("what PostgreSQL would refuse, checked before COPY", () => {
   });
 
   test("rejects an extra column whose name or value cannot be stored", () => {
-    const header = mapHeader([...SUPERSTORE, "Note"]);
+    const header = mapHeader([...SUPERSTORE_HEADER, "Note"]);
     expect(cleanRow({ ...sourceRow(), Note: "x\u0000" }, header)).toEqual({
       ok: false,
       reason: '"Note": contains a NUL character (byte 0), which PostgreSQL cannot store',
@@ -565,11 +518,11 @@ describe("plausibility", () => {
     expect(reasonOf(sourceRow({ Discount: "20" }))).toBe("Discount: 20 is outside 0..1 (a fraction of the price: 0.2 for 20%)");
     expect(reasonOf(sourceRow({ Discount: "1.0000000000000000001" }))).toContain("is outside 0..1");
     expect(reasonOf(sourceRow({ Discount: "-0.1" }))).toContain("is outside 0..1");
-    expect(cleanRow(sourceRow({ Discount: "1.000" }), mapHeader(SUPERSTORE)).ok).toBe(true);
+    expect(cleanRow(sourceRow({ Discount: "1.000" }), mapHeader(SUPERSTORE_HEADER)).ok).toBe(true);
   });
 
   test("loads a ship date before the order date, non-positive sales and profit above sales, with warnings", () => {
-    const result = cleanRow(sourceRow({ "Ship Date": "11/1/2016", Sales: "-5", Profit: "3" }), mapHeader(SUPERSTORE));
+    const result = cleanRow(sourceRow({ "Ship Date": "11/1/2016", Sales: "-5", Profit: "3" }), mapHeader(SUPERSTORE_HEADER));
     expect(result.ok && result.row.warnings).toEqual([
       "Ship Date: 2016-11-01 is before the order date 2016-11-08",
       "Sales: -5 is not a positive amount",
@@ -629,12 +582,12 @@ describe("compareDecimal", () => {
 
 describe("headerProblem", () => {
   test("accepts the Kaggle header and loose spellings of it", () => {
-    expect(headerProblem(SUPERSTORE)).toBeUndefined();
-    expect(headerProblem(SUPERSTORE.map((c) => c.toLowerCase().replace(/ /g, "_")))).toBeUndefined();
+    expect(headerProblem(SUPERSTORE_HEADER)).toBeUndefined();
+    expect(headerProblem(SUPERSTORE_HEADER.map((c) => c.toLowerCase().replace(/ /g, "_")))).toBeUndefined();
   });
 
   test("names two columns that spell one field two ways", () => {
-    expect(headerProblem([...SUPERSTORE, "Sub Category"])).toBe('columns 16 ("Sub-Category") and 22 ("Sub Category") both mean Sub-Category');
+    expect(headerProblem([...SUPERSTORE_HEADER, "Sub Category"])).toBe('columns 16 ("Sub-Category") and 22 ("Sub Category") both mean Sub-Category');
   });
 
   test("says a file without the required columns is not a Superstore export", () => {
