@@ -28,7 +28,8 @@
 //
 // The soak (--soak MINUTES) runs producer --rate 500 (--soak-rate), consumer and loader --watch together for
 // that long and reports each script's resident memory at minute 2 (half-way, for a soak under 4 minutes) and at
-// the end, with the row counts checked; it writes .local/bench/soak.md.
+// the end, each the median of a minute's samples (memoryMarks), with the row counts checked; it writes
+// .local/bench/soak.md.
 //
 // Env: KAFKA_BROKERS, DATABASE_URL (the server; databases bench_*), LOG_LEVEL.
 // Flags: --size, --copies, --runs, --stages, --soak, --soak-rate.
@@ -720,52 +721,64 @@ function rssNow(pid: number): number | undefined {
   return ps.exitCode === 0 && kb > 0 ? kb * 1024 : undefined;
 }
 
-/** One script's memory over the soak: at the early mark, the last seen (and when), and its whole cost. */
+/** One script's memory over the soak: a sample every 2 s while it runs, and its whole cost. */
 interface Memory {
-  early?: number;
-  last?: number;
-  lastMs?: number;
+  readonly samples: { readonly at: number; readonly rss: number }[];
   cost?: Cost;
 }
 
 /** m:ss */
 const clock = (ms: number) => `${Math.floor(ms / 60_000)}:${String(Math.floor((ms % 60_000) / 1000)).padStart(2, "0")}`;
 
+/** The median of the samples taken from `from` to `to` (ms since the start), or undefined when there are none. */
+export function medianRss(samples: Memory["samples"], from: number, to: number): number | undefined {
+  const values = samples.filter((s) => s.at >= from && s.at <= to).map((s) => s.rss).sort((x, y) => x - y);
+  if (values.length === 0) return undefined;
+  const mid = values.length >> 1;
+  return values.length % 2 === 1 ? values[mid] : (values[mid - 1]! + values[mid]!) / 2;
+}
+
 /**
- * Samples each script's memory every 2 s while it runs: the first sample past `earlyMs` is its early one, the
- * latest its last. Logs the figures once a minute. Returns the stop function.
+ * Memory early and at the end, as medians over a minute: resident memory saws up and down with each garbage
+ * collection, so one sample at each mark would measure where in the saw it fell, not growth.
  */
-function sampleMemory(scripts: readonly Watched[], memory: Memory[], started: number, earlyMs: number): () => void {
+export function memoryMarks(samples: Memory["samples"], earlyMs: number): { early?: number; end?: number; endMs?: number } {
+  const endMs = samples.at(-1)?.at;
+  if (endMs === undefined) return {};
+  return { early: medianRss(samples, earlyMs - 30_000, earlyMs + 30_000), end: medianRss(samples, endMs - 60_000, endMs), endMs };
+}
+
+/** Samples each script's memory every 2 s while it runs, and logs the figures once a minute. Returns the stop function. */
+function sampleMemory(scripts: readonly Watched[], memory: Memory[], started: number): () => void {
   let ticks = 0;
   const timer = setInterval(() => {
     const at = performance.now() - started;
     scripts.forEach((s, i) => {
       const rss = s.proc.exitCode === null ? rssNow(s.proc.pid) : undefined;
-      if (rss === undefined) return;
-      if (at >= earlyMs) memory[i]!.early ??= rss;
-      memory[i]!.last = rss;
-      memory[i]!.lastMs = at;
+      if (rss !== undefined) memory[i]!.samples.push({ at, rss });
     });
-    if (++ticks % 30 === 0) log.info(`${clock(at)}: resident ${scripts.map((s, i) => `${s.name.split(" ")[0]} ${mb(memory[i]!.last ?? 0)}`).join(", ")}`);
+    if (++ticks % 30 === 0) log.info(`${clock(at)}: resident ${scripts.map((s, i) => `${s.name.split(" ")[0]} ${mb(memory[i]!.samples.at(-1)?.rss ?? 0)}`).join(", ")}`);
   }, 2000);
   return () => clearInterval(timer);
 }
 
-/** The soak's table: each script's memory early and at the end, their ratio, its peak and CPU. */
+/** The soak's table: each script's memory early and at the end (medians over a minute), their ratio, its peak and CPU. */
 function soakTable(b: Bench, scripts: readonly Watched[], memory: readonly Memory[], facts: { minutes: number; rate: number; earlyMs: number; lagMs: number; started: Date; load: number[] }): string {
+  const early = clock(facts.earlyMs);
   const lines = [
     `Soak: ${b.rows.toLocaleString("en")} rows at ${facts.rate}/s for ${facts.minutes} min, producer, consumer and loader --watch at once; ` +
       `${facts.started.toISOString().slice(0, 16).replace("T", " ")} UTC, ${cpus().length} cores, load average at start ${facts.load.map((l) => l.toFixed(2)).join(" ")}`,
     `Every row in orders ${seconds(facts.lagMs)} after the producer's last; topic and orders hold ${b.rows.toLocaleString("en")} rows each.`,
+    `RSS is sampled every 2 s; each mark is the median of a minute's samples: ${early} ± 30 s, and the script's last minute.`,
     "",
-    `| script | RSS at ${clock(facts.earlyMs)} | RSS at the end | end ÷ ${clock(facts.earlyMs)} | peak RSS | CPU-seconds |`,
+    `| script | RSS at ${early} | RSS at the end | end ÷ ${early} | peak RSS | CPU-seconds |`,
     "|---|---|---|---|---|---|",
   ];
   scripts.forEach((s, i) => {
-    const m = memory[i]!;
-    const ratio = m.early && m.last ? (m.last / m.early).toFixed(2) : "—";
-    const end = m.last === undefined ? "—" : `${mb(m.last)} (${clock(m.lastMs!)})`;
-    lines.push(`| ${s.name} | ${m.early === undefined ? "—" : mb(m.early)} | ${end} | ${ratio} | ${mb(m.cost!.rssBytes)} | ${(m.cost!.cpuMs / 1000).toFixed(1)} |`);
+    const m = memoryMarks(memory[i]!.samples, facts.earlyMs);
+    const ratio = m.early && m.end ? (m.end / m.early).toFixed(2) : "—";
+    const end = m.end === undefined ? "—" : `${mb(m.end)} (to ${clock(m.endMs!)})`;
+    lines.push(`| ${s.name} | ${m.early === undefined ? "—" : mb(m.early)} | ${end} | ${ratio} | ${mb(memory[i]!.cost!.rssBytes)} | ${(memory[i]!.cost!.cpuMs / 1000).toFixed(1)} |`);
   });
   return `${lines.join("\n")}\n`;
 }
@@ -773,7 +786,7 @@ function soakTable(b: Bench, scripts: readonly Watched[], memory: readonly Memor
 /**
  * The soak line: producer --rate `rate` (for `minutes`' worth of rows), consumer and loader --watch together
  * until orders holds every row; each script's resident memory at minute 2 (or half-way, for a shorter soak)
- * and at the end. The topic and orders must hold exactly the rows sent.
+ * and at the end (memoryMarks). The topic and orders must hold exactly the rows sent.
  */
 async function soak(config: Config, minutes: number, rate: number): Promise<string> {
   const total = minutes * 60 * rate;
@@ -790,8 +803,8 @@ async function soak(config: Config, minutes: number, rate: number): Promise<stri
     const started = performance.now();
     const scripts = [start(`producer --rate ${rate}`, "producer.ts", ["--file", file, "--rate", String(rate), "--limit", String(total)], env, true), ...watchers(env)];
     const producerDone = scripts[0]!.proc.exited.then(() => performance.now());
-    const memory: Memory[] = scripts.map(() => ({}));
-    const stopSampling = sampleMemory(scripts, memory, started, facts.earlyMs);
+    const memory: Memory[] = scripts.map(() => ({ samples: [] }));
+    const stopSampling = sampleMemory(scripts, memory, started);
     const sql = connect(db, quiet, { max: 1 });
     try {
       // Once a second: counting a growing orders table ten times a second would weigh on what is measured.
@@ -808,7 +821,7 @@ async function soak(config: Config, minutes: number, rate: number): Promise<stri
     // The consumer's and the loader's last sample is taken now, with every row loaded, before they stop.
     scripts.forEach((s, i) => {
       const rss = s.proc.exitCode === null ? rssNow(s.proc.pid) : undefined;
-      if (rss !== undefined) Object.assign(memory[i]!, { last: rss, lastMs: performance.now() - started });
+      if (rss !== undefined) memory[i]!.samples.push({ at: performance.now() - started, rss });
     });
     const costs = await Promise.all(scripts.map((s) => stopAndCost(s.proc, started)));
     costs.forEach((c, i) => (memory[i]!.cost = c));

@@ -3,7 +3,7 @@
 // no broker.
 
 import { describe, expect, test } from "bun:test";
-import { parseStages } from "../scripts/bench.ts";
+import { medianRss, memoryMarks, parseStages } from "../scripts/bench.ts";
 import { parseDatabase } from "../scripts/lib/config.ts";
 import {
   CONNECT_SCHEMA,
@@ -173,5 +173,27 @@ describe("bench --stages", () => {
 
   test("refuses a stage it does not know, naming it and the stages there are", () => {
     expect(() => parseStages("scale,loadr")).toThrow('--stages: unknown stage "loadr" (stages: producer, consumer, loader, together, connect, scale)');
+  });
+});
+
+describe("soak memory marks", () => {
+  // A saw: 100 MB after each collection, up to 140 MB before the next, a sample every 2 s for 10 minutes.
+  const saw = (grow = 0) => Array.from({ length: 300 }, (_, i) => ({ at: i * 2000, rss: 100 + (i % 5) * 10 + (grow * i) / 300 }));
+
+  test("takes the median of the minute around the early mark and of the last minute, not one sample", () => {
+    const marks = memoryMarks(saw(), 120_000);
+    expect(marks).toEqual({ early: 120, end: 120, endMs: 598_000 });
+  });
+
+  test("shows growth that lasts: memory rising 50 MB over the run ends about 40 MB above minute 2", () => {
+    const marks = memoryMarks(saw(50), 120_000);
+    expect(marks.end! - marks.early!).toBeGreaterThan(35);
+    expect(marks.end! - marks.early!).toBeLessThan(45);
+  });
+
+  test("has no mark without samples in its window", () => {
+    expect(memoryMarks([], 120_000)).toEqual({});
+    expect(medianRss([{ at: 0, rss: 1 }], 60_000, 90_000)).toBeUndefined();
+    expect(medianRss([{ at: 0, rss: 1 }, { at: 1, rss: 4 }], 0, 1)).toBe(2.5);
   });
 });
