@@ -496,6 +496,32 @@ function createSlices(config: Config, reader: ReturnType<typeof createReader>, b
   };
 }
 
+type Slices = ReturnType<typeof createSlices>;
+
+/** The snapshot of `filter` for /api/snapshot, with the counts of pages and filters; read now if no page follows it. */
+async function answerSnapshot(slices: Slices, filter: Filter): Promise<Response> {
+  const slice = slices.open(filter);
+  if (!slice) return busy(`more than ${MAX_FILTERS} filters are in use`);
+  slice.waiting++;
+  await slice.first.finally(() => slice.waiting--);
+  slices.dropIfIdle(slice);
+  const counts = { pages: slices.pages, filterPages: slice.pages.size, filters: slices.filters };
+  return Response.json({ ...slice.snapshot, ...counts }, { headers: { "cache-control": "no-store" } });
+}
+
+/** A page's event stream on `filter`: the slice's snapshot at once, then the latest one each time it can take one. */
+function followSlice(slices: Slices, encoder: TextEncoder, filter: Filter, onDrop: () => void): Response {
+  if (slices.pages >= MAX_PAGES) return busy(`more than ${MAX_PAGES} pages are open`);
+  const slice = slices.open(filter);
+  if (!slice) return busy(`more than ${MAX_FILTERS} filters are in use`);
+  const stream = slice.pages.follow(encoder.encode(`retry: 2000\ndata: ${JSON.stringify(slice.snapshot)}\n\n`), onDrop);
+  if (!stream) {
+    slices.dropIfIdle(slice);
+    return busy(`more than ${MAX_PAGES} pages are open`);
+  }
+  return new Response(stream, { headers: { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" } });
+}
+
 /**
  * The dashboard's state: one slice per filter that open pages follow (all rows always), each gathered once per
  * change and fanned out to its own pages, and the pipeline's health, the same for all.
@@ -533,30 +559,9 @@ function createHub(config: Config, sql: Sql, log: Logger, signal: AbortSignal) {
     },
     postgresDown: slices.postgresDown,
     /** The snapshot of `filter` as /api/snapshot answers it; a filter no page follows is read for this answer. */
-    async answer(filter: Filter): Promise<Response> {
-      const slice = slices.open(filter);
-      if (!slice) return busy(`more than ${MAX_FILTERS} filters are in use`);
-      slice.waiting++;
-      await slice.first.finally(() => slice.waiting--);
-      slices.dropIfIdle(slice);
-      const counts = { pages: slices.pages, filterPages: slice.pages.size, filters: slices.filters };
-      return Response.json({ ...slice.snapshot, ...counts }, { headers: { "cache-control": "no-store" } });
-    },
-    /**
-     * A new page on `filter`: it gets the slice's snapshot at once, then the latest one each time it can take
-     * one. `onDrop` closes its connection when it fell too far behind.
-     */
-    follow(filter: Filter, onDrop: () => void): Response {
-      if (slices.pages >= MAX_PAGES) return busy(`more than ${MAX_PAGES} pages are open`);
-      const slice = slices.open(filter);
-      if (!slice) return busy(`more than ${MAX_FILTERS} filters are in use`);
-      const stream = slice.pages.follow(encoder.encode(`retry: 2000\ndata: ${JSON.stringify(slice.snapshot)}\n\n`), onDrop);
-      if (!stream) {
-        slices.dropIfIdle(slice);
-        return busy(`more than ${MAX_PAGES} pages are open`);
-      }
-      return new Response(stream, { headers: { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" } });
-    },
+    answer: (filter: Filter) => answerSnapshot(slices, filter),
+    /** A new page on `filter` (followSlice); `onDrop` closes its connection when it fell too far behind. */
+    follow: (filter: Filter, onDrop: () => void) => followSlice(slices, encoder, filter, onDrop),
     /** A comment line now and then keeps proxies and idle timeouts from closing the streams. */
     ping() {
       const comment = encoder.encode(": ping\n\n");
