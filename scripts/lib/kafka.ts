@@ -83,7 +83,11 @@ function kafkaLogs(log: Logger): logCreator {
 
 export interface KafkaOptions {
   clientId?: string;
-  /** a single quick attempt, for "does a broker answer?" probes: a broker that hangs fails it in seconds too */
+  /**
+   * quick attempts, for "does Kafka answer?" probes and health reads: one per broker named (kafkajs tries the
+   * next one after a failed connection, always starting with the first), so a broker of a cluster that is
+   * away does not fail it; a broker that hangs fails it in seconds too
+   */
   probe?: boolean;
 }
 
@@ -129,7 +133,9 @@ export function createKafka(config: Config, log: Logger, options: KafkaOptions =
     // Fail in seconds, not minutes, when nothing listens: the message names the brokers tried.
     connectionTimeout: options.probe ? 1000 : 3000,
     ...(options.probe ? { requestTimeout: 3000 } : {}),
-    retry: options.probe ? { retries: 0 } : { retries: 8, initialRetryTime: 300, maxRetryTime: 5000 },
+    retry: options.probe
+      ? { retries: config.kafkaBrokers.length - 1, initialRetryTime: 100, maxRetryTime: 500 }
+      : { retries: 8, initialRetryTime: 300, maxRetryTime: 5000 },
   });
 }
 
