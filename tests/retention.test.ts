@@ -2,7 +2,8 @@
 // move takes exactly the files whose content the ledger holds to loaded/<day of load>/, and nothing else (failed/,
 // rejected/, other files, a file written over a loaded one's name); a replay of a moved file loads nothing twice;
 // delete takes only loaded files whose load is older than N days (loaded_at backdated in the test's database),
-// at the top and in loaded/; a move that fails is logged and the load goes on; --watch moves as it goes.
+// at the top and in loaded/; a move that fails is logged and the load goes on; --watch moves as it goes. On a full
+// disk (a tmpfs out of inodes) the files load once, stay, and are named in one warning, and move once there is room.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { cpSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
@@ -17,6 +18,28 @@ import { retentionFrom } from "../scripts/load.ts";
 import { createTestDatabase, runOk, runScript, startScript, superstoreRows, tempDir, waitFor, type TestDatabase } from "./helpers.ts";
 
 const quiet = createLogger("test", "silent");
+
+/** Runs mount(8) or umount(8), failing with its message. */
+function system(program: "mount" | "umount", ...args: string[]): void {
+  const result = Bun.spawnSync([program, ...args], { stderr: "pipe" });
+  if (result.exitCode !== 0) throw new Error(`${program} ${args.join(" ")}: ${result.stderr.toString().trim()}`);
+}
+
+/** Why a tmpfs cannot be mounted here (the full-disk test needs root), or undefined when it can. */
+const noMount = (() => {
+  const probe = tempDir("sales-mount-");
+  try {
+    system("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe.path);
+    system("umount", probe.path);
+    return undefined;
+  } catch (error) {
+    return `the full-disk test mounts a small tmpfs, which needs root: ${(error as Error).message}`;
+  } finally {
+    probe.remove();
+  }
+})();
+if (noMount && readConfig().requireAllTests) throw new Error(noMount);
+if (noMount) console.warn(`skipping: ${noMount}`);
 const DAY_MS = 86_400_000;
 let rows: Record<string, string>[];
 
@@ -228,5 +251,33 @@ describe("retention of loaded batch files", () => {
     const { stderr } = await loader.finish();
     expect(stderr).toContain("files=2 rows=10 inserted=10");
     expect(stderr).toContain("moved=2 deleted=0");
+  });
+
+  // A file system with no room left: a tmpfs with as many inodes as it holds files, so loaded/ cannot be made.
+  test.skipIf(noMount !== undefined)("on a full disk the files load once, stay, and are named in one warning; moved once there is room", async () => {
+    const dir = join(tmp.path, "full");
+    mkdirSync(dir);
+    system("mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=4", "tmpfs", dir);
+    try {
+      const names = [batch(600), batch(605), batch(610)].map((b) => put(dir, b));
+      // The control: the fault is real, nothing can make a folder there.
+      expect(() => mkdirSync(join(dir, "probe"))).toThrow("ENOSPC");
+      const first = await runOk("load.ts", ["--retention", "move"], env(dir));
+      expect(first.stderr).toContain("files=3 rows=15 inserted=15");
+      expect(first.stderr).toContain("moved=0 deleted=0");
+      expect(first.stderr.match(/could not move/g)).toHaveLength(1);
+      expect(first.stderr).toMatch(new RegExp(`could not move 3 loaded files, the first ${dir}/retention_\\S+\\.csv \\(ENOSPC`));
+      expect(tree(dir)).toEqual([...names].sort());
+      const again = await runOk("load.ts", ["--retention", "move"], env(dir));
+      expect(again.stderr).toContain("files=0 rows=0 inserted=0");
+      system("mount", "-o", "remount,nr_inodes=64", dir);
+      const roomy = await runOk("load.ts", ["--retention", "move"], env(dir));
+      expect(roomy.stderr).toContain("moved=3 deleted=0");
+      expect(tree(dir)).toEqual(names.map((n) => `${LOADED_DIR}/${loadDay(new Date())}/${n}`).sort());
+      const [row] = await db.sql<{ n: number }[]>`select count(*)::int as n from orders where source_line between 602 and 616`;
+      expect(row!.n).toBe(15);
+    } finally {
+      system("umount", dir);
+    }
   });
 });

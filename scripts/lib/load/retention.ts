@@ -134,6 +134,7 @@ async function moveFile(dir: string, name: string, hash: string, day: string): P
 export async function retainLoaded(sql: Sql, dir: string, files: readonly LoadedFile[], policy: RetentionPolicy, log: Logger): Promise<RetentionCounts> {
   const counts = { moved: 0, deleted: 0 };
   if (policy.mode === "keep" || files.length === 0) return counts;
+  const failures: { verb: string; path: string; error: NodeJS.ErrnoException }[] = [];
   const ledger = await ledgerEntries(sql, [...new Set(files.map((f) => f.hash))], policy.days);
   for (const file of files) {
     const entry = ledger.get(file.hash);
@@ -159,10 +160,24 @@ export async function retainLoaded(sql: Sql, dir: string, files: readonly Loaded
         log.debug(`${path}: loaded, moved to ${target}`);
       }
     } catch (error) {
-      log.warn(`could not ${verb} ${path} (${(error as Error).message}); it is loaded, stays where it is, and is tried again later`);
+      failures.push({ verb, path, error: error as NodeJS.ErrnoException });
     }
   }
+  warnFailures(failures, log);
   return counts;
+}
+
+/**
+ * One warning per kind of failure (what was tried, and the error's code): a full disk fails every move of a
+ * folder of thousands of files alike, and says so once, with the count and the first file.
+ */
+function warnFailures(failures: readonly { verb: string; path: string; error: NodeJS.ErrnoException }[], log: Logger): void {
+  const kinds = Map.groupBy(failures, (f) => `${f.verb} ${f.error.code ?? f.error.message}`);
+  for (const [, group] of kinds) {
+    const { verb, path, error } = group[0]!;
+    if (group.length === 1) log.warn(`could not ${verb} ${path} (${error.message}); it is loaded, stays where it is, and is tried again later`);
+    else log.warn(`could not ${verb} ${group.length} loaded files, the first ${path} (${error.message}); they are loaded, stay where they are, and are tried again later`);
+  }
 }
 
 /**
