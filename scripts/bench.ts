@@ -26,8 +26,11 @@
 // that long and reports each script's resident memory at minute 2 (half-way, for a soak under 4 minutes) and at
 // the end, with the row counts checked; it writes .local/bench/soak.md.
 //
+// --stages runs some of the stages only (producer, consumer, loader, together, connect; default all of them): the
+// loader needs the consumer's files and the consumer the producer's topic, so those run with it.
+//
 // Env: KAFKA_BROKERS, DATABASE_URL (the server; databases bench_*), LOG_LEVEL.
-// Flags: --size, --copies, --runs, --soak, --soak-rate.
+// Flags: --size, --copies, --runs, --stages, --soak, --soak-rate.
 
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
@@ -58,6 +61,7 @@ const command = {
     size: { type: "string", arg: "quick|full", help: "quick: 10 copies of the sample (99,940 rows); full: 100 (999,400)" },
     copies: { type: "string", arg: "N", help: "copies of the 9,994 sample rows (overrides --size)" },
     runs: { type: "string", arg: "N", help: "runs of each measurement, interleaved with the peer's (default 1)" },
+    stages: { type: "string", arg: "LIST", help: "only these stages, comma-separated: producer, consumer, loader, together, connect (default all)" },
     soak: { type: "string", arg: "MINUTES", help: "the soak line instead: producer, consumer and loader --watch together this long" },
     "soak-rate": { type: "string", arg: "N", help: "the soak's producer --rate (default 500 rows/s)" },
   },
@@ -717,6 +721,22 @@ async function soak(config: Config, minutes: number, rate: number): Promise<stri
   }
 }
 
+export const STAGES = ["producer", "consumer", "loader", "together", "connect"] as const;
+type Stage = (typeof STAGES)[number];
+
+/** The stages to run: those named, and those whose output a named one reads (loader -> consumer -> producer). */
+export function parseStages(list: string | undefined): ReadonlySet<Stage> {
+  if (list === undefined) return new Set(STAGES);
+  const chosen = new Set<Stage>();
+  for (const name of list.split(",").map((s) => s.trim())) {
+    if (!(STAGES as readonly string[]).includes(name)) throw new UsageError(`--stages: unknown stage "${name}" (stages: ${STAGES.join(", ")})`);
+    chosen.add(name as Stage);
+  }
+  if (chosen.has("loader")) chosen.add("consumer");
+  if (chosen.has("consumer")) chosen.add("producer");
+  return chosen;
+}
+
 /** The local Kafka's jars (make up fetched them, tools included), or undefined without Java and Maven. */
 function localKafkaJars(): string | undefined {
   if (!Bun.which("java")) return undefined;
@@ -734,7 +754,9 @@ async function main(): Promise<void> {
   const config = readConfig();
   mkdirSync(ROOT, { recursive: true });
   if (flags["soak-rate"] && !flags.soak) throw new UsageError("--soak-rate is the soak's: give --soak MINUTES too");
-  if (flags.soak && (flags.size || flags.copies || flags.runs)) throw new UsageError("--soak runs the soak alone: leave out --size, --copies and --runs");
+  if (flags.soak && (flags.size || flags.copies || flags.runs || flags.stages)) {
+    throw new UsageError("--soak runs the soak alone: leave out --size, --copies, --runs and --stages");
+  }
   if (flags.soak) {
     const minutes = parsePositiveInt(flags.soak, "--soak", 1440);
     const soakRate = flags["soak-rate"] ? parsePositiveInt(flags["soak-rate"], "--soak-rate", 100_000) : 500;
@@ -747,6 +769,7 @@ async function main(): Promise<void> {
   if (size !== "quick" && size !== "full") throw new UsageError(`--size must be quick or full, got "${size}"`);
   const copies = flags.copies ? parsePositiveInt(flags.copies, "--copies", 1000) : size === "full" ? 100 : 10;
   const runs = flags.runs ? parsePositiveInt(flags.runs, "--runs", 10) : 1;
+  const stages = parseStages(flags.stages);
   for (const tool of ["kcat", "psql"]) {
     if (!Bun.which(tool)) throw new UsageError(`make bench compares with ${tool}: apt-get install ${tool === "psql" ? "postgresql-client" : tool}`);
   }
@@ -755,14 +778,14 @@ async function main(): Promise<void> {
   const load0 = loadavg();
   const started = new Date();
   const b = new Bench(config, copies * 9994, file, localKafkaJars());
-  const jars = localConnectJars(b.kafkaTools);
+  const jars = stages.has("connect") ? localConnectJars(b.kafkaTools) : undefined;
   const rows: Row[] = [];
   log.info(`${b.rows} rows, ${runs} run(s) of each stage; load average ${load0.map((l) => l.toFixed(2)).join(" ")}`);
   try {
-    const topic = await produce(b, runs, rows);
-    const dirs = await consume(b, topic, runs, rows);
-    await load(b, dirs, runs, rows);
-    await together(b, rows);
+    const topic = stages.has("producer") ? await produce(b, runs, rows) : undefined;
+    const dirs = topic !== undefined && stages.has("consumer") ? await consume(b, topic, runs, rows) : undefined;
+    if (dirs !== undefined && stages.has("loader")) await load(b, dirs, runs, rows);
+    if (stages.has("together")) await together(b, rows);
     if (jars) await topicToTable(b, jars, runs, rows);
   } finally {
     await b.cleanUp();

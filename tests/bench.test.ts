@@ -1,7 +1,9 @@
 // Unit tests for scripts/lib/connect.ts, make bench's Kafka Connect peer: the schema'd JSON a row becomes, and
-// the worker's and the connector's settings as Java reads them. Pure functions only: no Java, no broker.
+// the worker's and the connector's settings as Java reads them; and the bench's --stages. Pure functions only: no
+// Java, no broker.
 
 import { describe, expect, test } from "bun:test";
+import { parseStages, STAGES } from "../scripts/bench.ts";
 import { parseDatabase } from "../scripts/lib/config.ts";
 import {
   CONNECT_SCHEMA,
@@ -177,5 +179,20 @@ describe("Connect's settings", () => {
   test("a properties file escapes what Java's reader would change: backslashes, breaks, non-ASCII, a key's separators", () => {
     const text = propertiesText({ "connection.password": "s3crét\\\n", "a=b c": " x😀" }, "header");
     expect(text).toBe("# header\nconnection.password=s3cr\\u00e9t\\\\\\n\na\\=b\\ c=\\ x\\ud83d\\ude00\n");
+  });
+});
+
+describe("parseStages", () => {
+  test("runs every stage without --stages", () => {
+    expect([...parseStages(undefined)]).toEqual([...STAGES]);
+  });
+
+  test("runs the stages a named one reads from: the loader the consumer's files, the consumer the producer's topic", () => {
+    expect([...parseStages("loader")].sort()).toEqual(["consumer", "loader", "producer"]);
+    expect([...parseStages("producer, together")].sort()).toEqual(["producer", "together"]);
+  });
+
+  test("refuses an unknown stage, naming it", () => {
+    expect(() => parseStages("producer,consumers")).toThrow('unknown stage "consumers"');
   });
 });
