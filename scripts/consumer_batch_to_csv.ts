@@ -225,9 +225,10 @@ async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, of
 }
 
 /**
- * Writes batch files and commits their offsets, in that order; counts what it wrote. Files are written one by
- * one (each complete on disk before its name appears); their offsets are committed together by commit(),
- * after one fsync of the folder makes every rename durable.
+ * Writes batch files and commits their offsets, in that order; counts what it wrote. Each file is complete on
+ * disk before its name appears; the full batches of a fetch are written side by side, and count as written
+ * only once all of them are. Their offsets are committed together by commit(), after one fsync of the folder
+ * makes every rename durable.
  */
 function createBatchWriter(consumer: Consumer, topic: string, dir: string, crashAt: string | undefined, log: Logger) {
   const crash: Crash = (point) => {
@@ -249,17 +250,34 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     for (const [partition, offset] of next) if (!written.next.has(partition)) written.next.set(partition, offset);
     written.names = [...names, ...written.names];
   };
-  const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
-    const name = await writeBatchFile(dir, topic, batch, crash);
+  /** A file complete on disk: its offsets go with the next commit. */
+  const wrote = (batch: Batch, name: string) => {
     counts.files++;
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
     written.next.set(batch.partition, batch.last + 1n);
     written.names.push(name);
+  };
+  const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
+    wrote(batch, await writeBatchFile(dir, topic, batch, crash));
     if (options.commit && written.names.length >= COMMIT_EVERY_FILES) await commit();
+  };
+  /**
+   * Files written side by side (each fsync waits on the disk, not on the others). Only once every one is
+   * complete are they taken into the commit, in order, and none after one that failed: a commit never covers
+   * a file that is not on disk, nor the offsets of a partition past one of its files that is not.
+   */
+  const writeAll = async (batches: readonly Batch[]) => {
+    const results = await Promise.allSettled(batches.map((batch) => writeBatchFile(dir, topic, batch, crash)));
+    for (const [i, result] of results.entries()) {
+      if (result.status === "rejected") throw result.reason;
+      wrote(batches[i]!, result.value);
+    }
+    if (written.names.length >= COMMIT_EVERY_FILES) await commit();
   };
   return {
     write,
+    writeAll,
     async writeGap(range: LostRange): Promise<string> {
       const name = await writeGapFile(dir, range);
       counts.gaps++;
@@ -577,21 +595,30 @@ interface Intake {
   readonly progress: Progress;
   /** the offset checks for a record that arrived elsewhere than expected; false when intake must stop */
   readonly unexpected: (partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean) => Promise<boolean>;
-  readonly write: (batch: Batch) => Promise<void>;
+  /** writes full batches side by side; each is complete on disk before any of them counts as written */
+  readonly writeAll: (batches: readonly Batch[]) => Promise<void>;
   readonly commit: () => Promise<void>;
   readonly stopWith: (error: Error) => void;
   readonly failed: () => boolean;
 }
 
+/** Full batches of one fetch written side by side, at most this many at a time. */
+export const SIDE_BY_SIDE_FILES = 16;
+
 /**
- * kafkajs' eachBatch: each record of a fetch goes into the batcher and a full batch is written at once; after
- * the fetch, what was written is committed.
+ * kafkajs' eachBatch: each record of a fetch goes into the batcher; full batches are written side by side, up
+ * to SIDE_BY_SIDE_FILES at a time and before any offset check that may write a file of its own; after the
+ * fetch, what was written is committed.
  */
 function createEachBatch(o: RunOptions, s: Intake) {
   const { log, shutdown } = o;
   const { batcher, account, activity } = s;
   return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
     s.locked(async () => {
+      const full: Batch[] = [];
+      const writeFull = async () => {
+        if (full.length > 0 && !s.failed()) await s.writeAll(full.splice(0));
+      };
       for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
@@ -603,7 +630,11 @@ function createEachBatch(o: RunOptions, s: Intake) {
           activity.repeated++;
           continue;
         }
-        if (arrival.kind !== "expected" && !(await s.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (s.stopWith(e), false)))) break;
+        if (arrival.kind !== "expected") {
+          // The checks may write the partition's buffered rows and a gap file: the files before them first.
+          await writeFull();
+          if (!(await s.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (s.stopWith(e), false)))) break;
+        }
         account.took(batch.partition, offset, fingerprint);
         const row = messageToRow(message, batch.topic, batch.partition);
         if (row._error !== null) activity.unreadable++;
@@ -611,13 +642,15 @@ function createEachBatch(o: RunOptions, s: Intake) {
         activity.last = performance.now();
         activity.firstRecord ||= activity.last;
         activity.lastRecord = activity.last;
-        const full = batcher.add(batch.partition, offset, row, activity.last);
+        const done = batcher.add(batch.partition, offset, row, activity.last);
         // resolveOffset moves kafkajs' fetch position past this record. With autoCommit off it commits
         // nothing: the commit happens in the writer, after the file is on disk.
         resolveOffset(message.offset);
-        if (full) await s.write(full);
+        if (done) full.push(done);
+        if (full.length >= SIDE_BY_SIDE_FILES) await writeFull();
         if (activity.received % 200 === 0) await heartbeat();
       }
+      await writeFull();
       // After the records: a fetch from a replaced log says where the new log ends, not the old one.
       account.sawEnd(batch.partition, BigInt(batch.highWatermark));
       if (!s.failed()) await s.commit();
@@ -678,8 +711,9 @@ function createBatchingRun(o: RunOptions) {
   const guard = createGapGuard({ ...o, batcher, writer, stopWith });
   const { account } = guard;
   const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
+  const writeAll = (batches: readonly Batch[]) => writer.writeAll(batches).catch((error: Error) => stopWith(error));
   const commit = () => writer.commit().catch((error: Error) => stopWith(error));
-  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, write, commit, stopWith, failed });
+  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, writeAll, commit, stopWith, failed });
   const runOptions: ConsumerRunConfig = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
 
   watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed });
