@@ -236,6 +236,17 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
   };
   const counts = { files: 0, rows: 0, gaps: 0 };
   const written: Written = { next: new Map(), names: [] };
+  // Which of the group's assignments records were read under. In Kafka's group protocol a member may commit
+  // any partition, assigned to it or not: a late commit of a partition that another member has read further
+  // since would move it back (its records read again, the group left with a lag). So a partition's offsets
+  // are committed only while it has stayed assigned to this member since its records were read: from one
+  // assignment to the next under the same member id (a member takes part in every rebalance or leaves the
+  // group). Other offsets are dropped; their records are read again from the committed offsets.
+  let assignment = 0;
+  let member: string | undefined;
+  /** partition -> the assignment since which it has stayed this member's */
+  let since = new Map<number, number>();
+  const committable = (partition: number, under: number) => (since.get(partition) ?? Infinity) <= under;
   let hooks: WriterHooks | undefined;
   const commit = async () => {
     if (written.names.length === 0) return;
@@ -245,33 +256,40 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     const next = new Map(written.next);
     written.next.clear();
     written.names = [];
+    const under = assignment;
     if (await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names)) return;
-    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further.
-    for (const [partition, offset] of next) if (!written.next.has(partition)) written.next.set(partition, offset);
+    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further, or
+    // the partition is no longer this member's.
+    for (const [partition, offset] of next) {
+      if (!written.next.has(partition) && committable(partition, under)) written.next.set(partition, offset);
+    }
     written.names = [...names, ...written.names];
   };
-  /** A file complete on disk: its offsets go with the next commit. */
-  const wrote = (batch: Batch, name: string) => {
+  /** A file complete on disk: its offsets go with the next commit, unless it was written under an earlier assignment. */
+  const wrote = (batch: Batch, name: string, under: number) => {
     counts.files++;
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
+    if (!committable(batch.partition, under)) return;
     written.next.set(batch.partition, batch.last + 1n);
     written.names.push(name);
   };
-  const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
-    wrote(batch, await writeBatchFile(dir, topic, batch, crash));
-    if (options.commit && written.names.length >= COMMIT_EVERY_FILES) await commit();
+  /** `under`: the assignment the batch's records were read under (by default the one now). */
+  const write = async (batch: Batch, options: { commit?: boolean; under?: number } = {}) => {
+    const under = options.under ?? assignment;
+    wrote(batch, await writeBatchFile(dir, topic, batch, crash), under);
+    if (options.commit !== false && written.names.length >= COMMIT_EVERY_FILES) await commit();
   };
   /**
    * Files written side by side (each fsync waits on the disk, not on the others). Only once every one is
    * complete are they taken into the commit, in order, and none after one that failed: a commit never covers
    * a file that is not on disk, nor the offsets of a partition past one of its files that is not.
    */
-  const writeAll = async (batches: readonly Batch[]) => {
+  const writeAll = async (batches: readonly Batch[], under: number) => {
     const results = await Promise.allSettled(batches.map((batch) => writeBatchFile(dir, topic, batch, crash)));
     for (const [i, result] of results.entries()) {
       if (result.status === "rejected") throw result.reason;
-      wrote(batches[i]!, result.value);
+      wrote(batches[i]!, result.value, under);
     }
     if (written.names.length >= COMMIT_EVERY_FILES) await commit();
   };
@@ -289,6 +307,17 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     uncommitted: () => written.names.length,
     /** The partition's written offsets are not to be committed (its log was replaced). */
     forget: (partition: number) => void written.next.delete(partition),
+    /** The assignment files are written under now. */
+    assignment: () => assignment,
+    /** The group assigned `partitions` to member `memberId` (undefined: none, after a crash). */
+    newAssignment: (memberId: string | undefined, partitions: readonly number[]) => {
+      assignment++;
+      const before = since;
+      since = new Map(partitions.map((p) => [p, memberId !== undefined && memberId === member ? (before.get(p) ?? assignment) : assignment]));
+      member = memberId;
+      for (const partition of [...written.next.keys()]) if (!since.has(partition)) written.next.delete(partition);
+      if (written.next.size === 0) written.names = [];
+    },
     setHooks: (h: WriterHooks) => void (hooks = h),
   };
 }
@@ -310,7 +339,7 @@ function createLock() {
  * does not restart from (the broker away longer than its retries) is retried here with backoff for up to
  * KAFKA_OUTAGE_MS. Any other crash stops the run with its reason.
  */
-function superviseConsumer(consumer: Consumer, start: () => Promise<void>, batcher: Batcher, shutdown: Shutdown, log: Logger, onFailure: (e: Error) => void) {
+function superviseConsumer(consumer: Consumer, start: () => Promise<void>, forget: () => void, shutdown: Shutdown, log: Logger, onFailure: (e: Error) => void) {
   let outageSince: number | undefined;
   let attempts = 0;
   const restart = () => {
@@ -330,7 +359,8 @@ function superviseConsumer(consumer: Consumer, start: () => Promise<void>, batch
     attempts = 0;
   });
   consumer.on(consumer.events.CRASH, ({ payload }) => {
-    batcher.clear(); // not committed: these records arrive again once the consumer is back
+    // Not committed: these records arrive again once the consumer is back, maybe as another member.
+    forget();
     if (shutdown.requested) return;
     const message = payload.error.message;
     if (payload.restart) log.warn(`Kafka error (${message}); the consumer restarts`);
@@ -595,8 +625,10 @@ interface Intake {
   readonly progress: Progress;
   /** the offset checks for a record that arrived elsewhere than expected; false when intake must stop */
   readonly unexpected: (partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean) => Promise<boolean>;
-  /** writes full batches side by side; each is complete on disk before any of them counts as written */
-  readonly writeAll: (batches: readonly Batch[]) => Promise<void>;
+  /** writes full batches side by side, read under assignment `under`; each is complete on disk before any counts as written */
+  readonly writeAll: (batches: readonly Batch[], under: number) => Promise<void>;
+  /** the group's assignment records are read under now (see createBatchWriter) */
+  readonly assignment: () => number;
   readonly commit: () => Promise<void>;
   readonly stopWith: (error: Error) => void;
   readonly failed: () => boolean;
@@ -613,11 +645,15 @@ export const SIDE_BY_SIDE_FILES = 16;
 function createEachBatch(o: RunOptions, s: Intake) {
   const { log, shutdown } = o;
   const { batcher, account, activity } = s;
-  return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
-    s.locked(async () => {
+  return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) => {
+    const under = s.assignment();
+    return s.locked(async () => {
+      // Fetched before the group assigned partitions anew (and dropped what was buffered): read again from
+      // the committed offsets instead, after the new assignment's checks.
+      if (s.assignment() !== under) return;
       const full: Batch[] = [];
       const writeFull = async () => {
-        if (full.length > 0 && !s.failed()) await s.writeAll(full.splice(0));
+        if (full.length > 0 && !s.failed()) await s.writeAll(full.splice(0), under);
       };
       for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
@@ -657,6 +693,7 @@ function createEachBatch(o: RunOptions, s: Intake) {
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
       s.progress.update(activity.received);
     });
+  };
 }
 
 /**
@@ -710,19 +747,19 @@ function createBatchingRun(o: RunOptions) {
   };
   const guard = createGapGuard({ ...o, batcher, writer, stopWith });
   const { account } = guard;
-  const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
-  const writeAll = (batches: readonly Batch[]) => writer.writeAll(batches).catch((error: Error) => stopWith(error));
+  const write = (batch: Batch, under: number) => writer.write(batch, { under }).catch((error: Error) => stopWith(error));
+  const writeAll = (batches: readonly Batch[], under: number) => writer.writeAll(batches, under).catch((error: Error) => stopWith(error));
   const commit = () => writer.commit().catch((error: Error) => stopWith(error));
-  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, writeAll, commit, stopWith, failed });
+  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, writeAll, assignment: writer.assignment, commit, stopWith, failed });
   const runOptions: ConsumerRunConfig = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
 
-  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed });
+  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, newAssignment: writer.newAssignment, stopWith, failed });
   const restart = async () => {
     await consumer.connect();
     await consumer.run(runOptions);
   };
-  superviseConsumer(consumer, restart, batcher, shutdown, log, stopWith);
-  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed, uncommitted: writer.uncommitted });
+  superviseConsumer(consumer, restart, () => (batcher.clear(), writer.newAssignment(undefined, [])), shutdown, log, stopWith);
+  scheduleQuietWork(o, { batcher, locked, activity, account, write, assignment: writer.assignment, commit, failed, uncommitted: writer.uncommitted });
 
   return {
     start: () => startConsuming(o, runOptions),
@@ -745,7 +782,16 @@ type Locked = ReturnType<typeof createLock>;
  */
 function watchGroup(
   o: RunOptions,
-  s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; assign: (p: readonly number[]) => Promise<boolean>; stopWith: (e: Error) => void; failed: () => boolean },
+  s: {
+    batcher: Batcher;
+    locked: Locked;
+    activity: Activity;
+    account: OffsetAccount;
+    assign: (p: readonly number[]) => Promise<boolean>;
+    newAssignment: (memberId: string, partitions: readonly number[]) => void;
+    stopWith: (e: Error) => void;
+    failed: () => boolean;
+  },
 ) {
   const { consumer, topic, log } = o;
   consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
@@ -755,6 +801,7 @@ function watchGroup(
     s.activity.joined = true;
     s.activity.last = performance.now();
     const partitions = payload.memberAssignment[topic] ?? [];
+    s.newAssignment(payload.memberId, partitions);
     log.info(`joined group ${o.groupId}: ${topic} partitions [${partitions.join(", ")}]`);
     // Synchronous, in kafkajs' own emit: no fetch of these partitions happens before the check below.
     if (partitions.length > 0) consumer.pause([{ topic, partitions }]);
@@ -792,7 +839,8 @@ function scheduleQuietWork(
     locked: Locked;
     activity: Activity;
     account: OffsetAccount;
-    write: (b: Batch) => Promise<void>;
+    write: (b: Batch, under: number) => Promise<void>;
+    assignment: () => number;
     commit: () => Promise<void>;
     failed: () => boolean;
     uncommitted: () => number;
@@ -824,7 +872,8 @@ function scheduleQuietWork(
     const now = performance.now();
     if (!shutdown.requested) {
       void s.locked(async () => {
-        for (const batch of s.batcher.due(now)) if (!s.failed()) await s.write(batch);
+        const under = s.assignment();
+        for (const batch of s.batcher.due(now)) if (!s.failed()) await s.write(batch, under);
         if (!s.failed()) await s.commit();
       });
     }
@@ -837,7 +886,8 @@ function scheduleQuietWork(
   shutdown.onStop("stop the quiet-period timer", () => clearInterval(timer));
   shutdown.onStop("write partial batches and commit", () =>
     s.locked(async () => {
-      for (const batch of s.batcher.drain()) if (!s.failed()) await s.write(batch);
+      const under = s.assignment();
+      for (const batch of s.batcher.drain()) if (!s.failed()) await s.write(batch, under);
       if (!s.failed()) await s.commit();
       // A commit refused for a moment (kafkajs restarting its consumer, a coordinator that moved) is tried again,
       // 1 s apart, within the stop's deadline; what is still not committed then is read again by the next run.
