@@ -224,6 +224,59 @@ async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, of
   }
 }
 
+/** Commits the offsets of the files written so far (after the offset checks and an fsync of the folder). */
+async function commitWritten(c: Committer, topic: string, written: Written, owned: Ownership): Promise<void> {
+  if (written.names.length === 0) return;
+  if (!(await checkBeforeCommitting(c.hooks, written, c.log))) return;
+  const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
+  const names = written.names;
+  const next = new Map(written.next);
+  written.next.clear();
+  written.names = [];
+  const under = owned.current;
+  if (await commitDurably(c, offsets, names)) return;
+  // Not committed: kept for the next commit, unless files written meanwhile moved a partition further, or
+  // the partition is no longer this member's.
+  for (const [partition, offset] of next) {
+    if (!written.next.has(partition) && owned.committable(partition, under)) written.next.set(partition, offset);
+  }
+  written.names = [...names, ...written.names];
+}
+
+/**
+ * Which of the group's assignments records were read under, and whose offsets may still be committed. In
+ * Kafka's group protocol a member may commit any partition, assigned to it or not: a late commit of a partition
+ * that another member has read further since would move it back (its records read again, the group left with a
+ * lag). So a partition's offsets are committed only while it has stayed assigned to this member since its
+ * records were read: from one assignment to the next under the same member id (a member takes part in every
+ * rebalance or leaves the group). Other offsets are dropped; their records are read again from the committed
+ * offsets.
+ */
+export class Ownership {
+  private assignment = 0;
+  private member: string | undefined;
+  /** partition -> the assignment since which it has stayed this member's */
+  private since = new Map<number, number>();
+
+  /** The assignment now (a number that grows with each). */
+  get current(): number {
+    return this.assignment;
+  }
+
+  /** The group assigned `partitions` to member `memberId`; undefined: this process lost its membership (a crash). */
+  assigned(memberId: string | undefined, partitions: readonly number[]): void {
+    const now = ++this.assignment;
+    const kept = memberId !== undefined && memberId === this.member ? this.since : new Map<number, number>();
+    this.since = new Map(partitions.map((p) => [p, kept.get(p) ?? now]));
+    this.member = memberId;
+  }
+
+  /** Whether offsets of `partition` read under assignment `under` may be committed now. */
+  committable(partition: number, under: number): boolean {
+    return (this.since.get(partition) ?? Infinity) <= under;
+  }
+}
+
 /**
  * Writes batch files and commits their offsets, in that order; counts what it wrote. Each file is complete on
  * disk before its name appears; the full batches of a fetch are written side by side, and count as written
@@ -236,47 +289,21 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
   };
   const counts = { files: 0, rows: 0, gaps: 0 };
   const written: Written = { next: new Map(), names: [] };
-  // Which of the group's assignments records were read under. In Kafka's group protocol a member may commit
-  // any partition, assigned to it or not: a late commit of a partition that another member has read further
-  // since would move it back (its records read again, the group left with a lag). So a partition's offsets
-  // are committed only while it has stayed assigned to this member since its records were read: from one
-  // assignment to the next under the same member id (a member takes part in every rebalance or leaves the
-  // group). Other offsets are dropped; their records are read again from the committed offsets.
-  let assignment = 0;
-  let member: string | undefined;
-  /** partition -> the assignment since which it has stayed this member's */
-  let since = new Map<number, number>();
-  const committable = (partition: number, under: number) => (since.get(partition) ?? Infinity) <= under;
+  const owned = new Ownership();
   let hooks: WriterHooks | undefined;
-  const commit = async () => {
-    if (written.names.length === 0) return;
-    if (!(await checkBeforeCommitting(hooks, written, log))) return;
-    const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
-    const names = written.names;
-    const next = new Map(written.next);
-    written.next.clear();
-    written.names = [];
-    const under = assignment;
-    if (await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names)) return;
-    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further, or
-    // the partition is no longer this member's.
-    for (const [partition, offset] of next) {
-      if (!written.next.has(partition) && committable(partition, under)) written.next.set(partition, offset);
-    }
-    written.names = [...names, ...written.names];
-  };
+  const commit = () => commitWritten({ consumer, dir, crash, log, hooks }, topic, written, owned);
   /** A file complete on disk: its offsets go with the next commit, unless it was written under an earlier assignment. */
   const wrote = (batch: Batch, name: string, under: number) => {
     counts.files++;
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
-    if (!committable(batch.partition, under)) return;
+    if (!owned.committable(batch.partition, under)) return;
     written.next.set(batch.partition, batch.last + 1n);
     written.names.push(name);
   };
   /** `under`: the assignment the batch's records were read under (by default the one now). */
   const write = async (batch: Batch, options: { commit?: boolean; under?: number } = {}) => {
-    const under = options.under ?? assignment;
+    const under = options.under ?? owned.current;
     wrote(batch, await writeBatchFile(dir, topic, batch, crash), under);
     if (options.commit !== false && written.names.length >= COMMIT_EVERY_FILES) await commit();
   };
@@ -307,15 +334,12 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     uncommitted: () => written.names.length,
     /** The partition's written offsets are not to be committed (its log was replaced). */
     forget: (partition: number) => void written.next.delete(partition),
-    /** The assignment files are written under now. */
-    assignment: () => assignment,
+    /** The assignment records are read under now. */
+    assignment: () => owned.current,
     /** The group assigned `partitions` to member `memberId` (undefined: none, after a crash). */
     newAssignment: (memberId: string | undefined, partitions: readonly number[]) => {
-      assignment++;
-      const before = since;
-      since = new Map(partitions.map((p) => [p, memberId !== undefined && memberId === member ? (before.get(p) ?? assignment) : assignment]));
-      member = memberId;
-      for (const partition of [...written.next.keys()]) if (!since.has(partition)) written.next.delete(partition);
+      owned.assigned(memberId, partitions);
+      for (const partition of [...written.next.keys()]) if (!owned.committable(partition, owned.current)) written.next.delete(partition);
       if (written.next.size === 0) written.names = [];
     },
     setHooks: (h: WriterHooks) => void (hooks = h),
