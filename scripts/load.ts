@@ -49,7 +49,7 @@ import {
   openDatabase,
   type Database,
 } from "./lib/db.ts";
-import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
+import { BadBatchFileError, checkFile, FileChangedError, type CheckedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
 import {
@@ -325,7 +325,7 @@ function createPersist({ db, where, watch, log, shutdown }: LoaderOptions): Pers
  * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
  * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
  */
-async function explainStop({ db, dir, database, where }: LoaderOptions, error: unknown, files: readonly PreparedFile[]): Promise<unknown> {
+async function explainStop({ db, dir, database, where }: LoaderOptions, error: unknown, files: readonly CheckedFile[]): Promise<unknown> {
   const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
   if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
   if ((error as { code?: string }).code !== "25006") return error;
@@ -345,8 +345,8 @@ async function explainStop({ db, dir, database, where }: LoaderOptions, error: u
  * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
  * look like a good one.
  */
-async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: readonly PendingFile[]): Promise<PreparedFile[]> {
-  const prepared: PreparedFile[] = [];
+async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: readonly PendingFile[]): Promise<CheckedFile[]> {
+  const prepared: CheckedFile[] = [];
   for (const { name, young } of files) {
     if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
       log.debug(`${name}: modified a moment ago, looked at again shortly`);
@@ -354,7 +354,7 @@ async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: r
       continue;
     }
     try {
-      prepared.push(await prepareFile(dir, name));
+      prepared.push(await checkFile(dir, name));
       unsettled.delete(name);
     } catch (error) {
       if ((error as { code?: string }).code === "ENOENT") {
@@ -376,12 +376,13 @@ async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: r
  * One group: together; after a refusal of data, file by file; a single file then row by row (loadRowByRow).
  * Any other error stops the loader.
  */
-async function loadGroup(run: LoaderRun, files: PreparedFile[]): Promise<FileResult[] | undefined> {
+async function loadGroup(run: LoaderRun, files: CheckedFile[]): Promise<FileResult[] | undefined> {
   if (files.length === 0) return [];
   const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
   try {
     return await run.persist(label, () => commitFiles(run.db, files, { lockWaitMs: run.lockWaitMs }));
   } catch (error) {
+    if (error instanceof FileChangedError) return await loadGroup(run, leaveChanged(run, files, error));
     if (!isDataError(error)) throw await explainStop(run, error, files);
     if (files.length === 1) return await loadRowByRow(run, files[0]!, error);
     const results: FileResult[] = [];
@@ -395,16 +396,28 @@ async function loadGroup(run: LoaderRun, files: PreparedFile[]): Promise<FileRes
 }
 
 /**
+ * The group without a file that changed after it was checked (nothing of the group was kept): the file is
+ * looked at again on the next pass, as a file being written.
+ */
+function leaveChanged({ log, unsettled }: LoaderRun, files: readonly CheckedFile[], error: FileChangedError): CheckedFile[] {
+  log.warn(`${error.message}; looked at again shortly`);
+  unsettled.add(error.file);
+  return files.filter((f) => f.name !== error.file);
+}
+
+/**
  * A file whose COPY PostgreSQL refused (`error`), loaded row by row: the refused row becomes a rejection. A file
  * that PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
  * reason, so the files after it still load.
  */
-async function loadRowByRow({ db, dir, log, totals, persist }: LoaderRun, file: PreparedFile, error: unknown): Promise<FileResult[] | undefined> {
+async function loadRowByRow(run: LoaderRun, file: CheckedFile, error: unknown): Promise<FileResult[] | undefined> {
+  const { db, dir, log, totals, persist } = run;
   const { name } = file;
   log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
   try {
     return await persist(`loading ${name} row by row`, () => commitFiles(db, [file], { isolate: true }));
   } catch (refused) {
+    if (refused instanceof FileChangedError) return loadGroup(run, leaveChanged(run, [file], refused));
     if (!isDataError(refused)) throw refused;
     const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
     totals.failed++;
