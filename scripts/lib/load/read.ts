@@ -9,6 +9,10 @@
 // source headers (written to the topic by another producer) is named by its topic, partition and a hash of its
 // content, and its line is its offset: offsets repeat when a topic is re-created, contents do not.
 // A gap file holds no records but ranges of offsets the consumer could not read, for lost_offsets.
+//
+// A file is never held whole: checkFile hashes it from disk, and its chunks (at most CHUNK_RECORDS records or
+// CHUNK_CHARS characters) are read, parsed and transformed one at a time as the transaction asks for them.
+// Between chunks a file keeps only the identities it has seen, each with its line and fingerprint.
 
 import { createReadStream } from "node:fs";
 import { join } from "node:path";
@@ -81,14 +85,12 @@ export interface Chunk {
 }
 
 /**
- * A batch file checked (its hash, that every record parses) but not held: the transaction reads it again from
- * disk, chunk by chunk (`chunks`), so memory does not grow with the file's size.
+ * A batch file checked against the hash in its name, but not held: the transaction reads it from disk, chunk by
+ * chunk (`chunks`), so memory does not grow with the file's size.
  */
 export interface CheckedFile {
   readonly name: string;
   readonly hash: string;
-  /** data records in the file */
-  readonly records: number;
   /** ranges of offsets the consumer could not read (a gap file); empty for a batch file */
   readonly lost: readonly LostRange[];
   /** the file's records, transformed, a chunk at a time; throws FileChangedError when the file is not as checked */
@@ -101,6 +103,8 @@ export interface PreparedFile extends CheckedFile, Chunk {}
 /** Thrown for a file that is not a readable batch; the caller sets it aside and goes on. */
 export class BadBatchFileError extends Error {
   override name = "BadBatchFileError";
+  /** the file, when found bad while it was being loaded (nothing of its group was kept) */
+  file?: string;
 }
 
 /** Thrown while loading a file whose content is no longer what was checked (replaced or edited meanwhile). */
@@ -473,9 +477,9 @@ function lostRange({ line, values: v }: ParsedRow): LostRange {
 }
 
 /** A chunk holds at most this many records... */
-export const CHUNK_RECORDS = 5000;
+export const CHUNK_RECORDS = 2500;
 /** ...and at most this many characters of the file (wide rows make smaller chunks). */
-export const CHUNK_CHARS = 4 * 1024 * 1024;
+export const CHUNK_CHARS = 2 * 1024 * 1024;
 /** How much of the file is read from disk at a time. */
 const READ_BYTES = 1024 * 1024;
 
@@ -588,54 +592,45 @@ function expectedHash(name: string): string | undefined {
 }
 
 /**
- * Checks a batch file without keeping it: its content against the hash in its name, that it is UTF-8 CSV with a
- * header the loader knows and the header's field count on every record. Reads it once from disk, a piece at a
- * time. Throws BadBatchFileError for a file that is not a readable batch.
+ * Checks a batch file without keeping it: its content (hashed as it is read from disk, a block at a time)
+ * against the hash in its name. Whether its records read is found as it is loaded (readChunks). Throws
+ * BadBatchFileError for a file that does not match its name.
  */
 export async function checkFile(dir: string, name: string): Promise<CheckedFile> {
   const path = join(dir, name);
   if (parseGapFileName(name)) return prepareFile(dir, name);
   const hasher = new Bun.CryptoHasher("sha256");
-  let records = 0;
-  let problem: Error | undefined;
-  let first = true;
-  try {
-    for await (const parsed of readRecords(path, hasher)) {
-      if (first) createTransformer(parsed.columns, name); // the header: throws for one the loader does not know
-      first = false;
-      records += parsed.rows.length;
-    }
-  } catch (error) {
-    if ((error as { code?: string }).code === "ENOENT") throw error;
-    problem = error as Error;
-  }
-  // A file that does not match its name is reported as such, whatever else is wrong with it.
-  const hash = problem === undefined ? hasher.digest("hex") : sha256(await Bun.file(path).bytes());
+  for await (const block of createReadStream(path, { highWaterMark: READ_BYTES })) hasher.update(block as Buffer);
+  const hash = hasher.digest("hex");
   const expected = expectedHash(name);
   if (expected && !hash.startsWith(expected)) {
     throw new BadBatchFileError("content does not match the hash in its name (truncated or edited after it was written)");
   }
-  if (problem !== undefined) throw await explainProblem(path, problem);
-  return { name, hash, records, lost: [], chunks: () => readChunks(dir, name, hash) };
+  return { name, hash, lost: [], chunks: () => readChunks(dir, name, hash) };
 }
 
 /**
- * The error of a file that did not read: as reading it whole words it (the line of the file, not of a piece),
- * as BadBatchFileError.
+ * The error of a file whose records do not read: FileChangedError when its content is no longer the one
+ * checked, else BadBatchFileError as reading it whole words it (the line of the file, not of a piece).
  */
-async function explainProblem(path: string, problem: Error): Promise<Error> {
-  if (problem instanceof BadBatchFileError) return problem;
-  try {
-    parseCsv(new TextDecoder("utf-8", { fatal: true }).decode(await Bun.file(path).bytes()), path);
-  } catch (whole) {
-    return new BadBatchFileError((whole as Error).message);
+async function explainProblem(path: string, name: string, hash: string, problem: Error): Promise<Error> {
+  const bytes = await Bun.file(path).bytes().catch(() => undefined);
+  if (bytes === undefined || sha256(bytes) !== hash) return new FileChangedError(name, `no longer reads as it did when it was checked (${problem.message})`);
+  let message = problem.message;
+  if (!(problem instanceof BadBatchFileError)) {
+    try {
+      parseCsv(new TextDecoder("utf-8", { fatal: true }).decode(bytes), path);
+    } catch (whole) {
+      message = (whole as Error).message;
+    }
   }
-  return new BadBatchFileError(problem.message);
+  return Object.assign(new BadBatchFileError(message), { file: name });
 }
 
 /**
- * A checked file's records, transformed, chunk by chunk, read again from disk. The content is hashed as it is
- * read: a file that is not the one checked (`hash`) ends in FileChangedError, before the transaction commits.
+ * A checked file's records, transformed, chunk by chunk, read from disk. The content is hashed as it is read:
+ * a file that is not the one checked (`hash`) ends in FileChangedError, before the transaction commits; one
+ * whose records do not read, in BadBatchFileError naming the file.
  */
 async function* readChunks(dir: string, name: string, hash: string, maxRecords?: number, maxChars?: number): AsyncGenerator<Chunk> {
   const path = join(dir, name);
@@ -648,11 +643,11 @@ async function* readChunks(dir: string, name: string, hash: string, maxRecords?:
       next = await pieces.next();
       if (!next.done) transformer ??= createTransformer(next.value.columns, name);
     } catch (error) {
-      throw new FileChangedError(name, `no longer reads as it did when it was checked (${(error as Error).message})`);
+      throw await explainProblem(path, name, hash, error as Error);
     }
     if (next.done) break;
     // The previous chunk's rows go to PostgreSQL meanwhile: give the event loop a turn now and then, so its
-    // COPY data goes out while this chunk is cleaned.
+    // statements and COPY data go out while this chunk is cleaned.
     for (const [i, row] of next.value.rows.entries()) {
       transformer!.add(row);
       if (i % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((turn) => setImmediate(turn));
