@@ -22,7 +22,7 @@ import type { LostRange } from "../batch.ts";
 import { collectGarbage } from "../memory.ts";
 import { copyIn, isDataError, type Database, type TransactionSql } from "../db.ts";
 import { LOCK_WAIT_MS, LoaderLockTimeout, loaderLockError, takeLoaderLock } from "./lock.ts";
-import { copyLine, identity, ORDER_COLUMNS, type Candidate, type CheckedFile, type Chunk, type OrderRow, type RejectedRow } from "./read.ts";
+import { CHUNK_CHARS, CHUNK_RECORDS, copyLine, identity, ORDER_COLUMNS, type Candidate, type CheckedFile, type Chunk, type OrderRow, type RejectedRow } from "./read.ts";
 
 /** The channel the loader announces commits on (LISTEN sales_loaded). */
 export const LOADED_CHANNEL = "sales_loaded";
@@ -379,14 +379,17 @@ async function lookUpRecorded(tx: TransactionSql, rejected: readonly RejectedRow
   }
 }
 
-async function lookUp(tx: TransactionSql, chunk: Chunk, state: GroupState): Promise<Known> {
+/** What the database knows about the records of a round's chunks (of one file or several). */
+async function lookUp(tx: TransactionSql, chunks: readonly Chunk[], state: GroupState): Promise<Known> {
+  const candidates = chunks.length === 1 ? chunks[0]!.candidates : chunks.flatMap((c) => c.candidates);
+  const rejected = chunks.length === 1 ? chunks[0]!.rejected : chunks.flatMap((c) => c.rejected);
   const keys: Key[] = [
-    ...chunk.candidates.map((c) => ({ file: String(c.row.source_file), rowId: Number(c.row.source_row_id) })),
-    ...chunk.rejected.filter((r) => r.source_row_id !== null).map((r) => ({ file: r.source_file, rowId: r.source_row_id! })),
+    ...candidates.map((c) => ({ file: String(c.row.source_file), rowId: Number(c.row.source_row_id) })),
+    ...rejected.filter((r) => r.source_row_id !== null).map((r) => ({ file: r.source_file, rowId: r.source_row_id! })),
   ];
-  // Sent together: one wait for the server, not one per statement (the next chunk is cleaned meanwhile).
-  const [loaded, held] = await Promise.all([lookUpLoaded(tx, keys, state), sourcesInOrders(tx), lookUpRecorded(tx, chunk.rejected, state)]);
-  return { loaded, recorded: state.recorded, firsts: await lookUpFirsts(tx, chunk.candidates, loaded, held), spans: state.spans };
+  // Sent together: one wait for the server, not one per statement (the next round is cleaned meanwhile).
+  const [loaded, held] = await Promise.all([lookUpLoaded(tx, keys, state), sourcesInOrders(tx), lookUpRecorded(tx, rejected, state)]);
+  return { loaded, recorded: state.recorded, firsts: await lookUpFirsts(tx, candidates, loaded, held), spans: state.spans };
 }
 
 interface Plan {
@@ -661,23 +664,31 @@ async function newFiles(tx: TransactionSql, files: readonly CheckedFile[]): Prom
   return todo;
 }
 
-/** Inserts a plan's new rows (COPY, or row by row when isolating) and checks the count the server reports. */
-async function insertFresh(tx: TransactionSql, plan: Plan, state: GroupState, options: CommitOptions): Promise<void> {
-  const expected = plan.fresh.length;
-  let inserted = 0;
-  if (options.isolate) inserted = await insertIsolated(tx, plan, state);
-  else if (plan.fresh.length > 0) {
-    const rows = plan.fresh.map((c) => c.row);
-    // users and products first: orders refers to them. Sent together: one wait for the server, not two.
-    await Promise.all([
-      upsertLatest(tx, "users", "customer_id", USER_COLUMNS, rows),
-      upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, rows),
-    ]);
-    // COPY: the rows are known to be new (checked under the loader lock), and COPY is the fast way in.
-    inserted = await copyIn(tx`copy orders (${tx(COPY_COLUMNS)}) from stdin`, copyChunks(plan.fresh, plan.sameAs));
+/**
+ * Inserts the new rows of a round's plans (one COPY for all, or row by row when isolating) and checks the count
+ * the server reports.
+ */
+async function insertFresh(tx: TransactionSql, plans: readonly Plan[], state: GroupState, options: CommitOptions): Promise<void> {
+  if (options.isolate) {
+    // What stays in a plan's fresh rows is what was inserted; a refused row is one of its rejections now.
+    for (const p of plans) await insertIsolated(tx, p, state);
+    return;
   }
-  if (inserted !== (options.isolate ? plan.fresh.length : expected)) {
-    throw new LedgerMismatchError(`${plan.name}: COPY stored ${inserted} rows where ${expected} were sent; nothing was committed`);
+  const fresh = plans.length === 1 ? plans[0]!.fresh : plans.flatMap((p) => p.fresh);
+  if (fresh.length === 0) return;
+  const rows = fresh.map((c) => c.row);
+  // users and products first: orders refers to them. Sent together: one wait for the server, not two.
+  await Promise.all([
+    upsertLatest(tx, "users", "customer_id", USER_COLUMNS, rows),
+    upsertLatest(tx, "products", "product_id", PRODUCT_COLUMNS, rows),
+  ]);
+  // COPY: the rows are known to be new (checked under the loader lock), and COPY is the fast way in.
+  const sameAs = plans.length === 1 ? plans[0]!.sameAs : new Map(plans.flatMap((p) => [...p.sameAs]));
+  const inserted = await copyIn(tx`copy orders (${tx(COPY_COLUMNS)}) from stdin`, copyChunks(fresh, sameAs));
+  if (inserted !== fresh.length) {
+    const names = [...new Set(plans.map((p) => p.name))];
+    const files = names.length === 1 ? names[0] : `${names[0]} and ${names.length - 1} more files`;
+    throw new LedgerMismatchError(`${files}: COPY stored ${inserted} rows where ${fresh.length} were sent; nothing was committed`);
   }
 }
 
@@ -695,11 +706,81 @@ interface FileTally {
   readonly lines: Map<string, bigint>;
 }
 
-/** One chunk of a file: look up, plan, insert, record its rejections; its counts go to `tally`. */
-async function loadChunk(tx: TransactionSql, name: string, chunk: Chunk, state: GroupState, tally: FileTally, options: CommitOptions): Promise<void> {
-  const known = await lookUp(tx, chunk, state);
-  const p = plan(name, chunk, known);
-  await insertFresh(tx, p, state, options);
+function fileTally(): FileTally {
+  return { inserted: 0, duplicates: 0, rejected: 0, warnings: 0, records: 0, rejections: [], crossSource: [], fresh: new FreshKeys(), lines: new Map() };
+}
+
+/** A chunk of one of the group's files (by its place in the group), or, without a chunk, the end of that file. */
+interface Part {
+  readonly file: number;
+  readonly chunk?: Chunk;
+}
+
+/** Chunks loaded together: of several small files, or one chunk of a big one. */
+interface Round {
+  readonly parts: Part[];
+  records: number;
+  chars: number;
+}
+
+/**
+ * The chunks of the group's files in order, gathered into rounds of at most CHUNK_RECORDS records and CHUNK_CHARS
+ * characters (a single chunk may pass the characters a little): small files share a round, a big one takes a
+ * round per chunk. A file's end comes after its last chunk, once its content was checked again.
+ */
+async function* roundsOf(files: readonly CheckedFile[]): AsyncGenerator<Round> {
+  let round: Round = { parts: [], records: 0, chars: 0 };
+  const take = (): Round => [round, (round = { parts: [], records: 0, chars: 0 })][0]!;
+  for (const [file, checked] of files.entries()) {
+    for await (const chunk of checked.chunks()) {
+      if (round.chars > 0 && (round.records + chunk.records > CHUNK_RECORDS || round.chars + chunk.chars > CHUNK_CHARS)) yield take();
+      round.parts.push({ file, chunk });
+      round.records += chunk.records;
+      round.chars += chunk.chars;
+      if (round.records >= CHUNK_RECORDS || round.chars >= CHUNK_CHARS) yield take();
+    }
+    round.parts.push({ file });
+  }
+  if (round.parts.length > 0) yield take();
+}
+
+/** What loading a group's files shares from one round to the next. */
+interface GroupLoad {
+  readonly files: readonly CheckedFile[];
+  readonly state: GroupState;
+  readonly options: CommitOptions;
+  /** per file of the group, while it loads */
+  readonly tallies: (FileTally | undefined)[];
+  /** per file loaded, in the order of the group */
+  readonly results: FileResult[];
+}
+
+/**
+ * One round: its chunks looked up and planned together, in the order of the files (a later file sees the rows an
+ * earlier one inserts), their new rows inserted at once; then, file by file, each chunk's rejections recorded
+ * and each file that ends here closed, in the order one file after the other would have.
+ */
+async function loadRound(tx: TransactionSql, round: Round, group: GroupLoad): Promise<void> {
+  const { files, state, tallies } = group;
+  const chunks = round.parts.filter((p): p is Required<Part> => p.chunk !== undefined);
+  const known = await lookUp(tx, chunks.map((p) => p.chunk), state);
+  const plans = chunks.map((p) => plan(files[p.file]!.name, p.chunk, known));
+  await insertFresh(tx, plans, state, group.options);
+  let next = 0;
+  for (const { file, chunk } of round.parts) {
+    const tally = (tallies[file] ??= fileTally());
+    if (chunk !== undefined) await settleChunk(tx, plans[next++]!, chunk, state, tally);
+    else {
+      group.results.push(await finishFile(tx, files[file]!, state, tally));
+      tallies[file] = undefined;
+    }
+  }
+  // The round is done with: garbage is collected (when due) while the next one is read.
+  collectGarbage(round.chars);
+}
+
+/** A chunk's planned rejections recorded, and its counts added to its file's. */
+async function settleChunk(tx: TransactionSql, p: Plan, chunk: Chunk, state: GroupState, tally: FileTally): Promise<void> {
   const written = await recordRejections(tx, p.rejections, tally.lines);
   for (const r of p.rejections) if (r.status === "open") state.open.set(r.source_file, true);
   tally.records += chunk.records;
@@ -711,16 +792,14 @@ async function loadChunk(tx: TransactionSql, name: string, chunk: Chunk, state: 
   // A row PostgreSQL refused (row by row) is no longer fresh: only inserted rows count.
   tally.crossSource.push(...p.fresh.flatMap((c) => p.sameAs.get(c) ?? []));
   tally.fresh.add(p.fresh);
-  // The chunk is done with: garbage is collected (when due) while the next one is read.
-  collectGarbage(chunk.chars);
 }
 
 /**
- * Runs `each` on every chunk in order, the next chunk read and cleaned while PostgreSQL works on this one:
- * JavaScript and PostgreSQL work at the same time (each on its own core), two chunks in memory at most.
+ * Runs `each` on every item in order, the next one read and cleaned while PostgreSQL works on this one:
+ * JavaScript and PostgreSQL work at the same time (each on its own core), two rounds in memory at most.
  */
-async function eachChunk(chunks: AsyncIterable<Chunk>, each: (chunk: Chunk) => Promise<void>): Promise<void> {
-  const iterator = chunks[Symbol.asyncIterator]();
+async function eachInTurn<T>(items: AsyncIterable<T>, each: (item: T) => Promise<void>): Promise<void> {
+  const iterator = items[Symbol.asyncIterator]();
   let next = iterator.next();
   try {
     for (let current = await next; !current.done; current = await next) {
@@ -729,20 +808,19 @@ async function eachChunk(chunks: AsyncIterable<Chunk>, each: (chunk: Chunk) => P
       await each(current.value);
     }
   } finally {
-    // A failure stops the reading: let the chunk being read settle, and close the file.
+    // A failure stops the reading: let the round being read settle, and close the file.
     await next.catch(() => undefined);
     await iterator.return?.();
   }
 }
 
 /**
- * Loads one file of the group, chunk by chunk, then resolves the open rejections its rows resolve and checks
- * its counts: inserted (as COPY reports it) + duplicates + rejected = the records read from it.
+ * Closes a file whose chunks have all loaded: records its lost offsets (a gap file), resolves the open
+ * rejections its rows resolve and checks its counts: inserted (as COPY reports it) + duplicates + rejected = the
+ * records read from it.
  */
-async function loadFile(tx: TransactionSql, file: CheckedFile, state: GroupState, options: CommitOptions): Promise<FileResult> {
-  const tally: FileTally = { inserted: 0, duplicates: 0, rejected: 0, warnings: 0, records: 0, rejections: [], crossSource: [], fresh: new FreshKeys(), lines: new Map() };
+async function finishFile(tx: TransactionSql, file: CheckedFile, state: GroupState, tally: FileTally): Promise<FileResult> {
   if (file.lost.length > 0) await recordLost(tx, file.lost, file.name);
-  await eachChunk(file.chunks(), (chunk) => loadChunk(tx, file.name, chunk, state, tally, options));
   const resolved = tally.inserted > 0 && (await anyOpenRejection(tx, tally.fresh.names, state)) ? await resolveRejections(tx, tally.fresh, file.name) : 0;
   if (tally.inserted + tally.rejected + tally.duplicates !== tally.records) {
     throw new LedgerMismatchError(
@@ -790,14 +868,14 @@ function alreadyLoaded(file: CheckedFile): FileResult {
   };
 }
 
-/** One group in one transaction, under the loader lock: file by file, chunk by chunk; then ledger, announce. */
+/** One group in one transaction, under the loader lock: round by round (chunks of its files in order); then ledger, announce. */
 async function loadGroup(tx: TransactionSql, files: readonly CheckedFile[], options: CommitOptions): Promise<FileResult[]> {
   // Loaders take turns, one group at a time, so "is this row new?" below cannot race with another loader.
   const xid = await takeLoaderLock(tx, options.lockWaitMs ?? LOCK_WAIT_MS);
   const todo = await newFiles(tx, files);
-  const state = groupState();
-  const results: FileResult[] = [];
-  for (const file of todo) results.push(await loadFile(tx, file, state, options));
+  const group: GroupLoad = { files: todo, state: groupState(), options, tallies: [], results: [] };
+  await eachInTurn(roundsOf(todo), (round) => loadRound(tx, round, group));
+  const { results } = group;
   if (results.length > 0) {
     await writeLedger(tx, todo, results, xid);
     const payload = JSON.stringify({ files: results.length, rows: results.reduce((n, r) => n + r.inserted, 0) });
