@@ -483,6 +483,19 @@ export const CHUNK_CHARS = 2 * 1024 * 1024;
 /** How much of the file is read from disk at a time. */
 const READ_BYTES = 1024 * 1024;
 
+/**
+ * A file's bytes a block of READ_BYTES at a time; a file no bigger than a block in one read of its size (a
+ * stream would take a block's buffer for it, a megabyte per small file).
+ */
+async function* blocksOf(path: string): AsyncGenerator<Uint8Array> {
+  const file = Bun.file(path);
+  if (file.size <= READ_BYTES) {
+    yield await file.bytes();
+    return;
+  }
+  for await (const block of createReadStream(path, { highWaterMark: READ_BYTES })) yield block as Buffer;
+}
+
 /** A run of whole records of a file's text, and the line it starts on. */
 interface Piece {
   readonly text: string;
@@ -522,9 +535,9 @@ export async function* readPieces(path: string, hasher: Bun.CryptoHasher, maxRec
     records = 0;
     return piece;
   };
-  for await (const block of createReadStream(path, { highWaterMark: READ_BYTES })) {
-    hasher.update(block as Buffer);
-    text += decoder.decode(block as Buffer, { stream: true });
+  for await (const block of blocksOf(path)) {
+    hasher.update(block);
+    text += decoder.decode(block, { stream: true });
     if (quote === -1) quote = text.indexOf('"', scan);
     for (let end = text.indexOf("\n", scan); end !== -1; end = text.indexOf("\n", scan)) {
       // One forward scan for quotes over the whole text, however rare they are.
@@ -600,7 +613,7 @@ export async function checkFile(dir: string, name: string): Promise<CheckedFile>
   const path = join(dir, name);
   if (parseGapFileName(name)) return prepareFile(dir, name);
   const hasher = new Bun.CryptoHasher("sha256");
-  for await (const block of createReadStream(path, { highWaterMark: READ_BYTES })) hasher.update(block as Buffer);
+  for await (const block of blocksOf(path)) hasher.update(block);
   const hash = hasher.digest("hex");
   const expected = expectedHash(name);
   if (expected && !hash.startsWith(expected)) {
