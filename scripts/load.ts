@@ -49,7 +49,7 @@ import {
   openDatabase,
   type Database,
 } from "./lib/db.ts";
-import { BadBatchFileError, prepareFile, type PreparedFile } from "./lib/load/read.ts";
+import { BadBatchFileError, checkFile, FileChangedError, type CheckedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
 import {
@@ -288,6 +288,8 @@ interface LoaderRun extends LoaderOptions {
   readonly totals: Totals;
   /** Files that were not judged yet because they may still be being written; looked at again on the next pass. */
   readonly unsettled: Set<string>;
+  /** Files modified a moment ago (SETTLE_MS): one that does not read is looked at again, not set aside. */
+  readonly young: Set<string>;
   readonly persist: Persist;
   /** How long one attempt waits for the loader lock: a single run its whole patience, --watch a while at a time. */
   readonly lockWaitMs: number;
@@ -325,7 +327,7 @@ function createPersist({ db, where, watch, log, shutdown }: LoaderOptions): Pers
  * A failure that stops the loader, said with the files and the database: the loader lock not free within a single
  * run's patience, or a database that takes no writes (switched read-only, or a hot standby).
  */
-async function explainStop({ db, dir, database, where }: LoaderOptions, error: unknown, files: readonly PreparedFile[]): Promise<unknown> {
+async function explainStop({ db, dir, database, where }: LoaderOptions, error: unknown, files: readonly CheckedFile[]): Promise<unknown> {
   const what = `${join(dir, files[0]!.name)}${files.length > 1 ? ` and ${files.length - 1} more files` : ""}`;
   if (error instanceof LoaderLockError) return new Error(`cannot load ${what} into ${where}: ${error.message}`);
   if ((error as { code?: string }).code !== "25006") return error;
@@ -340,21 +342,23 @@ async function explainStop({ db, dir, database, where }: LoaderOptions, error: u
 }
 
 /**
- * Reads and transforms a group; bad files are set aside (and counted), vanished ones skipped. A file that
+ * Checks a group's files (lib/load/read.ts checkFile); bad files are set aside (and counted), vanished ones
+ * skipped; a file whose records turn out not to read while it loads is set aside then (leaveBad). A file that
  * was modified a moment ago is not judged yet, unless its name holds the hash of its content (the
  * consumer's files, renamed into place complete): it may still be being copied, and a half-copied file can
  * look like a good one.
  */
-async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: readonly PendingFile[]): Promise<PreparedFile[]> {
-  const prepared: PreparedFile[] = [];
+async function prepareGroup({ dir, log, totals, unsettled, young: youngFiles }: LoaderRun, files: readonly PendingFile[]): Promise<CheckedFile[]> {
+  const prepared: CheckedFile[] = [];
   for (const { name, young } of files) {
+    if (young) youngFiles.add(name);
     if (young && parseBatchFileName(name) === undefined && parseGapFileName(name) === undefined) {
       log.debug(`${name}: modified a moment ago, looked at again shortly`);
       unsettled.add(name);
       continue;
     }
     try {
-      prepared.push(await prepareFile(dir, name));
+      prepared.push(await checkFile(dir, name));
       unsettled.delete(name);
     } catch (error) {
       if ((error as { code?: string }).code === "ENOENT") {
@@ -376,12 +380,14 @@ async function prepareGroup({ dir, log, totals, unsettled }: LoaderRun, files: r
  * One group: together; after a refusal of data, file by file; a single file then row by row (loadRowByRow).
  * Any other error stops the loader.
  */
-async function loadGroup(run: LoaderRun, files: PreparedFile[]): Promise<FileResult[] | undefined> {
+async function loadGroup(run: LoaderRun, files: CheckedFile[]): Promise<FileResult[] | undefined> {
   if (files.length === 0) return [];
   const label = files.length === 1 ? `loading ${files[0]!.name}` : `loading ${files.length} files from ${files[0]!.name}`;
   try {
     return await run.persist(label, () => commitFiles(run.db, files, { lockWaitMs: run.lockWaitMs }));
   } catch (error) {
+    if (error instanceof FileChangedError) return await loadGroup(run, leaveChanged(run, files, error));
+    if (error instanceof BadBatchFileError && error.file) return await loadGroup(run, await leaveBad(run, files, error));
     if (!isDataError(error)) throw await explainStop(run, error, files);
     if (files.length === 1) return await loadRowByRow(run, files[0]!, error);
     const results: FileResult[] = [];
@@ -395,16 +401,47 @@ async function loadGroup(run: LoaderRun, files: PreparedFile[]): Promise<FileRes
 }
 
 /**
+ * The group without a file that changed after it was checked (nothing of the group was kept): the file is
+ * looked at again on the next pass, as a file being written.
+ */
+function leaveChanged({ log, unsettled }: LoaderRun, files: readonly CheckedFile[], error: FileChangedError): CheckedFile[] {
+  log.warn(`${error.message}; looked at again shortly`);
+  unsettled.add(error.file);
+  return files.filter((f) => f.name !== error.file);
+}
+
+/**
+ * The group without a file whose records turned out not to read while it was loaded (nothing of the group was
+ * kept): the file is set aside, or looked at again shortly when it was modified a moment ago.
+ */
+async function leaveBad(run: LoaderRun, files: readonly CheckedFile[], error: BadBatchFileError): Promise<CheckedFile[]> {
+  const { dir, log, totals, unsettled, young } = run;
+  const name = error.file!;
+  if (young.has(name)) {
+    log.debug(`${name}: ${error.message}; modified a moment ago, looked at again shortly`);
+    unsettled.add(name);
+  } else {
+    totals.failed++;
+    log.error(`${join(dir, name)}: ${error.message}; moved to ${dir}/failed/`);
+    await setAside(dir, name, error.message);
+  }
+  return files.filter((f) => f.name !== name);
+}
+
+/**
  * A file whose COPY PostgreSQL refused (`error`), loaded row by row: the refused row becomes a rejection. A file
  * that PostgreSQL refuses even row by row (a value too large for an index entry, say) is set aside with the
  * reason, so the files after it still load.
  */
-async function loadRowByRow({ db, dir, log, totals, persist }: LoaderRun, file: PreparedFile, error: unknown): Promise<FileResult[] | undefined> {
+async function loadRowByRow(run: LoaderRun, file: CheckedFile, error: unknown): Promise<FileResult[] | undefined> {
+  const { db, dir, log, totals, persist } = run;
   const { name } = file;
   log.warn(`${name}: PostgreSQL refused a row (${(error as Error).message}); loading the file row by row to find it`);
   try {
     return await persist(`loading ${name} row by row`, () => commitFiles(db, [file], { isolate: true }));
   } catch (refused) {
+    if (refused instanceof FileChangedError) return loadGroup(run, leaveChanged(run, [file], refused));
+    if (refused instanceof BadBatchFileError && refused.file) return loadGroup(run, await leaveBad(run, [file], refused));
     if (!isDataError(refused)) throw refused;
     const reason = `PostgreSQL refused the file even row by row: ${(refused as Error).message}`;
     totals.failed++;
@@ -460,14 +497,15 @@ async function reportGroup({ db, log, watch }: LoaderRun, results: readonly File
 }
 
 /**
- * Loads what is pending in the folder, group by group. The next group is read and transformed while this
- * one's transaction runs: JavaScript and PostgreSQL work at the same time (each on its own core).
+ * Loads what is pending in the folder, group by group. The next group is checked (hashed) while this one's
+ * transaction runs, and within a group each chunk is cleaned while PostgreSQL takes the one before it.
  * Returns false when it stopped early (a stop request while waiting for the database).
  */
 async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> {
   const { dir, log, shutdown } = run;
   const began = performance.now();
   run.unsettled.clear();
+  run.young.clear();
   const pending = await pendingFiles(dir, done);
   if (pending.length === 0) return true;
   const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
@@ -562,6 +600,7 @@ function createLoader(options: LoaderOptions) {
       busyMs: 0,
     },
     unsettled: new Set<string>(),
+    young: new Set<string>(),
     persist: createPersist(options),
     lockWaitMs: options.watch ? LOCK_WAIT_MS : ONE_SHOT_PATIENCE_MS,
   };

@@ -7,10 +7,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import type { DatabaseTarget } from "../scripts/lib/config.ts";
-import { connect, databaseUrl, maintenance, withDatabase, type Sql } from "../scripts/lib/db.ts";
-import { prepareFile } from "../scripts/lib/load/read.ts";
+import { connect, databaseUrl, maintenance, openDatabase, withDatabase, type Sql } from "../scripts/lib/db.ts";
+import { CHUNK_RECORDS, checkFile, prepareFile } from "../scripts/lib/load/read.ts";
+import { commitFiles, type FileResult } from "../scripts/lib/load/transaction.ts";
 import { createLogger } from "../scripts/lib/log.ts";
-import { createTestDatabase, pipelineEnv, runOk, runPipeline, runScript, startScript, tempDir, uniqueName, waitFor, type RunResult, type TestDatabase } from "./helpers.ts";
+import { createTestDatabase, pipelineEnv, runOk, runPipeline, runScript, startScript, tableRows, tempDir, uniqueName, waitFor, type RunResult, type TestDatabase } from "./helpers.ts";
 import { SUPERSTORE_HEADER, superstoreRow } from "./fixtures/superstore.ts";
 
 const HEADER = SUPERSTORE_HEADER.join(",");
@@ -257,6 +258,77 @@ describe("versions of one line that meet in one load", () => {
     expect(stored).toHaveLength(1);
     expect(Buffer.byteLength(stored[0]!.name)).toBeLessThanOrEqual(1000);
     expect(stored[0]!.name).toMatch(/^long-name\/long-name\/.*\.\.\.\[sha256 [0-9a-f]{16}\]$/);
+  });
+});
+
+describe("small files and a big one in one group, sharing chunks", () => {
+  const tmp = tempDir();
+  let together: TestDatabase;
+  let apart: TestDatabase;
+  // A file longer than a chunk, so the files after its last chunk load in one round with it.
+  const n = CHUNK_RECORDS + 100;
+  const names = ["g1.csv", "g2.csv", "g3.csv", "g4.csv"];
+  /** A hand-written batch file: each record names its source and line, as the consumer's do. */
+  const batch = (records: [source: string, row: string][]) =>
+    `${HEADER},_source_file,_source_line\n${records.map(([source, row]) => `${row},${source},${Number(row.split(",")[0]) + 1}`).join("\n")}\n`;
+  const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  const s = (id: number, over: Record<string, string> = {}): [string, string] => ["s.csv", line(id, over)];
+  const files = [
+    batch(range(1, 40).map((id) => s(id, id === 10 ? { Quantity: "-5" } : {}))),
+    batch(range(1, n).map((id) => s(id, id === 20 ? { Sales: "1.5" } : id === 30 ? { "Order Date": "13/45/2016" } : {}))),
+    batch(range(n - 10, n + 20).map((id) => s(id, id === n + 5 ? { Quantity: "-5" } : {}))),
+    batch([...range(n + 1, n + 30).map((id) => s(id, id === n + 3 ? { Sales: "2.5" } : {})), ["t.csv", line(5)]]),
+  ];
+  let results: { group: FileResult[]; oneByOne: FileResult[] };
+
+  const loadInto = async (target: TestDatabase, groups: string[][]): Promise<FileResult[]> => {
+    const db = openDatabase(target.target, createLogger("test", "silent"), { max: 1 });
+    try {
+      const out: FileResult[] = [];
+      for (const group of groups) out.push(...(await commitFiles(db, await Promise.all(group.map((name) => checkFile(tmp.path, name))))));
+      return out;
+    } finally {
+      await db.end();
+    }
+  };
+
+  beforeAll(async () => {
+    for (const [i, name] of names.entries()) writeFileSync(join(tmp.path, name), files[i]!);
+    [together, apart] = [await createTestDatabase(), await createTestDatabase()];
+    results = { group: await loadInto(together, [names]), oneByOne: await loadInto(apart, names.map((name) => [name])) };
+  });
+  afterAll(async () => {
+    await together?.drop();
+    await apart?.drop();
+    tmp.remove();
+  });
+
+  test("each file's counts are those of loading the files one by one, in order", () => {
+    const counts = (r: FileResult) => [r.name, r.records, r.inserted, r.duplicates, r.rejected, r.warnings, r.resolved, r.crossSource.length];
+    expect(results.group.map(counts)).toEqual([
+      ["g1.csv", 40, 39, 0, 1, 0, 0, 0],
+      ["g2.csv", n, n - 39, 37, 2, 0, 1, 0],
+      ["g3.csv", 31, 19, 11, 1, 0, 0, 0],
+      ["g4.csv", 31, 12, 18, 1, 0, 1, 1],
+    ]);
+    expect(results.group).toEqual(results.oneByOne);
+  });
+
+  test("leaves the tables and the ledger as loading them one by one does", async () => {
+    const tables = async (db: TestDatabase) => ({
+      orders: await tableRows(db.sql, "orders", "source_file, source_row_id", ["row_id", "loaded_at"]),
+      rejected: await tableRows(db.sql, "rejected_rows", "source_file, source_line, status", ["id", "rejected_at", "resolved_at"]),
+      ledger: await tableRows(db.sql, "loaded_files", "file_name", ["loaded_at"]),
+    });
+    const [group, oneByOne] = [await tables(together), await tables(apart)];
+    expect(group.rejected.map((r) => [r.source_line, r.status, r.resolved_by])).toEqual([
+      [11, "resolved", "g2.csv"],
+      [21, "conflict", null],
+      [31, "conflict", null],
+      [n + 4, "conflict", null],
+      [n + 6, "resolved", "g4.csv"],
+    ]);
+    expect(group).toEqual(oneByOne);
   });
 });
 

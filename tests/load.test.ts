@@ -7,15 +7,20 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gapFile, META_COLUMNS } from "../scripts/lib/batch.ts";
+import { writeCsv } from "../scripts/lib/csv.ts";
 import { isConnectionError, isDataError, isRetryable } from "../scripts/lib/db.ts";
 import {
   BadBatchFileError,
+  checkFile,
+  chunksOf,
   copyLine,
+  FileChangedError,
   copyValue,
   MAX_SOURCE_NAME_BYTES,
   ORDER_COLUMNS,
   type OrderRow,
   prepareFile,
+  readPieces,
   rowHash,
   sourceName,
   transform,
@@ -399,6 +404,81 @@ describe("transform of rows with fields in _extra", () => {
       'columns "Sales" and "sales" mean one field and hold different values',
       'field "Row ID" is in a column and in _extra with different values',
     ]);
+  });
+});
+
+describe("reading a batch file in chunks", () => {
+  // 10 records; the 4th has a product name spanning two lines, the 8th repeats the 2nd's Row ID with other
+  // values, the 9th repeats the 3rd exactly, and the 10th does not clean.
+  const rows = Array.from({ length: 10 }, (_, i) => ({
+    ...source({ "Row ID": String(i + 1), "Customer Name": i === 3 ? 'Claire "CG"\nGute' : `Claire ${i}` }),
+    ...meta({ _source_line: String(i + 2), _offset: String(i) }),
+  }));
+  rows[7] = { ...rows[1]!, Sales: "1.50", _offset: "7" };
+  rows[8] = { ...rows[2]!, _offset: "8" };
+  rows[9] = { ...rows[9]!, "Order Date": "13/45/2016" };
+  const content = writeCsv(rows, COLUMNS);
+
+  async function inDir<T>(run: (dir: string, name: string) => Promise<T>): Promise<T> {
+    const dir = mkdtempSync(join(tmpdir(), "chunks-test-"));
+    try {
+      writeFileSync(join(dir, "batch.csv"), content);
+      return await run(dir, "batch.csv");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  test("cuts the text only between records, a piece at most N records, and loses no byte", async () => {
+    await inDir(async (dir, name) => {
+      const hasher = new Bun.CryptoHasher("sha256");
+      const cut = [];
+      for await (const piece of readPieces(join(dir, name), hasher, 3)) cut.push(piece);
+      expect(cut.map((p) => p.text).join("")).toBe(content);
+      expect(hasher.digest("hex")).toBe(new Bun.CryptoHasher("sha256").update(content).digest("hex"));
+      // The header and 2 records, then 3, 3 and 2; the record with a line break in a quoted field (Row ID 4,
+      // lines 5 and 6) stays whole.
+      expect(cut.map((p) => p.line)).toEqual([1, 4, 8, 11]);
+      expect(cut.map((p) => p.text.split("\n")[0]!.split(",")[0])).toEqual(["Row ID", "3", "6", "3"]);
+    });
+  });
+
+  test("reads at most N records into memory at a time, and judges them as the whole file would be", async () => {
+    await inDir(async (dir, name) => {
+      const whole = await prepareFile(dir, name);
+      const checked = await checkFile(dir, name);
+      const chunks = [];
+      for await (const chunk of chunksOf(dir, checked, 3)) chunks.push(chunk);
+      expect(chunks.map((c) => c.records)).toEqual([2, 3, 3, 2]);
+      expect(chunks.flatMap((c) => c.candidates)).toEqual([...whole.candidates]);
+      expect(chunks.flatMap((c) => c.rejected)).toEqual([...whole.rejected]);
+      expect(chunks.reduce((n, c) => n + c.duplicates, 0)).toBe(whole.duplicates);
+      // The repeats in later chunks are judged against the first chunk: one duplicate, one conflict naming line 3.
+      expect(whole.duplicates).toBe(1);
+      expect(whole.rejected.map((r) => [r.source_line, r.reason])).toEqual([
+        [3, "Row ID 2 repeats line 3 of Sample-Superstore.csv with other values"],
+        [11, expect.stringContaining("Order Date")],
+      ]);
+      expect(whole.candidates.map((c) => c.row.source_line)).toEqual([2, 3, 4, 5, 6, 7, 8]);
+    });
+  });
+
+  test("ends in FileChangedError when the file is not the one checked", async () => {
+    await inDir(async (dir, name) => {
+      const checked = await checkFile(dir, name);
+      writeFileSync(join(dir, name), content.replace("Claire 1", "Claire X"));
+      const read = async () => {
+        for await (const _ of chunksOf(dir, checked, 3));
+      };
+      expect(read()).rejects.toThrow(FileChangedError);
+    });
+  });
+
+  test("names the line of the file in a record that does not parse, however far into it", async () => {
+    await inDir(async (dir, name) => {
+      writeFileSync(join(dir, name), `${content}1,2,3\n`);
+      expect(prepareFile(dir, name)).rejects.toThrow(/line 13/);
+    });
   });
 });
 

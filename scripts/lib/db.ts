@@ -350,6 +350,9 @@ export function openDatabase(target: DatabaseTarget, log: Logger, options: Conne
  * finishes and the caller waits forever in an aborted transaction. This wrapper listens for the query's own
  * outcome as well: the second resolve carries the result ("COPY n"), a reject carries the error.
  */
+/** How much COPY data copyIn queues for the socket before it waits for it to drain. */
+const COPY_BUFFER_BYTES = 2 * 1024 * 1024;
+
 export async function copyIn(query: PendingQuery<Row[]>, chunks: Iterable<string> | AsyncIterable<string>): Promise<number> {
   const q = query as unknown as { resolve: (value: unknown) => void; reject: (error: unknown) => void };
   let settle!: { done: (count: number) => void; failed: (error: unknown) => void };
@@ -375,7 +378,9 @@ export async function copyIn(query: PendingQuery<Row[]>, chunks: Iterable<string
   outcome.catch((error) => (failure = error));
   for await (const chunk of chunks) {
     if (failure !== undefined) break;
-    if (!stream.write(chunk)) {
+    // Back-pressure only past COPY_BUFFER_BYTES: a wait for "drain" is a turn of the event loop, which may be busy
+    // preparing the next rows; data queued here keeps the server busy meanwhile.
+    if (!stream.write(chunk) && (stream as unknown as { writableLength: number }).writableLength >= COPY_BUFFER_BYTES) {
       // Back-pressure: wait for the socket, or for the server to refuse the data.
       await Promise.race([new Promise((drained) => stream.once("drain", drained)), outcome.catch(() => undefined)]);
     }

@@ -9,10 +9,15 @@
 // source headers (written to the topic by another producer) is named by its topic, partition and a hash of its
 // content, and its line is its offset: offsets repeat when a topic is re-created, contents do not.
 // A gap file holds no records but ranges of offsets the consumer could not read, for lost_offsets.
+//
+// A file is never held whole: checkFile hashes it from disk, and its chunks (at most CHUNK_RECORDS records or
+// CHUNK_CHARS characters) are read, parsed and transformed one at a time as the transaction asks for them.
+// Between chunks a file keeps only the identities it has seen, each with its line and fingerprint.
 
+import { createReadStream } from "node:fs";
 import { join } from "node:path";
 import { EXTRA_COLUMN, GAP_COLUMNS, META_COLUMNS, parseBatchFileName, parseGapFileName, sha256, type GapKind, type LostRange } from "../batch.ts";
-import { byColumn, parseCsv } from "../csv.ts";
+import { byColumn, parseCsv, type ParsedCsv } from "../csv.ts";
 import { cleanRow, FIELDS, mapHeader, normalizeHeader, storable, type CleanResult, type CleanRow, type CleanValue, type HeaderMap } from "../record.ts";
 
 /** Source columns the schema does not know, kept in orders.extra (jsonb). */
@@ -65,11 +70,9 @@ export interface Candidate {
   readonly fields: Record<string, string>;
 }
 
-/** A batch file read, checked and transformed: everything but the database. */
-export interface PreparedFile {
-  readonly name: string;
-  readonly hash: string;
-  /** data records in the file: candidates + rejected + duplicates */
+/** Up to CHUNK_RECORDS records of a file, transformed: what one round of the transaction plans and inserts. */
+export interface Chunk {
+  /** data records in the chunk: candidates + rejected + duplicates */
   readonly records: number;
   readonly candidates: readonly Candidate[];
   readonly rejected: readonly RejectedRow[];
@@ -77,13 +80,42 @@ export interface PreparedFile {
   readonly duplicates: number;
   /** candidates and rejected rows in the order of the file, which is the order they are judged in */
   readonly sequence: readonly (Candidate | RejectedRow)[];
+  /** characters of the file the chunk was read from */
+  readonly chars: number;
+}
+
+/**
+ * A batch file checked against the hash in its name, but not held: the transaction reads it from disk, chunk by
+ * chunk (`chunks`), so memory does not grow with the file's size.
+ */
+export interface CheckedFile {
+  readonly name: string;
+  readonly hash: string;
   /** ranges of offsets the consumer could not read (a gap file); empty for a batch file */
   readonly lost: readonly LostRange[];
+  /** the file's records, transformed, a chunk at a time; throws FileChangedError when the file is not as checked */
+  chunks(): AsyncIterable<Chunk>;
 }
+
+/** A batch file read, checked and transformed whole (tests, the bench's cleaned rows). */
+export interface PreparedFile extends CheckedFile, Chunk {}
 
 /** Thrown for a file that is not a readable batch; the caller sets it aside and goes on. */
 export class BadBatchFileError extends Error {
   override name = "BadBatchFileError";
+  /** the file, when found bad while it was being loaded (nothing of its group was kept) */
+  file?: string;
+}
+
+/** Thrown while loading a file whose content is no longer what was checked (replaced or edited meanwhile). */
+export class FileChangedError extends Error {
+  override name = "FileChangedError";
+  constructor(
+    readonly file: string,
+    message: string,
+  ) {
+    super(`${file}: ${message}`);
+  }
 }
 
 /** The identity of a row within the pipeline: its source file and Row ID (or line). */
@@ -268,19 +300,44 @@ type Rejection = Omit<RejectedRow, keyof Provenance>;
 export function transform(parsed: { columns: readonly string[]; rows: readonly ParsedRow[] }, batchFile: string): Transformed {
   const transformer = createTransformer(parsed.columns, batchFile);
   for (const row of parsed.rows) transformer.add(row);
-  return transformer.result();
+  const { candidates, rejected, duplicates } = transformer.take();
+  return { candidates: [...candidates], rejected: [...rejected], duplicates };
 }
 
-/** What a transformer has taken of one file so far. */
+/**
+ * The identities of a file's candidates so far, each with its line and fingerprint: all a later record needs
+ * to be judged a duplicate or a conflict. Numbers in arrays and one string per row, no object per row: a
+ * 100,000-row file keeps a few MB here, not its rows.
+ */
+class FileKeys {
+  private readonly bySource = new Map<string, Map<number, number>>();
+  private readonly lines: number[] = [];
+  private readonly hashes: string[] = [];
+
+  /** The line and fingerprint of the first candidate of `source` with `rowId`, or undefined (and it is taken). */
+  claim(source: string, rowId: number, line: number, hash: string): { line: number; hash: string } | undefined {
+    let ids = this.bySource.get(source);
+    if (ids === undefined) this.bySource.set(source, (ids = new Map()));
+    const at = ids.get(rowId);
+    if (at !== undefined) return { line: this.lines[at]!, hash: this.hashes[at]! };
+    ids.set(rowId, this.lines.length);
+    this.lines.push(line);
+    this.hashes.push(hash);
+    return undefined;
+  }
+}
+
+/** What a transformer has taken of one file: the keys of all of it, the records of the current chunk. */
 interface FileSeen {
-  /** the first candidate of each identity */
-  readonly candidates: Map<string, Candidate>;
+  readonly keys: FileKeys;
   /** each rejected line with its content */
   readonly rejectedLines: Set<string>;
-  /** candidates and rejected rows in the order of the file */
-  readonly sequence: (Candidate | RejectedRow)[];
-  /** records that repeat an earlier record of the file */
+  /** the chunk's candidates and rejected rows in the order of the file */
+  sequence: (Candidate | RejectedRow)[];
+  /** the chunk's records that repeat an earlier record of the file */
   duplicates: number;
+  /** the chunk's records */
+  records: number;
 }
 
 /** A header and the columns of one field spelled more than one way: the file's, or a row's own. */
@@ -289,11 +346,8 @@ interface RowLayout {
   readonly spellings: Spelling[];
 }
 
-/** transform, one record at a time, so a caller can give the event loop a turn between records. */
-function createTransformer(
-  columns: readonly string[],
-  batchFile: string,
-): { add: (row: ParsedRow) => void; result: () => Transformed; sequence: readonly (Candidate | RejectedRow)[] } {
+/** transform, one record at a time; take() hands over the records added since the last take(). */
+function createTransformer(columns: readonly string[], batchFile: string): { add: (row: ParsedRow) => void; take: (chars?: number) => Chunk } {
   const sourceColumns = columns.filter((c) => c !== EXTRA_COLUMN && !(META_COLUMNS as readonly string[]).includes(c));
   const spellings = spellingsOf(sourceColumns);
   let header: HeaderMap;
@@ -302,8 +356,9 @@ function createTransformer(
   } catch (error) {
     throw new BadBatchFileError((error as Error).message);
   }
-  const seen: FileSeen = { candidates: new Map(), rejectedLines: new Set(), sequence: [], duplicates: 0 };
+  const seen: FileSeen = { keys: new FileKeys(), rejectedLines: new Set(), sequence: [], duplicates: 0, records: 0 };
   const add = ({ line, values }: ParsedRow): void => {
+    seen.records++;
     const fields = sourceFields(values, sourceColumns);
     const extraProblem = values._extra ? addExtra(fields, values._extra) : undefined;
     const base = provenance(values, fields, line, batchFile);
@@ -315,12 +370,19 @@ function createTransformer(
     }
     addCandidate(seen, orderRow(clean.row, base), base, fields);
   };
-  const result = (): Transformed => ({
-    candidates: [...seen.candidates.values()],
-    rejected: seen.sequence.filter((item): item is RejectedRow => !("key" in item)),
-    duplicates: seen.duplicates,
-  });
-  return { add, result, sequence: seen.sequence };
+  const take = (chars = 0): Chunk => {
+    const { sequence, duplicates, records } = seen;
+    Object.assign(seen, { sequence: [], duplicates: 0, records: 0 });
+    return {
+      chars,
+      records,
+      candidates: sequence.filter((item): item is Candidate => "key" in item),
+      rejected: sequence.filter((item): item is RejectedRow => !("key" in item)),
+      duplicates,
+      sequence,
+    };
+  };
+  return { add, take };
 }
 
 /** The rejection of a line the producer could not split into fields: its raw text, no fields. */
@@ -383,16 +445,13 @@ function addRejection(seen: FileSeen, base: Provenance, row: Rejection): void {
  */
 function addCandidate(seen: FileSeen, row: OrderRow, base: Provenance, fields: Record<string, string>): void {
   const key = identity(base.source_file, row.source_row_id as number);
-  const twin = seen.candidates.get(key);
-  if (twin === undefined) {
-    const candidate = { row, key, lines: base.source_lines, fields };
-    seen.candidates.set(key, candidate);
-    seen.sequence.push(candidate);
-  } else if (twin.row.row_hash === row.row_hash) seen.duplicates++;
+  const twin = seen.keys.claim(base.source_file, row.source_row_id as number, row.source_line as number, row.row_hash as string);
+  if (twin === undefined) seen.sequence.push({ row, key, lines: base.source_lines, fields });
+  else if (twin.hash === row.row_hash) seen.duplicates++;
   else {
     addRejection(seen, base, {
       source_row_id: row.source_row_id as number,
-      reason: `Row ID ${row.source_row_id} repeats line ${twin.row.source_line} of ${base.source_file} with other values`,
+      reason: `Row ID ${row.source_row_id} repeats line ${twin.line} of ${base.source_file} with other values`,
       fields: storableFields(fields),
       raw_text: null,
     });
@@ -417,37 +476,227 @@ function lostRange({ line, values: v }: ParsedRow): LostRange {
   return { topic: storable(v.topic), partition, first, last, kind: v.kind as GapKind, group: storable(v.consumer_group ?? ""), reason: storable(v.reason ?? "") };
 }
 
+/** A chunk holds at most this many records... */
+export const CHUNK_RECORDS = 2500;
+/** ...and at most this many characters of the file (wide rows make smaller chunks). */
+export const CHUNK_CHARS = 2 * 1024 * 1024;
+/** How much of the file is read from disk at a time. */
+const READ_BYTES = 1024 * 1024;
+
+/**
+ * A file's bytes a block of READ_BYTES at a time; a file no bigger than a block in one read of its size (a
+ * stream would take a block's buffer for it, a megabyte per small file).
+ */
+async function* blocksOf(path: string): AsyncGenerator<Uint8Array> {
+  const file = Bun.file(path);
+  if (file.size <= READ_BYTES) {
+    yield await file.bytes();
+    return;
+  }
+  for await (const block of createReadStream(path, { highWaterMark: READ_BYTES })) yield block as Buffer;
+}
+
+/** A run of whole records of a file's text, and the line it starts on. */
+interface Piece {
+  readonly text: string;
+  readonly line: number;
+}
+
+/** Line ends in `text` as the CSV readers count them: LF, CRLF and a lone CR are one each. */
+function lineEnds(text: string): number {
+  let n = 0;
+  for (let at = text.indexOf("\n"); at !== -1; at = text.indexOf("\n", at + 1)) n++;
+  if (text.includes("\r")) n += text.match(/\r(?!\n)/g)?.length ?? 0;
+  return n;
+}
+
+/**
+ * A file's text read from disk a block at a time, hashed on the way (`hasher`), and cut into pieces of whole
+ * records: a record ends at a line end outside quotes (a quote counts the same wherever it is, as both CSV
+ * readers agree for the files that parse), so a piece holds at most `maxRecords` records or about `maxChars`
+ * characters, and never the whole file. The first piece starts with the header. Throws on text that is not UTF-8.
+ */
+export async function* readPieces(path: string, hasher: Bun.CryptoHasher, maxRecords = CHUNK_RECORDS, maxChars = CHUNK_CHARS): AsyncGenerator<Piece> {
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let text = "";
+  let scan = 0; // where the search for the next line end goes on
+  let quoted = false; // inside quotes at `scan`
+  let cut = 0; // the end of the last whole record found
+  let quote = -1; // the next quote at or after `scan`, -1 for none in `text`
+  let records = 0;
+  let line = 1;
+  const emit = (end: number): Piece => {
+    const piece = { text: text.slice(0, end), line };
+    line += lineEnds(piece.text);
+    text = text.slice(end);
+    scan -= end;
+    if (quote !== -1) quote -= end;
+    cut = 0;
+    records = 0;
+    return piece;
+  };
+  for await (const block of blocksOf(path)) {
+    hasher.update(block);
+    text += decoder.decode(block, { stream: true });
+    if (quote === -1) quote = text.indexOf('"', scan);
+    for (let end = text.indexOf("\n", scan); end !== -1; end = text.indexOf("\n", scan)) {
+      // One forward scan for quotes over the whole text, however rare they are.
+      for (; quote !== -1 && quote < end; quote = text.indexOf('"', quote + 1)) quoted = !quoted;
+      scan = end + 1;
+      if (quoted) continue;
+      cut = scan;
+      if (++records >= maxRecords || cut >= maxChars) yield emit(cut);
+    }
+    if (cut > 0 && text.length - cut >= maxChars) yield emit(cut);
+  }
+  text += decoder.decode();
+  if (text !== "" || line === 1) yield emit(text.length);
+}
+
+/**
+ * The records of one piece, with the lines they have in the file. A piece after the first is read with the
+ * file's header in front, so each record is checked against the header as if the file were read whole.
+ */
+function parsePiece(piece: Piece, header: { text: string; lines: number } | undefined, path: string): ParsedCsv {
+  if (header === undefined) return parseCsv(piece.text, path);
+  const parsed = parseCsv(header.text + piece.text, path);
+  const shift = piece.line - header.lines - 1;
+  for (const row of parsed.rows) (row as { line: number }).line += shift;
+  return parsed;
+}
+
+/** The header record's text of a file's first piece, and the lines it spans. */
+function headerOf(piece: Piece, columns: number): { text: string; lines: number } {
+  // The header ends at the first line end outside quotes: the first piece was cut on such ends.
+  let quoted = false;
+  for (let at = 0; at < piece.text.length; at++) {
+    const c = piece.text[at];
+    if (c === '"') quoted = !quoted;
+    else if (c === "\n" && !quoted) {
+      const text = piece.text.slice(0, at + 1);
+      return { text, lines: lineEnds(text) };
+    }
+  }
+  return { text: `${piece.text}\n`, lines: columns > 0 ? 1 : 0 };
+}
+
+/** Parsed records of a file, a piece at a time, with the columns of its header. */
+async function* readRecords(path: string, hasher: Bun.CryptoHasher, maxRecords?: number, maxChars?: number): AsyncGenerator<ParsedCsv & { chars: number }> {
+  let header: { text: string; lines: number } | undefined;
+  for await (const piece of readPieces(path, hasher, maxRecords, maxChars)) {
+    const parsed = parsePiece(piece, header, path);
+    header ??= headerOf(piece, parsed.columns.length);
+    yield Object.assign(parsed, { chars: piece.text.length });
+  }
+}
+
 /** A gap file: its ranges of lost offsets, checked, and no records. */
 function prepareGapFile(name: string, hash: string, text: string, path: string): PreparedFile {
   const parsed = parseCsv(text, path);
   if (parsed.columns.join() !== GAP_COLUMNS.join()) throw new BadBatchFileError(`a gap file has the columns ${GAP_COLUMNS.join(",")}`);
   const lost = parsed.rows.map(lostRange);
-  return { name, hash, records: 0, candidates: [], rejected: [], duplicates: 0, sequence: [], lost };
+  const chunks = async function* (): AsyncGenerator<Chunk> {};
+  return { name, hash, chars: 0, records: 0, candidates: [], rejected: [], duplicates: 0, sequence: [], lost, chunks };
 }
 
-/** Extract + transform of one file. Throws BadBatchFileError for a file that is not a readable batch. */
-export async function prepareFile(dir: string, name: string): Promise<PreparedFile> {
+/** The hash in a file's name, when it has one (the consumer's batch and gap files). */
+function expectedHash(name: string): string | undefined {
+  return (parseBatchFileName(name) ?? parseGapFileName(name))?.hash;
+}
+
+/**
+ * Checks a batch file without keeping it: its content (hashed as it is read from disk, a block at a time)
+ * against the hash in its name. Whether its records read is found as it is loaded (readChunks). Throws
+ * BadBatchFileError for a file that does not match its name.
+ */
+export async function checkFile(dir: string, name: string): Promise<CheckedFile> {
   const path = join(dir, name);
-  const bytes = await Bun.file(path).bytes();
-  const hash = sha256(bytes);
-  const expected = parseBatchFileName(name) ?? parseGapFileName(name);
-  if (expected && !hash.startsWith(expected.hash)) {
+  if (parseGapFileName(name)) return prepareFile(dir, name);
+  const hasher = new Bun.CryptoHasher("sha256");
+  for await (const block of blocksOf(path)) hasher.update(block);
+  const hash = hasher.digest("hex");
+  const expected = expectedHash(name);
+  if (expected && !hash.startsWith(expected)) {
     throw new BadBatchFileError("content does not match the hash in its name (truncated or edited after it was written)");
   }
-  let parsed;
-  try {
-    const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-    if (parseGapFileName(name)) return prepareGapFile(name, hash, text, path);
-    parsed = parseCsv(text, path);
-  } catch (error) {
-    throw error instanceof BadBatchFileError ? error : new BadBatchFileError((error as Error).message);
+  return { name, hash, lost: [], chunks: () => readChunks(dir, name, hash) };
+}
+
+/**
+ * The error of a file whose records do not read: FileChangedError when its content is no longer the one
+ * checked, else BadBatchFileError as reading it whole words it (the line of the file, not of a piece).
+ */
+async function explainProblem(path: string, name: string, hash: string, problem: Error): Promise<Error> {
+  const bytes = await Bun.file(path).bytes().catch(() => undefined);
+  if (bytes === undefined || sha256(bytes) !== hash) return new FileChangedError(name, `no longer reads as it did when it was checked (${problem.message})`);
+  let message = problem.message;
+  if (!(problem instanceof BadBatchFileError)) {
+    try {
+      parseCsv(new TextDecoder("utf-8", { fatal: true }).decode(bytes), path);
+    } catch (whole) {
+      message = (whole as Error).message;
+    }
   }
-  // The next group is prepared while the current one's transaction runs: give the event loop a turn now and
-  // then, so the transaction's statements and COPY data go out without waiting for a whole file to be cleaned.
-  const transformer = createTransformer(parsed.columns, name);
-  for (const [i, row] of parsed.rows.entries()) {
-    transformer.add(row);
-    if (i % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((turn) => setImmediate(turn));
+  return Object.assign(new BadBatchFileError(message), { file: name });
+}
+
+/**
+ * A checked file's records, transformed, chunk by chunk, read from disk. The content is hashed as it is read:
+ * a file that is not the one checked (`hash`) ends in FileChangedError, before the transaction commits; one
+ * whose records do not read, in BadBatchFileError naming the file.
+ */
+async function* readChunks(dir: string, name: string, hash: string, maxRecords?: number, maxChars?: number): AsyncGenerator<Chunk> {
+  const path = join(dir, name);
+  const hasher = new Bun.CryptoHasher("sha256");
+  let transformer: ReturnType<typeof createTransformer> | undefined;
+  const pieces = readRecords(path, hasher, maxRecords, maxChars);
+  for (;;) {
+    let next: IteratorResult<ParsedCsv & { chars: number }>;
+    try {
+      next = await pieces.next();
+      if (!next.done) transformer ??= createTransformer(next.value.columns, name);
+    } catch (error) {
+      throw await explainProblem(path, name, hash, error as Error);
+    }
+    if (next.done) break;
+    // The previous chunk's rows go to PostgreSQL meanwhile: give the event loop a turn now and then, so its
+    // statements and COPY data go out while this chunk is cleaned.
+    for (const [i, row] of next.value.rows.entries()) {
+      transformer!.add(row);
+      if (i % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((turn) => setImmediate(turn));
+    }
+    yield transformer!.take(next.value.chars);
   }
-  return { name, hash, records: parsed.rows.length, ...transformer.result(), sequence: transformer.sequence, lost: [] };
+  if (hasher.digest("hex") !== hash) throw new FileChangedError(name, "its content changed after it was checked");
+}
+
+/** Extract + transform of one file, whole (tests, the bench). Throws BadBatchFileError for a file that is not a readable batch. */
+export async function prepareFile(dir: string, name: string): Promise<PreparedFile> {
+  const path = join(dir, name);
+  if (parseGapFileName(name)) {
+    const bytes = await Bun.file(path).bytes();
+    const hash = sha256(bytes);
+    if (!hash.startsWith(expectedHash(name)!)) throw new BadBatchFileError("content does not match the hash in its name (truncated or edited after it was written)");
+    try {
+      return prepareGapFile(name, hash, new TextDecoder("utf-8", { fatal: true }).decode(bytes), path);
+    } catch (error) {
+      throw error instanceof BadBatchFileError ? error : new BadBatchFileError((error as Error).message);
+    }
+  }
+  const checked = await checkFile(dir, name);
+  const whole = { chars: 0, records: 0, candidates: [] as Candidate[], rejected: [] as RejectedRow[], duplicates: 0, sequence: [] as (Candidate | RejectedRow)[] };
+  for await (const chunk of checked.chunks()) {
+    whole.chars += chunk.chars;
+    whole.records += chunk.records;
+    whole.candidates.push(...chunk.candidates);
+    whole.rejected.push(...chunk.rejected);
+    whole.duplicates += chunk.duplicates;
+    whole.sequence.push(...chunk.sequence);
+  }
+  return { ...checked, ...whole };
+}
+
+/** A checked file's chunks of at most `maxRecords` records (tests of the chunking). */
+export function chunksOf(dir: string, file: CheckedFile, maxRecords: number, maxChars?: number): AsyncIterable<Chunk> {
+  return readChunks(dir, file.name, file.hash, maxRecords, maxChars);
 }
