@@ -275,14 +275,6 @@ export class Ownership {
   committable(partition: number, under: number): boolean {
     return (this.since.get(partition) ?? Infinity) <= under;
   }
-
-  /**
-   * Whether `partition` was this member's already before the latest assignment: only then may offsets read
-   * before it still be committed. (Not when the member id changed: another member may have read it meanwhile.)
-   */
-  carriedOver(partition: number): boolean {
-    return this.committable(partition, this.assignment - 1);
-  }
 }
 
 /**
@@ -347,8 +339,7 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     /** The group assigned `partitions` to member `memberId` (undefined: none, after a crash). */
     newAssignment: (memberId: string | undefined, partitions: readonly number[]) => {
       owned.assigned(memberId, partitions);
-      // Offsets waiting to be committed were read before this assignment: kept only where ownership carried over.
-      for (const partition of [...written.next.keys()]) if (!owned.carriedOver(partition)) written.next.delete(partition);
+      for (const partition of [...written.next.keys()]) if (!owned.committable(partition, owned.current)) written.next.delete(partition);
       if (written.next.size === 0) written.names = [];
     },
     setHooks: (h: WriterHooks) => void (hooks = h),

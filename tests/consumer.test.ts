@@ -400,18 +400,6 @@ describe("Ownership", () => {
     expect(owned.committable(0, second)).toBe(false);
   });
 
-  test("offsets read before an assignment stay committable only where the partition carried over to it", () => {
-    const owned = new Ownership();
-    owned.assigned("m1", [0, 1]);
-    owned.assigned("m1", [0]);
-    expect([owned.carriedOver(0), owned.carriedOver(1)]).toEqual([true, false]);
-    // Out of the group and back under a new member id (a rolling restart moved the coordinator): another member
-    // may have read partition 0 further meanwhile, so what this one read before must not be committed.
-    owned.assigned("m2", [0]);
-    expect(owned.carriedOver(0)).toBe(false);
-    expect(owned.committable(0, owned.current)).toBe(true); // what it reads from now on is
-  });
-
   test("a partition that left and came back counts from its return", () => {
     const owned = new Ownership();
     owned.assigned("m1", [0]);
