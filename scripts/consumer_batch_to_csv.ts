@@ -224,64 +224,10 @@ async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, of
   }
 }
 
-/** Commits the offsets of the files written so far (after the offset checks and an fsync of the folder). */
-async function commitWritten(c: Committer, topic: string, written: Written, owned: Ownership): Promise<void> {
-  if (written.names.length === 0) return;
-  if (!(await checkBeforeCommitting(c.hooks, written, c.log))) return;
-  const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
-  const names = written.names;
-  const next = new Map(written.next);
-  written.next.clear();
-  written.names = [];
-  const under = owned.current;
-  if (await commitDurably(c, offsets, names)) return;
-  // Not committed: kept for the next commit, unless files written meanwhile moved a partition further, or
-  // the partition is no longer this member's.
-  for (const [partition, offset] of next) {
-    if (!written.next.has(partition) && owned.committable(partition, under)) written.next.set(partition, offset);
-  }
-  written.names = [...names, ...written.names];
-}
-
 /**
- * Which of the group's assignments records were read under, and whose offsets may still be committed. In
- * Kafka's group protocol a member may commit any partition, assigned to it or not: a late commit of a partition
- * that another member has read further since would move it back (its records read again, the group left with a
- * lag). So a partition's offsets are committed only while it has stayed assigned to this member since its
- * records were read: from one assignment to the next under the same member id (a member takes part in every
- * rebalance or leaves the group). Other offsets are dropped; their records are read again from the committed
- * offsets.
- */
-export class Ownership {
-  private assignment = 0;
-  private member: string | undefined;
-  /** partition -> the assignment since which it has stayed this member's */
-  private since = new Map<number, number>();
-
-  /** The assignment now (a number that grows with each). */
-  get current(): number {
-    return this.assignment;
-  }
-
-  /** The group assigned `partitions` to member `memberId`; undefined: this process lost its membership (a crash). */
-  assigned(memberId: string | undefined, partitions: readonly number[]): void {
-    const now = ++this.assignment;
-    const kept = memberId !== undefined && memberId === this.member ? this.since : new Map<number, number>();
-    this.since = new Map(partitions.map((p) => [p, kept.get(p) ?? now]));
-    this.member = memberId;
-  }
-
-  /** Whether offsets of `partition` read under assignment `under` may be committed now. */
-  committable(partition: number, under: number): boolean {
-    return (this.since.get(partition) ?? Infinity) <= under;
-  }
-}
-
-/**
- * Writes batch files and commits their offsets, in that order; counts what it wrote. Each file is complete on
- * disk before its name appears; the full batches of a fetch are written side by side, and count as written
- * only once all of them are. Their offsets are committed together by commit(), after one fsync of the folder
- * makes every rename durable.
+ * Writes batch files and commits their offsets, in that order; counts what it wrote. Files are written one by
+ * one (each complete on disk before its name appears); their offsets are committed together by commit(),
+ * after one fsync of the folder makes every rename durable.
  */
 function createBatchWriter(consumer: Consumer, topic: string, dir: string, crashAt: string | undefined, log: Logger) {
   const crash: Crash = (point) => {
@@ -289,40 +235,31 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
   };
   const counts = { files: 0, rows: 0, gaps: 0 };
   const written: Written = { next: new Map(), names: [] };
-  const owned = new Ownership();
   let hooks: WriterHooks | undefined;
-  const commit = () => commitWritten({ consumer, dir, crash, log, hooks }, topic, written, owned);
-  /** A file complete on disk: its offsets go with the next commit, unless it was written under an earlier assignment. */
-  const wrote = (batch: Batch, name: string, under: number) => {
+  const commit = async () => {
+    if (written.names.length === 0) return;
+    if (!(await checkBeforeCommitting(hooks, written, log))) return;
+    const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
+    const names = written.names;
+    const next = new Map(written.next);
+    written.next.clear();
+    written.names = [];
+    if (await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names)) return;
+    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further.
+    for (const [partition, offset] of next) if (!written.next.has(partition)) written.next.set(partition, offset);
+    written.names = [...names, ...written.names];
+  };
+  const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
+    const name = await writeBatchFile(dir, topic, batch, crash);
     counts.files++;
     counts.rows += batch.rows.length;
     log.debug(`wrote ${dir}/${name} (${batch.rows.length} records)`);
-    if (!owned.committable(batch.partition, under)) return;
     written.next.set(batch.partition, batch.last + 1n);
     written.names.push(name);
-  };
-  /** `under`: the assignment the batch's records were read under (by default the one now). */
-  const write = async (batch: Batch, options: { commit?: boolean; under?: number } = {}) => {
-    const under = options.under ?? owned.current;
-    wrote(batch, await writeBatchFile(dir, topic, batch, crash), under);
-    if (options.commit !== false && written.names.length >= COMMIT_EVERY_FILES) await commit();
-  };
-  /**
-   * Files written side by side (each fsync waits on the disk, not on the others). Only once every one is
-   * complete are they taken into the commit, in order, and none after one that failed: a commit never covers
-   * a file that is not on disk, nor the offsets of a partition past one of its files that is not.
-   */
-  const writeAll = async (batches: readonly Batch[], under: number) => {
-    const results = await Promise.allSettled(batches.map((batch) => writeBatchFile(dir, topic, batch, crash)));
-    for (const [i, result] of results.entries()) {
-      if (result.status === "rejected") throw result.reason;
-      wrote(batches[i]!, result.value, under);
-    }
-    if (written.names.length >= COMMIT_EVERY_FILES) await commit();
+    if (options.commit && written.names.length >= COMMIT_EVERY_FILES) await commit();
   };
   return {
     write,
-    writeAll,
     async writeGap(range: LostRange): Promise<string> {
       const name = await writeGapFile(dir, range);
       counts.gaps++;
@@ -334,14 +271,6 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     uncommitted: () => written.names.length,
     /** The partition's written offsets are not to be committed (its log was replaced). */
     forget: (partition: number) => void written.next.delete(partition),
-    /** The assignment records are read under now. */
-    assignment: () => owned.current,
-    /** The group assigned `partitions` to member `memberId` (undefined: none, after a crash). */
-    newAssignment: (memberId: string | undefined, partitions: readonly number[]) => {
-      owned.assigned(memberId, partitions);
-      for (const partition of [...written.next.keys()]) if (!owned.committable(partition, owned.current)) written.next.delete(partition);
-      if (written.next.size === 0) written.names = [];
-    },
     setHooks: (h: WriterHooks) => void (hooks = h),
   };
 }
@@ -363,7 +292,7 @@ function createLock() {
  * does not restart from (the broker away longer than its retries) is retried here with backoff for up to
  * KAFKA_OUTAGE_MS. Any other crash stops the run with its reason.
  */
-function superviseConsumer(consumer: Consumer, start: () => Promise<void>, forget: () => void, shutdown: Shutdown, log: Logger, onFailure: (e: Error) => void) {
+function superviseConsumer(consumer: Consumer, start: () => Promise<void>, batcher: Batcher, shutdown: Shutdown, log: Logger, onFailure: (e: Error) => void) {
   let outageSince: number | undefined;
   let attempts = 0;
   const restart = () => {
@@ -383,8 +312,7 @@ function superviseConsumer(consumer: Consumer, start: () => Promise<void>, forge
     attempts = 0;
   });
   consumer.on(consumer.events.CRASH, ({ payload }) => {
-    // Not committed: these records arrive again once the consumer is back, maybe as another member.
-    forget();
+    batcher.clear(); // not committed: these records arrive again once the consumer is back
     if (shutdown.requested) return;
     const message = payload.error.message;
     if (payload.restart) log.warn(`Kafka error (${message}); the consumer restarts`);
@@ -649,36 +577,21 @@ interface Intake {
   readonly progress: Progress;
   /** the offset checks for a record that arrived elsewhere than expected; false when intake must stop */
   readonly unexpected: (partition: number, offset: bigint, arrival: Arrival, firstOfFetch: boolean) => Promise<boolean>;
-  /** writes full batches side by side, read under assignment `under`; each is complete on disk before any counts as written */
-  readonly writeAll: (batches: readonly Batch[], under: number) => Promise<void>;
-  /** the group's assignment records are read under now (see createBatchWriter) */
-  readonly assignment: () => number;
+  readonly write: (batch: Batch) => Promise<void>;
   readonly commit: () => Promise<void>;
   readonly stopWith: (error: Error) => void;
   readonly failed: () => boolean;
 }
 
-/** Full batches of one fetch written side by side, at most this many at a time. */
-export const SIDE_BY_SIDE_FILES = 16;
-
 /**
- * kafkajs' eachBatch: each record of a fetch goes into the batcher; full batches are written side by side, up
- * to SIDE_BY_SIDE_FILES at a time and before any offset check that may write a file of its own; after the
- * fetch, what was written is committed.
+ * kafkajs' eachBatch: each record of a fetch goes into the batcher and a full batch is written at once; after
+ * the fetch, what was written is committed.
  */
 function createEachBatch(o: RunOptions, s: Intake) {
   const { log, shutdown } = o;
   const { batcher, account, activity } = s;
-  return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) => {
-    const under = s.assignment();
-    return s.locked(async () => {
-      // Fetched before the group assigned partitions anew (and dropped what was buffered): read again from
-      // the committed offsets instead, after the new assignment's checks.
-      if (s.assignment() !== under) return;
-      const full: Batch[] = [];
-      const writeFull = async () => {
-        if (full.length > 0 && !s.failed()) await s.writeAll(full.splice(0), under);
-      };
+  return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
+    s.locked(async () => {
       for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
@@ -690,11 +603,7 @@ function createEachBatch(o: RunOptions, s: Intake) {
           activity.repeated++;
           continue;
         }
-        if (arrival.kind !== "expected") {
-          // The checks may write the partition's buffered rows and a gap file: the files before them first.
-          await writeFull();
-          if (!(await s.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (s.stopWith(e), false)))) break;
-        }
+        if (arrival.kind !== "expected" && !(await s.unexpected(batch.partition, offset, arrival, i === 0).catch((e: Error) => (s.stopWith(e), false)))) break;
         account.took(batch.partition, offset, fingerprint);
         const row = messageToRow(message, batch.topic, batch.partition);
         if (row._error !== null) activity.unreadable++;
@@ -702,22 +611,19 @@ function createEachBatch(o: RunOptions, s: Intake) {
         activity.last = performance.now();
         activity.firstRecord ||= activity.last;
         activity.lastRecord = activity.last;
-        const done = batcher.add(batch.partition, offset, row, activity.last);
+        const full = batcher.add(batch.partition, offset, row, activity.last);
         // resolveOffset moves kafkajs' fetch position past this record. With autoCommit off it commits
         // nothing: the commit happens in the writer, after the file is on disk.
         resolveOffset(message.offset);
-        if (done) full.push(done);
-        if (full.length >= SIDE_BY_SIDE_FILES) await writeFull();
+        if (full) await s.write(full);
         if (activity.received % 200 === 0) await heartbeat();
       }
-      await writeFull();
       // After the records: a fetch from a replaced log says where the new log ends, not the old one.
       account.sawEnd(batch.partition, BigInt(batch.highWatermark));
       if (!s.failed()) await s.commit();
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
       s.progress.update(activity.received);
     });
-  };
 }
 
 /**
@@ -771,19 +677,18 @@ function createBatchingRun(o: RunOptions) {
   };
   const guard = createGapGuard({ ...o, batcher, writer, stopWith });
   const { account } = guard;
-  const write = (batch: Batch, under: number) => writer.write(batch, { under }).catch((error: Error) => stopWith(error));
-  const writeAll = (batches: readonly Batch[], under: number) => writer.writeAll(batches, under).catch((error: Error) => stopWith(error));
+  const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
   const commit = () => writer.commit().catch((error: Error) => stopWith(error));
-  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, writeAll, assignment: writer.assignment, commit, stopWith, failed });
+  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, write, commit, stopWith, failed });
   const runOptions: ConsumerRunConfig = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
 
-  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, newAssignment: writer.newAssignment, stopWith, failed });
+  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed });
   const restart = async () => {
     await consumer.connect();
     await consumer.run(runOptions);
   };
-  superviseConsumer(consumer, restart, () => (batcher.clear(), writer.newAssignment(undefined, [])), shutdown, log, stopWith);
-  scheduleQuietWork(o, { batcher, locked, activity, account, write, assignment: writer.assignment, commit, failed, uncommitted: writer.uncommitted });
+  superviseConsumer(consumer, restart, batcher, shutdown, log, stopWith);
+  scheduleQuietWork(o, { batcher, locked, activity, account, write, commit, failed, uncommitted: writer.uncommitted });
 
   return {
     start: () => startConsuming(o, runOptions),
@@ -806,16 +711,7 @@ type Locked = ReturnType<typeof createLock>;
  */
 function watchGroup(
   o: RunOptions,
-  s: {
-    batcher: Batcher;
-    locked: Locked;
-    activity: Activity;
-    account: OffsetAccount;
-    assign: (p: readonly number[]) => Promise<boolean>;
-    newAssignment: (memberId: string, partitions: readonly number[]) => void;
-    stopWith: (e: Error) => void;
-    failed: () => boolean;
-  },
+  s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; assign: (p: readonly number[]) => Promise<boolean>; stopWith: (e: Error) => void; failed: () => boolean },
 ) {
   const { consumer, topic, log } = o;
   consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
@@ -825,7 +721,6 @@ function watchGroup(
     s.activity.joined = true;
     s.activity.last = performance.now();
     const partitions = payload.memberAssignment[topic] ?? [];
-    s.newAssignment(payload.memberId, partitions);
     log.info(`joined group ${o.groupId}: ${topic} partitions [${partitions.join(", ")}]`);
     // Synchronous, in kafkajs' own emit: no fetch of these partitions happens before the check below.
     if (partitions.length > 0) consumer.pause([{ topic, partitions }]);
@@ -863,8 +758,7 @@ function scheduleQuietWork(
     locked: Locked;
     activity: Activity;
     account: OffsetAccount;
-    write: (b: Batch, under: number) => Promise<void>;
-    assignment: () => number;
+    write: (b: Batch) => Promise<void>;
     commit: () => Promise<void>;
     failed: () => boolean;
     uncommitted: () => number;
@@ -896,8 +790,7 @@ function scheduleQuietWork(
     const now = performance.now();
     if (!shutdown.requested) {
       void s.locked(async () => {
-        const under = s.assignment();
-        for (const batch of s.batcher.due(now)) if (!s.failed()) await s.write(batch, under);
+        for (const batch of s.batcher.due(now)) if (!s.failed()) await s.write(batch);
         if (!s.failed()) await s.commit();
       });
     }
@@ -910,8 +803,7 @@ function scheduleQuietWork(
   shutdown.onStop("stop the quiet-period timer", () => clearInterval(timer));
   shutdown.onStop("write partial batches and commit", () =>
     s.locked(async () => {
-      const under = s.assignment();
-      for (const batch of s.batcher.drain()) if (!s.failed()) await s.write(batch, under);
+      for (const batch of s.batcher.drain()) if (!s.failed()) await s.write(batch);
       if (!s.failed()) await s.commit();
       // A commit refused for a moment (kafkajs restarting its consumer, a coordinator that moved) is tried again,
       // 1 s apart, within the stop's deadline; what is still not committed then is read again by the next run.
@@ -943,9 +835,7 @@ async function main(): Promise<void> {
   const admin = await prepareTopic(kafka, config, topic, groupId, flags["from-beginning"] === true, log);
   // A consumer that died (kill -9, power cut) holds its partitions until its session times out; 10 s instead
   // of kafkajs' 30 s lets the restarted one take over sooner. Writing a batch takes milliseconds.
-  // maxWaitTimeInMs is also how long kafkajs sleeps while every partition is paused (each assignment, until its
-  // offsets are checked), and resume() does not wake it: 250 ms, not 1 s, lost per assignment.
-  const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 250, allowAutoTopicCreation: false, sessionTimeout: 10_000, heartbeatInterval: 3_000 });
+  const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 1000, allowAutoTopicCreation: false, sessionTimeout: 10_000, heartbeatInterval: 3_000 });
   const shutdown = createShutdown(log);
   const allowGaps = flags["allow-gaps"] === true;
   const run = createBatchingRun({ consumer, admin, topic, groupId, dir, batchSize, quietMs, maxAgeMs, idleMs, allowGaps, crashAt: config.crashAt, log, shutdown });

@@ -1,7 +1,6 @@
 // Unit tests for scripts/lib/batcher.ts: a message becomes a batch row (whatever it holds), rows become batch
-// files of a bounded width, closed by count, by a quiet period or by age (the clock passed in); which partitions'
-// offsets the consumer may still commit after the group assigns anew (Ownership). Then the consumer itself
-// against the real broker: at a slow rate, a file appears within the max age.
+// files of a bounded width, closed by count, by a quiet period or by age (the clock passed in). Then the
+// consumer itself against the real broker: at a slow rate, a file appears within the max age.
 
 import { afterAll, describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
@@ -19,7 +18,6 @@ import {
   messageToRow,
   recordFingerprint,
 } from "../scripts/lib/batcher.ts";
-import { Ownership } from "../scripts/consumer_batch_to_csv.ts";
 import { parseCsv } from "../scripts/lib/csv.ts";
 import { KEPT_CHARS } from "../scripts/lib/input.ts";
 import { BROKERS, groupLag, pipelineEnv, runOk, startScript, tempDir, uniqueName, waitFor } from "./helpers.ts";
@@ -372,42 +370,6 @@ describe("Batcher", () => {
     batcher.clear();
     expect(batcher.empty).toBe(true);
     expect(batcher.drain()).toEqual([]);
-  });
-});
-
-describe("Ownership", () => {
-  test("commits a partition's offsets while it stays this member's from one assignment to the next", () => {
-    const owned = new Ownership();
-    owned.assigned("m1", [0, 1]);
-    const first = owned.current;
-    owned.assigned("m1", [0, 2]);
-    expect(owned.committable(0, first)).toBe(true);
-    expect(owned.committable(1, first)).toBe(false); // given to another member
-    expect(owned.committable(2, first)).toBe(false); // read before it was this member's
-    expect(owned.committable(2, owned.current)).toBe(true);
-  });
-
-  test("forgets every partition when the member id changes or the membership is lost (another may have read them meanwhile)", () => {
-    const owned = new Ownership();
-    owned.assigned("m1", [0]);
-    const first = owned.current;
-    owned.assigned("m2", [0]);
-    expect(owned.committable(0, first)).toBe(false);
-    expect(owned.committable(0, owned.current)).toBe(true);
-    const second = owned.current;
-    owned.assigned(undefined, []);
-    owned.assigned("m2", [0]);
-    expect(owned.committable(0, second)).toBe(false);
-  });
-
-  test("a partition that left and came back counts from its return", () => {
-    const owned = new Ownership();
-    owned.assigned("m1", [0]);
-    const first = owned.current;
-    owned.assigned("m1", []);
-    owned.assigned("m1", [0]);
-    expect(owned.committable(0, first)).toBe(false);
-    expect(owned.committable(0, owned.current)).toBe(true);
   });
 });
 

@@ -11,14 +11,8 @@
 //    each buffer it grows into. Patched to write varints in place and to grow without zero-filling (only the
 //    written bytes are ever read): the same bytes, tested against kafkajs' own Encoder.
 // 4. CRC-32C of each record batch is computed a byte at a time; ours takes eight bytes at a time (same values).
-// 5. The record encoder makes a zero-filled 512-byte Encoder per record and per header, and the batch encoder
-//    copies each into the batch: replaced by lib/kafkajs_records.ts, which writes each record once, straight into
-//    a batch buffer of its exact size (the same bytes).
-// 6. The record decoder sums each record's offset and timestamp as 64-bit integers parsed from text, and copies
-//    the headers object for every header: replaced by lib/kafkajs_records.ts, with numbers while they are exact.
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
-import { createRecordBatch, createRecordDecoder, createRecordEncoder, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
 import { createSendMessages, keepEveryPartitionsAnswer } from "./kafkajs_send.ts";
 
 const require = createRequire(import.meta.url);
@@ -153,14 +147,6 @@ export const SEND_MESSAGES = "kafkajs/src/producer/sendMessages.js";
 /** Ours, as kafkajs' producer finds it in the module cache. */
 export const sendMessages = createSendMessages(groupMessagesPerPartition);
 
-/** kafkajs' record encoder module, replaced by lib/kafkajs_records.ts. */
-export const RECORD_ENCODER = "kafkajs/src/protocol/recordBatch/record/v0/index.js";
-/** kafkajs' record batch encoder module, whose RecordBatch is replaced by lib/kafkajs_records.ts'. */
-export const RECORD_BATCH = "kafkajs/src/protocol/recordBatch/v0/index.js";
-
-/** kafkajs' record decoder module, replaced by lib/kafkajs_records.ts (which falls back on it past 2^53). */
-export const RECORD_DECODER = "kafkajs/src/protocol/recordBatch/record/v0/decoder.js";
-
 /** Puts `exports` in the module cache as kafkajs module `specifier`, unless it is loaded already; returns its path. */
 function replaceModule(specifier: string, exports: unknown): string {
   const path = require.resolve(specifier);
@@ -168,25 +154,6 @@ function replaceModule(specifier: string, exports: unknown): string {
     require.cache[path] = { id: path, filename: path, loaded: true, exports } as unknown as NodeJS.Module;
   }
   return path;
-}
-
-/** Records written straight into their batch, and read with numbers (lib/kafkajs_records.ts); the batch module is patched in place. */
-function patchRecords(replaced: Map<string, unknown>): void {
-  const Encoder = require(ENCODER) as RecordEncoderClass;
-  const encodeRecord = createRecordEncoder(Encoder);
-  replaced.set(replaceModule(RECORD_ENCODER, encodeRecord), encodeRecord);
-  const decoderPath = require.resolve(RECORD_DECODER);
-  if (require.cache[decoderPath] === undefined) {
-    // Ours falls back on kafkajs' own: loaded first, then ours takes its place in the module cache.
-    const original = require(RECORD_DECODER) as Parameters<typeof createRecordDecoder>[0];
-    delete require.cache[decoderPath];
-    const decodeRecord = createRecordDecoder(original);
-    replaced.set(replaceModule(RECORD_DECODER, decodeRecord), decodeRecord);
-  }
-  const batchModule = require(RECORD_BATCH) as { RecordBatch: Parameters<typeof createRecordBatch>[1] & { [PATCHED]?: true } };
-  if (batchModule.RecordBatch[PATCHED]) return;
-  const encodeBatch = Object.assign(createRecordBatch(Encoder, batchModule.RecordBatch, crc32c), { [PATCHED]: true as const });
-  batchModule.RecordBatch = encodeBatch;
 }
 
 /** kafkajs with the fixes in place. Replaced modules must be in the module cache before kafkajs loads. */
@@ -197,7 +164,6 @@ export function loadKafkajs(): typeof KafkaJS {
     [replaceModule("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js", crc32c), crc32c],
     [replaceModule(SEND_MESSAGES, sendMessages), sendMessages],
   ]);
-  patchRecords(replaced);
   patchEncoder(require(ENCODER));
   keepEveryPartitionsAnswer();
   clampNegativeTimeouts();
