@@ -80,6 +80,22 @@ describe("OffsetAccount", () => {
     expect(account.arrive(1, 2n, 2n)).toEqual({ kind: "again" });
   });
 
+  test("tells records apart by all 64 bits of their fingerprints, and keeps only the newest of offsets REMEMBERED apart", () => {
+    const account = new OffsetAccount("t", "g");
+    const high = 2n ** 64n - 3n;
+    account.took(0, 0n, high);
+    account.took(0, 1n, 2n ** 63n);
+    expect(account.arrive(0, 0n, high)).toEqual({ kind: "again" });
+    expect(account.arrive(0, 0n, high - 2n ** 63n)).toEqual({ kind: "behind", expected: 2n });
+    expect(account.arrive(0, 1n, 2n ** 63n)).toEqual({ kind: "again" });
+    expect(account.arrive(0, 1n, 0n)).toEqual({ kind: "behind", expected: 2n });
+    account.took(0, 5n, 7n);
+    expect(account.arrive(0, 5n, 7n)).toEqual({ kind: "again" });
+    account.took(0, BigInt(REMEMBERED) + 5n, 9n);
+    expect(account.arrive(0, 5n, 7n)).toEqual({ kind: "behind", expected: BigInt(REMEMBERED) + 6n });
+    expect(account.arrive(0, 1n, 2n ** 63n)).toEqual({ kind: "again" });
+  });
+
   test("expects nothing of a partition the group never committed (a new group starts where the log starts)", () => {
     const account = new OffsetAccount("t", "g");
     expect(account.assign(0, "none", { low: 400n, high: 600n })).toBeUndefined();
