@@ -8,7 +8,7 @@ import type { Message, PartitionMetadata } from "kafkajs";
 import { readConfig, type Config } from "../scripts/lib/config.ts";
 import { createKafka, ensureTopic, kafkaSecurity, keyPartitioner, murmur2 } from "../scripts/lib/kafka.ts";
 import { isKafkaUnavailable, kafkaAccessError, whileKafkaUnavailable } from "../scripts/lib/kafka_errors.ts";
-import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
+import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED, RECORD_ENCODER, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
 import { PRODUCE_RESPONSES } from "../scripts/lib/kafkajs_send.ts";
 import { acknowledgedCount } from "../scripts/producer.ts";
 import { BROKERS, uniqueName } from "./helpers.ts";
@@ -252,6 +252,9 @@ describe("kafkajs' encoder and CRC-32C", () => {
     expect((require(ENCODER) as { [PATCHED]?: true })[PATCHED]).toBe(true);
     expect(original.crc32C).not.toBe(crc32c);
     expect(original.Encoder[PATCHED]).toBeUndefined();
+    expect(ours.Record).toBe(require(RECORD_ENCODER));
+    expect(ours.Record).not.toBe(original.Record);
+    expect((ours.RecordBatch as { [PATCHED]?: true })[PATCHED]).toBe(true);
   });
 
   test("CRC-32C gives kafkajs' values for every length and random bytes", () => {
@@ -283,6 +286,14 @@ describe("kafkajs' encoder and CRC-32C", () => {
     const b = await original.RecordBatch({ ...batch, records: records.map(original.Record) });
     expect(a.buffer.length).toBeGreaterThan(10_000);
     expect(a.buffer.equals(b.buffer)).toBe(true);
+    // A transactional batch of an idempotent producer, an empty one, and a compressed one (through kafkajs' own).
+    const idempotent = { ...batch, firstOffset: 7, producerId: 123_456_789_012, producerEpoch: 3, firstSequence: 2 ** 31 - 5, partitionLeaderEpoch: 9, transactional: true };
+    for (const args of [idempotent, { ...batch, lastOffsetDelta: 0, records: [] }, { ...batch, compression: 1 }]) {
+      const some = "records" in args ? [] : records.slice(0, 50);
+      const x = await ours.RecordBatch({ ...args, records: some.map(ours.Record) });
+      const y = await original.RecordBatch({ ...args, records: some.map(original.Record) });
+      expect(x.buffer.equals(y.buffer)).toBe(true);
+    }
   });
 });
 

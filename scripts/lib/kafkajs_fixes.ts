@@ -11,8 +11,12 @@
 //    each buffer it grows into. Patched to write varints in place and to grow without zero-filling (only the
 //    written bytes are ever read): the same bytes, tested against kafkajs' own Encoder.
 // 4. CRC-32C of each record batch is computed a byte at a time; ours takes eight bytes at a time (same values).
+// 5. The record encoder makes a zero-filled 512-byte Encoder per record and per header, and the batch encoder
+//    copies each into the batch: replaced by lib/kafkajs_records.ts, which writes each record once, straight into
+//    a batch buffer of its exact size (the same bytes).
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
+import { createRecordBatch, createRecordEncoder, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
 import { createSendMessages, keepEveryPartitionsAnswer } from "./kafkajs_send.ts";
 
 const require = createRequire(import.meta.url);
@@ -147,6 +151,11 @@ export const SEND_MESSAGES = "kafkajs/src/producer/sendMessages.js";
 /** Ours, as kafkajs' producer finds it in the module cache. */
 export const sendMessages = createSendMessages(groupMessagesPerPartition);
 
+/** kafkajs' record encoder module, replaced by lib/kafkajs_records.ts. */
+export const RECORD_ENCODER = "kafkajs/src/protocol/recordBatch/record/v0/index.js";
+/** kafkajs' record batch encoder module, whose RecordBatch is replaced by lib/kafkajs_records.ts'. */
+export const RECORD_BATCH = "kafkajs/src/protocol/recordBatch/v0/index.js";
+
 /** Puts `exports` in the module cache as kafkajs module `specifier`, unless it is loaded already; returns its path. */
 function replaceModule(specifier: string, exports: unknown): string {
   const path = require.resolve(specifier);
@@ -154,6 +163,17 @@ function replaceModule(specifier: string, exports: unknown): string {
     require.cache[path] = { id: path, filename: path, loaded: true, exports } as unknown as NodeJS.Module;
   }
   return path;
+}
+
+/** Records written straight into their batch (lib/kafkajs_records.ts); the batch module is patched in place. */
+function patchRecordEncoding(replaced: Map<string, unknown>): void {
+  const Encoder = require(ENCODER) as RecordEncoderClass;
+  const encodeRecord = createRecordEncoder(Encoder);
+  replaced.set(replaceModule(RECORD_ENCODER, encodeRecord), encodeRecord);
+  const batchModule = require(RECORD_BATCH) as { RecordBatch: Parameters<typeof createRecordBatch>[1] & { [PATCHED]?: true } };
+  if (batchModule.RecordBatch[PATCHED]) return;
+  const encodeBatch = Object.assign(createRecordBatch(Encoder, batchModule.RecordBatch, crc32c), { [PATCHED]: true as const });
+  batchModule.RecordBatch = encodeBatch;
 }
 
 /** kafkajs with the fixes in place. Replaced modules must be in the module cache before kafkajs loads. */
@@ -164,6 +184,7 @@ export function loadKafkajs(): typeof KafkaJS {
     [replaceModule("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js", crc32c), crc32c],
     [replaceModule(SEND_MESSAGES, sendMessages), sendMessages],
   ]);
+  patchRecordEncoding(replaced);
   patchEncoder(require(ENCODER));
   keepEveryPartitionsAnswer();
   clampNegativeTimeouts();
