@@ -14,9 +14,11 @@
 // 5. The record encoder makes a zero-filled 512-byte Encoder per record and per header, and the batch encoder
 //    copies each into the batch: replaced by lib/kafkajs_records.ts, which writes each record once, straight into
 //    a batch buffer of its exact size (the same bytes).
+// 6. The record decoder sums each record's offset and timestamp as 64-bit integers parsed from text, and copies
+//    the headers object for every header: replaced by lib/kafkajs_records.ts, with numbers while they are exact.
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
-import { createRecordBatch, createRecordEncoder, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
+import { createRecordBatch, createRecordDecoder, createRecordEncoder, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
 import { createSendMessages, keepEveryPartitionsAnswer } from "./kafkajs_send.ts";
 
 const require = createRequire(import.meta.url);
@@ -156,6 +158,9 @@ export const RECORD_ENCODER = "kafkajs/src/protocol/recordBatch/record/v0/index.
 /** kafkajs' record batch encoder module, whose RecordBatch is replaced by lib/kafkajs_records.ts'. */
 export const RECORD_BATCH = "kafkajs/src/protocol/recordBatch/v0/index.js";
 
+/** kafkajs' record decoder module, replaced by lib/kafkajs_records.ts (which falls back on it past 2^53). */
+export const RECORD_DECODER = "kafkajs/src/protocol/recordBatch/record/v0/decoder.js";
+
 /** Puts `exports` in the module cache as kafkajs module `specifier`, unless it is loaded already; returns its path. */
 function replaceModule(specifier: string, exports: unknown): string {
   const path = require.resolve(specifier);
@@ -165,11 +170,19 @@ function replaceModule(specifier: string, exports: unknown): string {
   return path;
 }
 
-/** Records written straight into their batch (lib/kafkajs_records.ts); the batch module is patched in place. */
-function patchRecordEncoding(replaced: Map<string, unknown>): void {
+/** Records written straight into their batch, and read with numbers (lib/kafkajs_records.ts); the batch module is patched in place. */
+function patchRecords(replaced: Map<string, unknown>): void {
   const Encoder = require(ENCODER) as RecordEncoderClass;
   const encodeRecord = createRecordEncoder(Encoder);
   replaced.set(replaceModule(RECORD_ENCODER, encodeRecord), encodeRecord);
+  const decoderPath = require.resolve(RECORD_DECODER);
+  if (require.cache[decoderPath] === undefined) {
+    // Ours falls back on kafkajs' own: loaded first, then ours takes its place in the module cache.
+    const original = require(RECORD_DECODER) as Parameters<typeof createRecordDecoder>[0];
+    delete require.cache[decoderPath];
+    const decodeRecord = createRecordDecoder(original);
+    replaced.set(replaceModule(RECORD_DECODER, decodeRecord), decodeRecord);
+  }
   const batchModule = require(RECORD_BATCH) as { RecordBatch: Parameters<typeof createRecordBatch>[1] & { [PATCHED]?: true } };
   if (batchModule.RecordBatch[PATCHED]) return;
   const encodeBatch = Object.assign(createRecordBatch(Encoder, batchModule.RecordBatch, crc32c), { [PATCHED]: true as const });
@@ -184,7 +197,7 @@ export function loadKafkajs(): typeof KafkaJS {
     [replaceModule("kafkajs/src/protocol/recordBatch/crc32C/crc32C.js", crc32c), crc32c],
     [replaceModule(SEND_MESSAGES, sendMessages), sendMessages],
   ]);
-  patchRecordEncoding(replaced);
+  patchRecords(replaced);
   patchEncoder(require(ENCODER));
   keepEveryPartitionsAnswer();
   clampNegativeTimeouts();

@@ -1,11 +1,15 @@
-// kafkajs 2.2.4's record encoder (protocol/recordBatch/record/v0) and record batch encoder
-// (protocol/recordBatch/v0), replaced for speed with the same bytes. Installed by loadKafkajs (lib/kafkajs_fixes.ts).
+// kafkajs 2.2.4's record encoder (protocol/recordBatch/record/v0), record batch encoder (protocol/recordBatch/v0)
+// and record decoder (protocol/recordBatch/record/v0/decoder), replaced for speed with the same bytes and the
+// same decoded records. Installed by loadKafkajs (lib/kafkajs_fixes.ts).
 //
-// kafkajs makes an Encoder per record and one per header, each a zero-filled 512-byte buffer, copies every
-// header into its record and every record into the batch: several small allocations and copies per record,
-// most of the producer's CPU. Here a record only computes its size; the batch is one buffer of the exact size
-// into which each record is written once. A compressed batch, or records that are not ours, go through
-// kafkajs' own batch encoder, each record turned into an Encoder first.
+// - Encoding: kafkajs makes an Encoder per record and one per header, each a zero-filled 512-byte buffer, copies
+//   every header into its record and every record into the batch: several small allocations and copies per
+//   record, most of the producer's CPU. Here a record only computes its size; the batch is one buffer of the
+//   exact size into which each record is written once. A compressed batch, or records that are not ours, go
+//   through kafkajs' own batch encoder, each record turned into an Encoder first.
+// - Decoding: kafkajs adds each record's deltas to the batch's first offset and timestamp as 64-bit integers
+//   parsed from their text, and builds the headers object anew for every header. Here the sums are plain
+//   numbers while they are exact (below 2^53); a record past that is decoded by kafkajs' own decoder.
 
 type Bytes = Buffer | string | null | undefined;
 
@@ -205,5 +209,75 @@ export function createRecordBatch(EncoderType: EncoderClass, original: RecordBat
     if (at !== size) throw new Error(`record batch of ${sized.length} records: wrote ${at} bytes of ${size}`);
     buf.writeUInt32BE(crc32c(buf.subarray(CRC_FROM)), CRC_FROM - 4);
     return encoderOf(EncoderType, buf);
+  };
+}
+
+/** The parts of kafkajs' Decoder the record decoder uses. */
+interface Decoder {
+  buffer: Buffer;
+  offset: number;
+  readInt8(): number;
+  readVarInt(): number;
+  readVarIntBytes(): Buffer | null;
+  readVarIntString(): string | null;
+}
+interface BatchContext {
+  firstOffset?: string;
+  firstTimestamp?: string;
+  magicByte?: number;
+  isControlBatch?: boolean;
+  timestampType?: number;
+  maxTimestamp?: string;
+}
+type RecordDecoderFn = (decoder: Decoder, batchContext?: BatchContext) => unknown;
+
+const LOG_APPEND_TIME = 1;
+
+/** A zigzag varlong of at most 7 bytes (49 bits: exact as a number), or undefined for a longer one. */
+function readSmallVarLong(decoder: Decoder): number | undefined {
+  let result = 0;
+  for (let shift = 0; shift < 49; shift += 7) {
+    const byte = decoder.buffer[decoder.offset++]!;
+    result += (byte & 0x7f) * 2 ** shift;
+    if (byte < 0x80) return result % 2 === 0 ? result / 2 : -(result + 1) / 2;
+  }
+  return undefined;
+}
+
+/** The record's headers as kafkajs gives them: name -> value, or every value in order when a name repeats. */
+function readHeaders(decoder: Decoder): Record<string, Buffer | null | (Buffer | null)[]> {
+  const headers: Record<string, Buffer | null | (Buffer | null)[]> = {};
+  const count = decoder.readVarInt();
+  for (let i = 0; i < count; i++) {
+    const name = String(decoder.readVarIntString());
+    const value = decoder.readVarIntBytes();
+    const seen = Object.hasOwn(headers, name) ? headers[name] : undefined;
+    const next = seen === undefined ? value : Array.isArray(seen) ? [...seen, value] : [seen, value];
+    // A header named __proto__ is a header like any other, not the object's prototype.
+    if (name === "__proto__") Object.defineProperty(headers, name, { value: next, enumerable: true, writable: true, configurable: true });
+    else headers[name] = next;
+  }
+  return headers;
+}
+
+/** kafkajs' record/v0 decoder, with the offset and timestamp summed as numbers while exact. */
+export function createRecordDecoder(original: RecordDecoderFn): RecordDecoderFn {
+  return (decoder, batchContext = {}) => {
+    const start = decoder.offset;
+    const { firstOffset, firstTimestamp, magicByte, isControlBatch = false, timestampType, maxTimestamp } = batchContext;
+    const attributes = decoder.readInt8();
+    const timestampDelta = readSmallVarLong(decoder);
+    const offsetDelta = timestampDelta === undefined ? 0 : decoder.readVarInt();
+    const offsetNumber = Number(firstOffset) + offsetDelta;
+    const timestampNumber = Number(firstTimestamp) + (timestampDelta ?? 0);
+    if (timestampDelta === undefined || !Number.isSafeInteger(offsetNumber) || !Number.isSafeInteger(timestampNumber) || firstOffset === "" || firstTimestamp === "") {
+      decoder.offset = start;
+      return original(decoder, batchContext);
+    }
+    const timestamp = timestampType === LOG_APPEND_TIME && maxTimestamp ? maxTimestamp : String(timestampNumber);
+    const key = decoder.readVarIntBytes();
+    const value = decoder.readVarIntBytes();
+    const headers = readHeaders(decoder);
+    return { magicByte, attributes, timestamp, offset: String(offsetNumber), key, value, headers, isControlRecord: isControlBatch, batchContext };
   };
 }
