@@ -154,12 +154,14 @@ STAGES ?=
 SOAK ?=
 SOAK_MINUTES ?= 10
 SOAK_RATE ?= 500
+# make bench PROFILE=1: every run of our scripts under Bun's CPU profiler, one Markdown profile each in .local/bench/profiles/.
+PROFILE ?=
 
 .PHONY: bench
 bench: up migrate ## Each stage next to kcat / psql / Kafka Connect on the same rows (SIZE=quick: 99,940 rows; SIZE=full: 999,400); SOAK=1: 10-minute soak
 	@command -v kcat >/dev/null || { echo "make bench compares with kcat: apt-get install kcat" >&2; exit 1; }
 	@command -v psql >/dev/null || { echo "make bench compares with psql: apt-get install postgresql-client" >&2; exit 1; }
-	$(BUN) scripts/bench.ts $(if $(filter-out 0,$(SOAK)),--soak $(SOAK_MINUTES) --soak-rate $(SOAK_RATE),--size $(SIZE)$(if $(STAGES), --stages $(STAGES)))
+	$(BUN) scripts/bench.ts $(if $(filter-out 0,$(SOAK)),--soak $(SOAK_MINUTES) --soak-rate $(SOAK_RATE),--size $(SIZE)$(if $(STAGES), --stages $(STAGES)))$(if $(filter-out 0,$(PROFILE)), --profile)
 
 .PHONY: typecheck
 typecheck: install ## Type-check every script and test (tsc --noEmit)

@@ -70,6 +70,7 @@ const command = {
     stages: { type: "string", arg: "LIST", help: `some stages only, comma-separated: ${STAGES.join(",")} (default all; loader needs consumer needs producer, which then run too)` },
     soak: { type: "string", arg: "MINUTES", help: "the soak line instead: producer, consumer and loader --watch together this long" },
     "soak-rate": { type: "string", arg: "N", help: "the soak's producer --rate (default 500 rows/s)" },
+    profile: { type: "boolean", help: "run each of our scripts under Bun's CPU profiler: one Markdown profile per run in .local/bench/profiles/ (the figures are then the profiler's, slower)" },
   },
   env: ["KAFKA_BROKERS", "DATABASE_URL", "LOG_LEVEL"],
   notes: [
@@ -117,7 +118,26 @@ async function measure(cmd: string[], env: Record<string, string> = {}, stdoutFi
   return { ms, cpuMs: Number(usage.cpuTime.total) / 1000, rssBytes: usage.maxRSS };
 }
 
-const script = (name: string, args: string[]) => [process.execPath, join(import.meta.dir, name), ...args];
+/** Where --profile puts one CPU profile per run of our scripts; undefined: no profiles. */
+let profileDir: string | undefined;
+let profiles = 0;
+
+/**
+ * The command that runs one of our scripts; with a profile folder, under Bun's sampling CPU profiler, which
+ * writes the run's profile as Markdown (hot functions, call tree) when the script exits.
+ */
+export function scriptCommand(name: string, args: readonly string[], profile?: { dir: string; run: number }): string[] {
+  const bun = [process.execPath];
+  if (profile) bun.push("--cpu-prof-md", `--cpu-prof-dir=${profile.dir}`, `--cpu-prof-name=${String(profile.run).padStart(2, "0")}-${basename(name, ".ts")}.md`);
+  return [...bun, join(import.meta.dir, name), ...args];
+}
+
+function script(name: string, args: string[]): string[] {
+  if (profileDir === undefined) return scriptCommand(name, args);
+  const cmd = scriptCommand(name, args, { dir: profileDir, run: ++profiles });
+  log.info(`profiling ${name} ${args.join(" ")}: ${profileDir}/${cmd[3]!.slice("--cpu-prof-name=".length)}`);
+  return cmd;
+}
 
 interface Row {
   readonly stage: string;
@@ -865,6 +885,11 @@ async function main(): Promise<void> {
   const copies = flags.copies ? parsePositiveInt(flags.copies, "--copies", 1000) : size === "full" ? 100 : 10;
   const runs = flags.runs ? parsePositiveInt(flags.runs, "--runs", 10) : 1;
   const stages = parseStages(flags.stages);
+  if (flags.profile) {
+    profileDir = join(ROOT, "profiles");
+    rmSync(profileDir, { recursive: true, force: true });
+    mkdirSync(profileDir, { recursive: true });
+  }
   for (const tool of ["kcat", "psql"]) {
     if (!Bun.which(tool)) throw new UsageError(`make bench compares with ${tool}: apt-get install ${tool === "psql" ? "postgresql-client" : tool}`);
   }
@@ -888,6 +913,11 @@ async function main(): Promise<void> {
     for (const entry of readdirSync(ROOT)) if (entry.startsWith(`bench_${b.id}`) || entry.startsWith(b.id)) rmSync(join(ROOT, entry), { recursive: true, force: true });
   }
   const text = table(b, rows, started, load0);
+  if (profileDir) {
+    writeFileSync(join(ROOT, "profiled.md"), text);
+    process.stdout.write(`\n${text}\nProfiled (figures slower than a plain run; latest.md is left as it was). One CPU profile per run: ${profileDir}/\n`);
+    return;
+  }
   writeFileSync(join(ROOT, "latest.md"), text);
   process.stdout.write(`\n${text}`);
 }

@@ -1,9 +1,11 @@
 // Unit tests for scripts/lib/connect.ts, make bench's Kafka Connect peer: the schema'd JSON a row becomes, and
-// the worker's and the connector's settings as Java reads them; and for bench --stages. Pure functions only: no Java,
-// no broker.
+// the worker's and the connector's settings as Java reads them; and for bench --stages and --profile (whose
+// one process is the pinned Bun profiling a loop). No Java, no broker.
 
 import { describe, expect, test } from "bun:test";
-import { medianRss, memoryMarks, parseStages } from "../scripts/bench.ts";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { medianRss, memoryMarks, parseStages, scriptCommand } from "../scripts/bench.ts";
 import { parseDatabase } from "../scripts/lib/config.ts";
 import {
   CONNECT_SCHEMA,
@@ -18,6 +20,7 @@ import {
 } from "../scripts/lib/connect.ts";
 import { cleanRow, mapHeader, type CleanRow } from "../scripts/lib/record.ts";
 import { superstoreRow } from "./fixtures/superstore.ts";
+import { tempDir } from "./helpers.ts";
 
 /** The first row of the Kaggle file, with a name that has quotes and a comma (for the JSON and the CSV). */
 const SOURCE = superstoreRow({ "Product Name": 'Bush Somerset Collection Bookcase, 5" "Tall"' });
@@ -173,6 +176,30 @@ describe("bench --stages", () => {
 
   test("refuses a stage it does not know, naming it and the stages there are", () => {
     expect(() => parseStages("scale,loadr")).toThrow('--stages: unknown stage "loadr" (stages: producer, consumer, loader, together, connect, scale)');
+  });
+});
+
+describe("bench --profile", () => {
+  test("runs a script plainly without a profile folder, and under Bun's CPU profiler with one", () => {
+    const plain = scriptCommand("load.ts", ["--dir", "x"]);
+    expect(plain).toEqual([process.execPath, join(import.meta.dir, "../scripts/load.ts"), "--dir", "x"]);
+    const profiled = scriptCommand("load.ts", ["--dir", "x"], { dir: "/p", run: 3 });
+    expect(profiled).toEqual([process.execPath, "--cpu-prof-md", "--cpu-prof-dir=/p", "--cpu-prof-name=03-load.md", ...plain.slice(1)]);
+  });
+
+  test("the pinned Bun writes the Markdown profile those flags ask for when the script exits", () => {
+    const tmp = tempDir("sales-profile-");
+    try {
+      writeFileSync(join(tmp.path, "spin.ts"), "let n = 0; for (let i = 0; i < 3e7; i++) n += i % 7; console.log(n);\n");
+      const [bun, ...flags] = scriptCommand("x.ts", [], { dir: tmp.path, run: 1 });
+      const run = Bun.spawnSync([bun!, ...flags.slice(0, 3), join(tmp.path, "spin.ts")]);
+      expect(run.exitCode).toBe(0);
+      const profile = readFileSync(join(tmp.path, "01-x.md"), "utf8");
+      expect(profile).toStartWith("# CPU Profile");
+      expect(profile).toContain("spin.ts");
+    } finally {
+      tmp.remove();
+    }
   });
 });
 
