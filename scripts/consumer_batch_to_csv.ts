@@ -135,6 +135,22 @@ interface WriterHooks {
 /** The test hook SALES_CRASH_AT: dies like a power cut at that point. */
 type Crash = (point: (typeof CRASH_POINTS)[number]) => void;
 
+/**
+ * Commit errors saying the group no longer knows this member as it is (a coordinator that moved or came back in
+ * a rolling restart forgets it, or a rebalance moved on without it). Commits keep failing until the member joins
+ * again, and kafkajs rejoins only when its own fetch or heartbeat meets such an error: so the next batch of
+ * records throws it to kafkajs, which rejoins (the records come again and are skipped as repeats).
+ */
+const MEMBERSHIP_LOST: ReadonlySet<string> = new Set(["UNKNOWN_MEMBER_ID", "ILLEGAL_GENERATION", "REBALANCE_IN_PROGRESS", "NOT_COORDINATOR_FOR_GROUP", "FENCED_INSTANCE_ID"]);
+
+/** The Kafka error in `error` or its causes that says the group no longer knows this member; kafkajs rejoins on it. */
+export function membershipLostBy(error: unknown): Error | undefined {
+  for (let e = error as (Error & { type?: string; cause?: unknown }) | undefined; e; e = e.cause as typeof e) {
+    if (e.type !== undefined && MEMBERSHIP_LOST.has(e.type)) return e;
+  }
+  return undefined;
+}
+
 /** Files written and not committed yet. */
 interface Written {
   /** partition -> the next offset to read once the files written so far are committed */
@@ -195,8 +211,8 @@ interface Committer {
   readonly hooks: WriterHooks | undefined;
 }
 
-/** One fsync of the folder makes the files' renames durable; then their offsets are committed. */
-async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, offsets: Offsets, names: readonly string[]): Promise<boolean> {
+/** One fsync of the folder makes the files' renames durable; then their offsets are committed. Returns the commit's error, if any. */
+async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, offsets: Offsets, names: readonly string[]): Promise<Error | undefined> {
   try {
     await syncFolder(dir);
   } catch (error) {
@@ -211,7 +227,7 @@ async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, of
   try {
     if (offsets.length > 0) await consumer.commitOffsets(offsets);
     hooks?.committed(offsets);
-    return true;
+    return undefined;
   } catch (error) {
     // A rebalance, a coordinator that moved, kafkajs restarting its consumer: the offsets go with the next commit.
     // The files are durable, so a commit of them is right whenever it happens; until then a restart reads these
@@ -220,7 +236,7 @@ async function commitDurably({ consumer, dir, crash, log, hooks }: Committer, of
       `${names.length} files written (${names[0]}${names.length > 1 ? " ..." : ""}) but their offsets were not committed ` +
         `(${(error as Error).message}); they go with the next commit`,
     );
-    return false;
+    return error as Error;
   }
 }
 
@@ -236,17 +252,27 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
   const counts = { files: 0, rows: 0, gaps: 0 };
   const written: Written = { next: new Map(), names: [] };
   let hooks: WriterHooks | undefined;
+  /** A commit refused because the group no longer knows this member: kafkajs is to rejoin. */
+  let membershipLost: Error | undefined;
+  /** This member's partitions since its last assignment (undefined before the first); assignments so far. */
+  let mine: ReadonlySet<number> | undefined;
+  let assignments = 0;
   const commit = async () => {
     if (written.names.length === 0) return;
     if (!(await checkBeforeCommitting(hooks, written, log))) return;
-    const offsets = [...written.next].map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
+    const assignment = assignments;
+    const offsets = [...written.next].filter(([partition]) => mine?.has(partition) ?? true).map(([partition, next]) => ({ topic, partition, offset: next.toString() }));
     const names = written.names;
     const next = new Map(written.next);
     written.next.clear();
     written.names = [];
-    if (await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names)) return;
-    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further.
-    for (const [partition, offset] of next) if (!written.next.has(partition)) written.next.set(partition, offset);
+    const refused = await commitDurably({ consumer, dir, crash, log, hooks }, offsets, names);
+    if (refused === undefined) return;
+    // Refused for a membership that a new assignment has replaced meanwhile: that join already happened.
+    if (assignment === assignments) membershipLost = membershipLostBy(refused) ?? membershipLost;
+    // Not committed: kept for the next commit, unless files written meanwhile moved a partition further, or
+    // the partition is no longer this member's.
+    for (const [partition, offset] of next) if (!written.next.has(partition) && (mine?.has(partition) ?? true)) written.next.set(partition, offset);
     written.names = [...names, ...written.names];
   };
   const write = async (batch: Batch, options: { commit: boolean } = { commit: true }) => {
@@ -271,6 +297,23 @@ function createBatchWriter(consumer: Consumer, topic: string, dir: string, crash
     uncommitted: () => written.names.length,
     /** The partition's written offsets are not to be committed (its log was replaced). */
     forget: (partition: number) => void written.next.delete(partition),
+    /**
+     * A new assignment: offsets of partitions that are no longer this member's are not committed. Kafka takes a
+     * commit of any partition from any member, and a late one would move the partition back behind its new
+     * owner; their files are on disk, and the new owner reads those records again (the loader keeps one).
+     */
+    assigned(partitions: readonly number[]) {
+      mine = new Set(partitions);
+      assignments++;
+      for (const partition of written.next.keys()) if (!mine.has(partition)) written.next.delete(partition);
+      membershipLost = undefined;
+    },
+    /** The error of a commit the group refused for not knowing this member, once; undefined when there was none. */
+    takeMembershipLost(): Error | undefined {
+      const lost = membershipLost;
+      membershipLost = undefined;
+      return lost;
+    },
     setHooks: (h: WriterHooks) => void (hooks = h),
   };
 }
@@ -581,6 +624,8 @@ interface Intake {
   readonly commit: () => Promise<void>;
   readonly stopWith: (error: Error) => void;
   readonly failed: () => boolean;
+  /** a commit's error saying the group no longer knows this member, once */
+  readonly membershipLost: () => Error | undefined;
 }
 
 /**
@@ -592,6 +637,9 @@ function createEachBatch(o: RunOptions, s: Intake) {
   const { batcher, account, activity } = s;
   return async ({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload) =>
     s.locked(async () => {
+      // Thrown to kafkajs, which joins the group again; these records come again after the join.
+      const lost = s.membershipLost();
+      if (lost) throw lost;
       for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
@@ -623,6 +671,8 @@ function createEachBatch(o: RunOptions, s: Intake) {
       if (!s.failed()) await s.commit();
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
       s.progress.update(activity.received);
+      const refused = s.membershipLost();
+      if (refused) throw refused;
     });
 }
 
@@ -679,10 +729,10 @@ function createBatchingRun(o: RunOptions) {
   const { account } = guard;
   const write = (batch: Batch) => writer.write(batch).catch((error: Error) => stopWith(error));
   const commit = () => writer.commit().catch((error: Error) => stopWith(error));
-  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, write, commit, stopWith, failed });
+  const eachBatch = createEachBatch(o, { batcher, account, activity, locked, progress, unexpected: guard.unexpected, write, commit, stopWith, failed, membershipLost: writer.takeMembershipLost });
   const runOptions: ConsumerRunConfig = { autoCommit: false, eachBatchAutoResolve: false, eachBatch };
 
-  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, stopWith, failed });
+  watchGroup(o, { batcher, locked, activity, account, assign: guard.assign, assigned: writer.assigned, stopWith, failed });
   const restart = async () => {
     await consumer.connect();
     await consumer.run(runOptions);
@@ -711,7 +761,17 @@ type Locked = ReturnType<typeof createLock>;
  */
 function watchGroup(
   o: RunOptions,
-  s: { batcher: Batcher; locked: Locked; activity: Activity; account: OffsetAccount; assign: (p: readonly number[]) => Promise<boolean>; stopWith: (e: Error) => void; failed: () => boolean },
+  s: {
+    batcher: Batcher;
+    locked: Locked;
+    activity: Activity;
+    account: OffsetAccount;
+    assign: (p: readonly number[]) => Promise<boolean>;
+    /** the writer's: offsets of partitions not in the new assignment are not committed */
+    assigned: (p: readonly number[]) => void;
+    stopWith: (e: Error) => void;
+    failed: () => boolean;
+  },
 ) {
   const { consumer, topic, log } = o;
   consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
@@ -722,6 +782,7 @@ function watchGroup(
     s.activity.last = performance.now();
     const partitions = payload.memberAssignment[topic] ?? [];
     log.info(`joined group ${o.groupId}: ${topic} partitions [${partitions.join(", ")}]`);
+    s.assigned(partitions);
     // Synchronous, in kafkajs' own emit: no fetch of these partitions happens before the check below.
     if (partitions.length > 0) consumer.pause([{ topic, partitions }]);
     // After a stop request (a rebalance as the other members leave) the partitions stay paused: nothing of

@@ -18,6 +18,7 @@ import {
   messageToRow,
   recordFingerprint,
 } from "../scripts/lib/batcher.ts";
+import { membershipLostBy } from "../scripts/consumer_batch_to_csv.ts";
 import { parseCsv } from "../scripts/lib/csv.ts";
 import { KEPT_CHARS } from "../scripts/lib/input.ts";
 import { BROKERS, groupLag, pipelineEnv, runOk, startScript, tempDir, uniqueName, waitFor } from "./helpers.ts";
@@ -370,6 +371,24 @@ describe("Batcher", () => {
     batcher.clear();
     expect(batcher.empty).toBe(true);
     expect(batcher.drain()).toEqual([]);
+  });
+});
+
+describe("membershipLostBy", () => {
+  const kafkaError = (type: string, cause?: unknown) => Object.assign(new Error(type.toLowerCase()), { type, cause });
+
+  test("finds the refusal that only a rejoin mends, in the error or its causes, and gives it with its type", () => {
+    const unknown = kafkaError("UNKNOWN_MEMBER_ID");
+    expect(membershipLostBy(unknown)).toBe(unknown);
+    const generation = kafkaError("ILLEGAL_GENERATION");
+    expect(membershipLostBy(Object.assign(new Error("retries exceeded"), { cause: generation }))).toBe(generation);
+    for (const type of ["REBALANCE_IN_PROGRESS", "NOT_COORDINATOR_FOR_GROUP", "FENCED_INSTANCE_ID"]) expect(membershipLostBy(kafkaError(type))?.message).toBe(type.toLowerCase());
+  });
+
+  test("leaves every other failure to the next commit", () => {
+    expect(membershipLostBy(kafkaError("REQUEST_TIMED_OUT"))).toBeUndefined();
+    expect(membershipLostBy(new Error("Connection error: ECONNREFUSED"))).toBeUndefined();
+    expect(membershipLostBy(undefined)).toBeUndefined();
   });
 });
 
