@@ -628,6 +628,12 @@ interface Intake {
   readonly membershipLost: () => Error | undefined;
 }
 
+/** The error kafkajs rejoins the group on, logged as what it means here. */
+function rejoining(error: Error, log: Logger): Error {
+  log.warn(`the group refused this member's commit (${error.message}): joining it again; the files written stay, and their offsets are committed after the join for the partitions still this member's`);
+  return error;
+}
+
 /**
  * kafkajs' eachBatch: each record of a fetch goes into the batcher and a full batch is written at once; after
  * the fetch, what was written is committed.
@@ -639,7 +645,7 @@ function createEachBatch(o: RunOptions, s: Intake) {
     s.locked(async () => {
       // Thrown to kafkajs, which joins the group again; these records come again after the join.
       const lost = s.membershipLost();
-      if (lost) throw lost;
+      if (lost) throw rejoining(lost, log);
       for (const [i, message] of batch.messages.entries()) {
         // Stop intake on a stop request or a failed write: these records stay uncommitted for the next run.
         if (!isRunning() || isStale() || shutdown.requested) break;
@@ -672,7 +678,7 @@ function createEachBatch(o: RunOptions, s: Intake) {
       log.debug(`partition ${batch.partition}: ${batcher.buffered(batch.partition)} records buffered`);
       s.progress.update(activity.received);
       const refused = s.membershipLost();
-      if (refused) throw refused;
+      if (refused) throw rejoining(refused, log);
     });
 }
 

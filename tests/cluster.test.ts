@@ -187,7 +187,7 @@ describe.skipIf(missing.length > 0)("on three brokers", () => {
     expect({ code: produced.code, summary: /done: sent=(\d+)/.exec(produced.stderr)?.[1] }).toEqual({ code: 0, summary: String(ROWS) });
     await producers.kcat;
     await waitFor(
-      () => `all ${ROWS} rows in PostgreSQL\n${s.loaders.map((l) => l.output()).join("\n")}`,
+      () => `all ${ROWS} rows in PostgreSQL\n${[...s.consumers, ...s.loaders].map((p) => p.output()).join("\n")}`,
       async () => (await s.db.sql`select (select count(*) from orders) + (select count(*) from rejected_rows) as n`)[0]!.n >= ROWS,
       300_000,
       500,
