@@ -136,12 +136,13 @@ interface WriterHooks {
 type Crash = (point: (typeof CRASH_POINTS)[number]) => void;
 
 /**
- * Commit errors saying the group no longer knows this member as it is (a coordinator that moved or came back in
- * a rolling restart forgets it, or a rebalance moved on without it). Commits keep failing until the member joins
+ * Commit errors saying the group no longer knows this member as it is (a coordinator that came back in a rolling
+ * restart forgets it, or a rebalance moved on without it; a coordinator that moved is found again by the commit,
+ * lib/kafkajs_fixes.ts). Commits keep failing until the member joins
  * again, and kafkajs rejoins only when its own fetch or heartbeat meets such an error: so the next batch of
  * records throws it to kafkajs, which rejoins (the records come again and are skipped as repeats).
  */
-const MEMBERSHIP_LOST: ReadonlySet<string> = new Set(["UNKNOWN_MEMBER_ID", "ILLEGAL_GENERATION", "REBALANCE_IN_PROGRESS", "NOT_COORDINATOR_FOR_GROUP", "FENCED_INSTANCE_ID"]);
+const MEMBERSHIP_LOST: ReadonlySet<string> = new Set(["UNKNOWN_MEMBER_ID", "ILLEGAL_GENERATION", "REBALANCE_IN_PROGRESS", "FENCED_INSTANCE_ID"]);
 
 /** The Kafka error in `error` or its causes that says the group no longer knows this member; kafkajs rejoins on it. */
 export function membershipLostBy(error: unknown): Error | undefined {

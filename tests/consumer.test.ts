@@ -382,11 +382,12 @@ describe("membershipLostBy", () => {
     expect(membershipLostBy(unknown)).toBe(unknown);
     const generation = kafkaError("ILLEGAL_GENERATION");
     expect(membershipLostBy(Object.assign(new Error("retries exceeded"), { cause: generation }))).toBe(generation);
-    for (const type of ["REBALANCE_IN_PROGRESS", "NOT_COORDINATOR_FOR_GROUP", "FENCED_INSTANCE_ID"]) expect(membershipLostBy(kafkaError(type))?.message).toBe(type.toLowerCase());
+    for (const type of ["REBALANCE_IN_PROGRESS", "FENCED_INSTANCE_ID"]) expect(membershipLostBy(kafkaError(type))?.message).toBe(type.toLowerCase());
   });
 
   test("leaves every other failure to the next commit", () => {
     expect(membershipLostBy(kafkaError("REQUEST_TIMED_OUT"))).toBeUndefined();
+    expect(membershipLostBy(kafkaError("NOT_COORDINATOR_FOR_GROUP"))).toBeUndefined(); // the commit finds the new coordinator
     expect(membershipLostBy(new Error("Connection error: ECONNREFUSED"))).toBeUndefined();
     expect(membershipLostBy(undefined)).toBeUndefined();
   });

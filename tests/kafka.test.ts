@@ -8,7 +8,7 @@ import type { Message, PartitionMetadata } from "kafkajs";
 import { readConfig, type Config } from "../scripts/lib/config.ts";
 import { createKafka, ensureTopic, kafkaSecurity, keyPartitioner, murmur2 } from "../scripts/lib/kafka.ts";
 import { isKafkaUnavailable, kafkaAccessError, whileKafkaUnavailable } from "../scripts/lib/kafka_errors.ts";
-import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, PATCHED, RECORD_DECODER, RECORD_ENCODER, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
+import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, OFFSET_MANAGER, PATCHED, RECORD_DECODER, RECORD_ENCODER, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
 import { PRODUCE_RESPONSES } from "../scripts/lib/kafkajs_send.ts";
 import { acknowledgedCount } from "../scripts/producer.ts";
 import { BROKERS, uniqueName } from "./helpers.ts";
@@ -236,6 +236,33 @@ type RecordFn = (r: object) => { buffer: Buffer };
 type DecoderOf = new (b: Buffer) => { readVarIntBytes(): Buffer };
 type RecordDecoderFn = (d: object, context: object) => object;
 type BatchFn = (b: object) => Promise<{ buffer: Buffer }>;
+
+describe("kafkajs' offset manager", () => {
+  // The offset manager with brokers that only answer commits: the one the join gave, which stopped coordinating
+  // the group, and the one the cluster now names.
+  test("after 'not the correct coordinator' the next commit asks the cluster which broker coordinates the group", async () => {
+    loadKafkajs();
+    const OffsetManager = require(OFFSET_MANAGER) as new (options: object) => { commitOffsets(o: object): Promise<void> };
+    const notCoordinator = Object.assign(new Error("This is not the correct coordinator for this group"), { type: "NOT_COORDINATOR_FOR_GROUP" });
+    const commits: string[] = [];
+    const broker = (name: string, answer?: Error) => ({
+      isConnected: () => true,
+      offsetCommit: async () => {
+        commits.push(name);
+        if (answer) throw answer;
+      },
+    });
+    const asked: string[] = [];
+    const cluster = { committedOffsets: () => ({}), refreshMetadata: async () => undefined, findGroupCoordinator: async ({ groupId }: { groupId: string }) => (asked.push(groupId), broker("new")) };
+    const manager = new OffsetManager({ cluster, coordinator: broker("old", notCoordinator), memberAssignment: {}, groupId: "g", generationId: 4, memberId: "m", instrumentationEmitter: { emit() {} } });
+    const offsets = { topics: [{ topic: "t", partitions: [{ partition: 0, offset: "10" }] }] };
+    await expect(manager.commitOffsets(offsets)).rejects.toThrow("not the correct coordinator");
+    expect({ commits, asked }).toEqual({ commits: ["old"], asked: [] });
+    await manager.commitOffsets(offsets);
+    await manager.commitOffsets(offsets);
+    expect({ commits, asked }).toEqual({ commits: ["old", "new", "new"], asked: ["g"] });
+  });
+});
 
 describe("kafkajs' encoder and CRC-32C", () => {
   loadKafkajs();

@@ -16,6 +16,11 @@
 //    a batch buffer of its exact size (the same bytes).
 // 6. The record decoder sums each record's offset and timestamp as 64-bit integers parsed from text, and copies
 //    the headers object for every header: replaced by lib/kafkajs_records.ts, with numbers while they are exact.
+// 7. The consumer's offset manager keeps the group coordinator it was given at the join. When that broker dies or
+//    stops being the coordinator (a crash, a rolling restart), commits keep going to it ("This is not the correct
+//    coordinator", connection refused) until the consumer happens to join again, and a stop's last commit fails.
+//    Patched to ask the cluster which broker coordinates the group after such an answer or a lost connection, as
+//    Kafka's Java client does; the membership stays (the new coordinator knows the group's members).
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
 import { createRecordBatch, createRecordDecoder, createRecordEncoder, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
@@ -189,6 +194,45 @@ function patchRecords(replaced: Map<string, unknown>): void {
   batchModule.RecordBatch = encodeBatch;
 }
 
+/** kafkajs' consumer offset manager, patched in place (fix 7). */
+export const OFFSET_MANAGER = "kafkajs/src/consumer/offsetManager/index.js";
+
+/** Answers meaning the broker asked is not (or not yet) the group's coordinator: ask the cluster which one is. */
+const COORDINATOR_MOVED = new Set(["NOT_COORDINATOR_FOR_GROUP", "GROUP_COORDINATOR_NOT_AVAILABLE"]);
+const STALE = Symbol("coordinator to be found again");
+
+interface OffsetManager {
+  groupId: string;
+  coordinator: { isConnected(): boolean };
+  cluster: { findGroupCoordinator(args: { groupId: string }): Promise<OffsetManager["coordinator"]> };
+  getCoordinator(): Promise<OffsetManager["coordinator"]>;
+  commitOffsets(...args: unknown[]): Promise<unknown>;
+  [STALE]?: boolean;
+}
+
+/** Commits follow the group's coordinator when it moves (fix 7). */
+export function patchOffsetManager(OffsetManagerClass: { prototype: OffsetManager; [PATCHED]?: true }): void {
+  if (OffsetManagerClass[PATCHED]) return;
+  OffsetManagerClass[PATCHED] = true;
+  const proto = OffsetManagerClass.prototype;
+  const commitOffsets = proto.commitOffsets;
+  proto.getCoordinator = async function (this: OffsetManager) {
+    if (this[STALE] || !this.coordinator.isConnected()) {
+      this.coordinator = await this.cluster.findGroupCoordinator({ groupId: this.groupId });
+      this[STALE] = false;
+    }
+    return this.coordinator;
+  };
+  proto.commitOffsets = async function (this: OffsetManager, ...args: unknown[]) {
+    try {
+      return await commitOffsets.apply(this, args);
+    } catch (error) {
+      if (COORDINATOR_MOVED.has((error as { type?: string }).type ?? "")) this[STALE] = true;
+      throw error;
+    }
+  };
+}
+
 /** kafkajs with the fixes in place. Replaced modules must be in the module cache before kafkajs loads. */
 export function loadKafkajs(): typeof KafkaJS {
   if (loaded) return loaded;
@@ -199,6 +243,7 @@ export function loadKafkajs(): typeof KafkaJS {
   ]);
   patchRecords(replaced);
   patchEncoder(require(ENCODER));
+  patchOffsetManager(require(OFFSET_MANAGER));
   keepEveryPartitionsAnswer();
   clampNegativeTimeouts();
   loaded = require("kafkajs") as typeof KafkaJS;
