@@ -65,7 +65,6 @@ import {
 } from "./lib/load/retention.ts";
 import { commitFiles, type FileResult, type SameAs } from "./lib/load/transaction.ts";
 import { createLogger, createProgress, formatDuration, rateWhile, type Logger } from "./lib/log.ts";
-import { collectGarbage } from "./lib/memory.ts";
 import { GaveUpError, retryWhile } from "./lib/retry.ts";
 import { createShutdown, type Shutdown } from "./lib/shutdown.ts";
 
@@ -517,9 +516,10 @@ async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> 
     for (const [i, names] of groups.entries()) {
       if (shutdown.requested || !next) return false;
       const files = await next;
-      // Garbage is collected (when due) once the next group is ready, while PostgreSQL works on this one.
+      // No collection here: each round of a group's transaction collects when due (lib/load/transaction.ts), which
+      // keeps a group of small files and one file of 100,000 rows alike within bounds.
       const after = groups[i + 1];
-      next = after === undefined ? undefined : prepareGroup(run, after).then((prepared) => (collectGarbage(after.reduce((n, f) => n + f.size, 0)), prepared));
+      next = after === undefined ? undefined : prepareGroup(run, after);
       next?.catch(() => undefined); // awaited in the next round; a failure must not count as unhandled meanwhile
       const results = await loadGroup(run, files);
       if (results === undefined) return false;

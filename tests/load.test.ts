@@ -2,8 +2,8 @@
 // COPY text (read.ts too), latest-row selection (scripts/lib/load/transaction.ts), grouping files (scripts/load.ts) and
 // telling a lost connection from a problem with the data (scripts/lib/db.ts).
 
-import { describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { describe, expect, spyOn, test } from "bun:test";
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gapFile, META_COLUMNS } from "../scripts/lib/batch.ts";
@@ -471,6 +471,49 @@ describe("reading a batch file in chunks", () => {
         for await (const _ of chunksOf(dir, checked, 3));
       };
       expect(read()).rejects.toThrow(FileChangedError);
+    });
+  });
+
+  test("a file of one read block is read once: its chunks come from the bytes its check read while it looks the same", async () => {
+    await inDir(async (dir, name) => {
+      const whole = await prepareFile(dir, name);
+      const checked = await checkFile(dir, name);
+      const reads = spyOn(Bun, "file");
+      try {
+        const chunks = [];
+        for await (const chunk of chunksOf(dir, checked, 3)) chunks.push(chunk);
+        expect(chunks.flatMap((c) => c.candidates)).toEqual([...whole.candidates]);
+        expect(reads).not.toHaveBeenCalled();
+      } finally {
+        reads.mockRestore();
+      }
+    });
+  });
+
+  test("a file written again after its check with the same content, or moved away and back, loads from disk as before", async () => {
+    await inDir(async (dir, name) => {
+      const whole = await prepareFile(dir, name);
+      for (const change of [() => writeFileSync(join(dir, name), content), () => {
+        renameSync(join(dir, name), join(dir, "away.csv"));
+        writeFileSync(join(dir, name), content);
+      }]) {
+        const checked = await checkFile(dir, name);
+        change();
+        const chunks = [];
+        for await (const chunk of chunksOf(dir, checked, 3)) chunks.push(chunk);
+        expect(chunks.flatMap((c) => c.candidates)).toEqual([...whole.candidates]);
+      }
+    });
+  });
+
+  test("ends in FileChangedError when the file is gone after its check", async () => {
+    await inDir(async (dir, name) => {
+      const checked = await checkFile(dir, name);
+      rmSync(join(dir, name));
+      const read = async () => {
+        for await (const _ of chunksOf(dir, checked, 3));
+      };
+      await expect(read()).rejects.toThrow(FileChangedError);
     });
   });
 

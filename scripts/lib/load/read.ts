@@ -10,11 +10,14 @@
 // content, and its line is its offset: offsets repeat when a topic is re-created, contents do not.
 // A gap file holds no records but ranges of offsets the consumer could not read, for lost_offsets.
 //
-// A file is never held whole: checkFile hashes it from disk, and its chunks (at most CHUNK_RECORDS records or
-// CHUNK_CHARS characters) are read, parsed and transformed one at a time as the transaction asks for them.
+// A file bigger than a read block is never held whole: checkFile hashes it from disk, and its chunks (at most
+// CHUNK_RECORDS records or CHUNK_CHARS characters) are read again, parsed and transformed one at a time as the
+// transaction asks for them. A file of one block (the usual 100-row file) is read once: checkFile keeps its
+// bytes, and its chunks come from them while the file on disk still looks as it did then (see Held).
 // Between chunks a file keeps only the identities it has seen, each with its line and fingerprint.
 
-import { createReadStream } from "node:fs";
+import { createReadStream, type BigIntStats } from "node:fs";
+import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import { EXTRA_COLUMN, GAP_COLUMNS, META_COLUMNS, parseBatchFileName, parseGapFileName, sha256, type GapKind, type LostRange } from "../batch.ts";
 import { byColumn, parseCsv, type ParsedCsv } from "../csv.ts";
@@ -93,8 +96,17 @@ export interface CheckedFile {
   readonly hash: string;
   /** ranges of offsets the consumer could not read (a gap file); empty for a batch file */
   readonly lost: readonly LostRange[];
-  /** the file's records, transformed, a chunk at a time; throws FileChangedError when the file is not as checked */
-  chunks(): AsyncIterable<Chunk>;
+  /**
+   * the file's records, transformed, a chunk at a time (of at most `limits`, CHUNK_RECORDS and CHUNK_CHARS by
+   * default); throws FileChangedError when the file is not as checked
+   */
+  chunks(limits?: ChunkLimits): AsyncIterable<Chunk>;
+}
+
+/** How big a chunk may be: records, and characters of the file. */
+export interface ChunkLimits {
+  readonly maxRecords?: number;
+  readonly maxChars?: number;
 }
 
 /** A batch file read, checked and transformed whole (tests, the bench's cleaned rows). */
@@ -515,8 +527,15 @@ function lineEnds(text: string): number {
  * records: a record ends at a line end outside quotes (a quote counts the same wherever it is, as both CSV
  * readers agree for the files that parse), so a piece holds at most `maxRecords` records or about `maxChars`
  * characters, and never the whole file. The first piece starts with the header. Throws on text that is not UTF-8.
+ * With `held`, the file's bytes as checkFile read them, the text is cut from those and the disk is not read.
  */
-export async function* readPieces(path: string, hasher: Bun.CryptoHasher, maxRecords = CHUNK_RECORDS, maxChars = CHUNK_CHARS): AsyncGenerator<Piece> {
+export async function* readPieces(
+  path: string,
+  hasher: Bun.CryptoHasher | undefined,
+  maxRecords = CHUNK_RECORDS,
+  maxChars = CHUNK_CHARS,
+  held?: Uint8Array,
+): AsyncGenerator<Piece> {
   const decoder = new TextDecoder("utf-8", { fatal: true });
   let text = "";
   let scan = 0; // where the search for the next line end goes on
@@ -535,8 +554,8 @@ export async function* readPieces(path: string, hasher: Bun.CryptoHasher, maxRec
     records = 0;
     return piece;
   };
-  for await (const block of blocksOf(path)) {
-    hasher.update(block);
+  for await (const block of held === undefined ? blocksOf(path) : [held]) {
+    hasher?.update(block);
     text += decoder.decode(block, { stream: true });
     if (quote === -1) quote = text.indexOf('"', scan);
     for (let end = text.indexOf("\n", scan); end !== -1; end = text.indexOf("\n", scan)) {
@@ -581,9 +600,14 @@ function headerOf(piece: Piece, columns: number): { text: string; lines: number 
 }
 
 /** Parsed records of a file, a piece at a time, with the columns of its header. */
-async function* readRecords(path: string, hasher: Bun.CryptoHasher, maxRecords?: number, maxChars?: number): AsyncGenerator<ParsedCsv & { chars: number }> {
+async function* readRecords(
+  path: string,
+  hasher: Bun.CryptoHasher | undefined,
+  limits: ChunkLimits,
+  held: Uint8Array | undefined,
+): AsyncGenerator<ParsedCsv & { chars: number }> {
   let header: { text: string; lines: number } | undefined;
-  for await (const piece of readPieces(path, hasher, maxRecords, maxChars)) {
+  for await (const piece of readPieces(path, hasher, limits.maxRecords, limits.maxChars, held)) {
     const parsed = parsePiece(piece, header, path);
     header ??= headerOf(piece, parsed.columns.length);
     yield Object.assign(parsed, { chars: piece.text.length });
@@ -605,29 +629,69 @@ function expectedHash(name: string): string | undefined {
 }
 
 /**
- * Checks a batch file without keeping it: its content (hashed as it is read from disk, a block at a time)
- * against the hash in its name. Whether its records read is found as it is loaded (readChunks). Throws
- * BadBatchFileError for a file that does not match its name.
+ * The bytes of a file of one read block, kept from its check to its load, with how the file looked before they
+ * were read: its size, inode and change times to the nanosecond. Any write to the file after that look
+ * changes its ctime (the kernel sets it; no tool can set it back), so while the file looks the same, the
+ * bytes kept are its content, and its chunks are cut from them without reading or hashing it again. A file
+ * that looks otherwise is read and hashed again from disk, as a bigger file always is (FileChangedError when its
+ * content is no longer the one checked).
+ */
+interface Held {
+  readonly bytes: Uint8Array;
+  readonly look: Look;
+}
+
+type Look = Pick<BigIntStats, "size" | "ino" | "mtimeNs" | "ctimeNs">;
+
+async function lookOf(path: string): Promise<Look> {
+  const { size, ino, mtimeNs, ctimeNs } = await stat(path, { bigint: true });
+  return { size, ino, mtimeNs, ctimeNs };
+}
+
+/** The bytes a held file's chunks are cut from: its held bytes while it looks as it did, else undefined (read it). */
+async function heldBytes(path: string, held: Held | undefined): Promise<Uint8Array | undefined> {
+  if (held === undefined) return undefined;
+  const now = await lookOf(path).catch(() => undefined); // gone: read from disk, which says so as before
+  const { look } = held;
+  const same = now !== undefined && now.size === look.size && now.ino === look.ino && now.mtimeNs === look.mtimeNs && now.ctimeNs === look.ctimeNs;
+  return same ? held.bytes : undefined;
+}
+
+/**
+ * Checks a batch file: its content (hashed as it is read from disk) against the hash in its name. A file of
+ * one read block is read whole and its bytes are kept for its load (Held); a bigger one is hashed a block at a
+ * time and not kept. Whether its records read is found as it is loaded (readChunks). Throws BadBatchFileError
+ * for a file that does not match its name.
  */
 export async function checkFile(dir: string, name: string): Promise<CheckedFile> {
   const path = join(dir, name);
   if (parseGapFileName(name)) return prepareFile(dir, name);
+  // The look first, then the bytes: a write after the look changes it, so the bytes match any look still the same.
+  const look = await lookOf(path);
+  let held: Held | undefined;
   const hasher = new Bun.CryptoHasher("sha256");
-  for await (const block of blocksOf(path)) hasher.update(block);
+  if (look.size <= READ_BYTES) {
+    const bytes = await Bun.file(path).bytes();
+    hasher.update(bytes);
+    // Grown past a block meanwhile: not kept (its look has changed anyway), read again as it loads.
+    if (bytes.length <= READ_BYTES) held = { bytes, look };
+  } else {
+    for await (const block of blocksOf(path)) hasher.update(block);
+  }
   const hash = hasher.digest("hex");
   const expected = expectedHash(name);
   if (expected && !hash.startsWith(expected)) {
     throw new BadBatchFileError("content does not match the hash in its name (truncated or edited after it was written)");
   }
-  return { name, hash, lost: [], chunks: () => readChunks(dir, name, hash) };
+  return { name, hash, lost: [], chunks: (limits = {}) => readChunks(dir, name, hash, limits, held) };
 }
 
 /**
  * The error of a file whose records do not read: FileChangedError when its content is no longer the one
  * checked, else BadBatchFileError as reading it whole words it (the line of the file, not of a piece).
  */
-async function explainProblem(path: string, name: string, hash: string, problem: Error): Promise<Error> {
-  const bytes = await Bun.file(path).bytes().catch(() => undefined);
+async function explainProblem(path: string, name: string, hash: string, problem: Error, held: Uint8Array | undefined): Promise<Error> {
+  const bytes = held ?? (await Bun.file(path).bytes().catch(() => undefined));
   if (bytes === undefined || sha256(bytes) !== hash) return new FileChangedError(name, `no longer reads as it did when it was checked (${problem.message})`);
   let message = problem.message;
   if (!(problem instanceof BadBatchFileError)) {
@@ -641,22 +705,24 @@ async function explainProblem(path: string, name: string, hash: string, problem:
 }
 
 /**
- * A checked file's records, transformed, chunk by chunk, read from disk. The content is hashed as it is read:
- * a file that is not the one checked (`hash`) ends in FileChangedError, before the transaction commits; one
- * whose records do not read, in BadBatchFileError naming the file.
+ * A checked file's records, transformed, chunk by chunk: from the bytes checkFile kept while the file still
+ * looks as it did then, else read from disk and hashed as they are read: a file that is not the one checked
+ * (`hash`) ends in FileChangedError, before the transaction commits. One whose records do not read ends in
+ * BadBatchFileError naming the file.
  */
-async function* readChunks(dir: string, name: string, hash: string, maxRecords?: number, maxChars?: number): AsyncGenerator<Chunk> {
+async function* readChunks(dir: string, name: string, hash: string, limits: ChunkLimits, held?: Held): AsyncGenerator<Chunk> {
   const path = join(dir, name);
-  const hasher = new Bun.CryptoHasher("sha256");
+  const bytes = await heldBytes(path, held);
+  const hasher = bytes === undefined ? new Bun.CryptoHasher("sha256") : undefined;
   let transformer: ReturnType<typeof createTransformer> | undefined;
-  const pieces = readRecords(path, hasher, maxRecords, maxChars);
+  const pieces = readRecords(path, hasher, limits, bytes);
   for (;;) {
     let next: IteratorResult<ParsedCsv & { chars: number }>;
     try {
       next = await pieces.next();
       if (!next.done) transformer ??= createTransformer(next.value.columns, name);
     } catch (error) {
-      throw await explainProblem(path, name, hash, error as Error);
+      throw await explainProblem(path, name, hash, error as Error, bytes);
     }
     if (next.done) break;
     // The previous chunk's rows go to PostgreSQL meanwhile: give the event loop a turn now and then, so its
@@ -667,7 +733,7 @@ async function* readChunks(dir: string, name: string, hash: string, maxRecords?:
     }
     yield transformer!.take(next.value.chars);
   }
-  if (hasher.digest("hex") !== hash) throw new FileChangedError(name, "its content changed after it was checked");
+  if (hasher !== undefined && hasher.digest("hex") !== hash) throw new FileChangedError(name, "its content changed after it was checked");
 }
 
 /** Extract + transform of one file, whole (tests, the bench). Throws BadBatchFileError for a file that is not a readable batch. */
@@ -697,6 +763,6 @@ export async function prepareFile(dir: string, name: string): Promise<PreparedFi
 }
 
 /** A checked file's chunks of at most `maxRecords` records (tests of the chunking). */
-export function chunksOf(dir: string, file: CheckedFile, maxRecords: number, maxChars?: number): AsyncIterable<Chunk> {
-  return readChunks(dir, file.name, file.hash, maxRecords, maxChars);
+export function chunksOf(_dir: string, file: CheckedFile, maxRecords: number, maxChars?: number): AsyncIterable<Chunk> {
+  return file.chunks({ maxRecords, maxChars });
 }
