@@ -103,19 +103,58 @@ interface Cost {
   readonly rssBytes: number;
 }
 
+/** The peak resident memory ("VmHWM") in a /proc/<pid>/status text, in bytes. */
+export function highWaterMark(status: string): number | undefined {
+  const kb = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1];
+  return kb === undefined ? undefined : Number(kb) * 1024;
+}
+
+/**
+ * Each child's own peak memory, read from /proc every 100 ms while it runs (and once more as it is stopped).
+ * Not the exit's rusage: a child spawned from this process starts in its memory (Bun spawns with vfork), so
+ * its maxRSS is at least this process's own peak, a few hundred MB once the bench has prepared a million rows.
+ */
+const peaks = new WeakMap<Bun.Subprocess, { bytes: number; timer: Timer }>();
+
+function trackPeak<P extends Bun.Subprocess>(proc: P): P {
+  const peak = { bytes: 0, timer: setInterval(() => samplePeak(proc), 100) };
+  peaks.set(proc, peak);
+  samplePeak(proc);
+  return proc;
+}
+
+function samplePeak(proc: Bun.Subprocess): void {
+  const peak = peaks.get(proc);
+  if (!peak || proc.exitCode !== null || proc.signalCode !== null) return;
+  try {
+    peak.bytes = Math.max(peak.bytes, highWaterMark(readFileSync(`/proc/${proc.pid}/status`, "latin1")) ?? 0);
+  } catch {
+    // gone between the check and the read
+  }
+}
+
+/** The child's peak memory as sampled; its rusage's only when no sample was taken (a child of under 100 ms). */
+function peakOf(proc: Bun.Subprocess): number {
+  const peak = peaks.get(proc);
+  if (peak) clearInterval(peak.timer);
+  return peak && peak.bytes > 0 ? peak.bytes : proc.resourceUsage()!.maxRSS;
+}
+
 /** Runs a command to completion; throws with its output when it fails. */
 async function measure(cmd: string[], env: Record<string, string> = {}, stdoutFile?: string): Promise<Cost> {
   const started = performance.now();
-  const child = Bun.spawn(cmd, {
-    env: { ...process.env, LOG_LEVEL: "warn", ...env },
-    stdout: stdoutFile ? Bun.file(stdoutFile) : "ignore",
-    stderr: "pipe",
-  });
+  const child = trackPeak(
+    Bun.spawn(cmd, {
+      env: { ...process.env, LOG_LEVEL: "warn", ...env },
+      stdout: stdoutFile ? Bun.file(stdoutFile) : "ignore",
+      stderr: "pipe",
+    }),
+  );
   const [code, stderr] = await Promise.all([child.exited, new Response(child.stderr).text()]);
   const ms = performance.now() - started;
   if (code !== 0) throw new Error(`${cmd.join(" ")} exited ${code}\n${stderr}`);
   const usage = child.resourceUsage()!;
-  return { ms, cpuMs: Number(usage.cpuTime.total) / 1000, rssBytes: usage.maxRSS };
+  return { ms, cpuMs: Number(usage.cpuTime.total) / 1000, rssBytes: peakOf(child) };
 }
 
 /** Where --profile puts one CPU profile per run of our scripts; undefined: no profiles. */
@@ -369,7 +408,7 @@ interface Watched {
 
 /** Starts a script in the background under the name `name`: its warnings and errors go to this terminal. */
 function start(name: string, file: string, args: string[], env: Record<string, string>, finishes = false): Watched {
-  const proc = Bun.spawn(script(file, args), { env: { ...process.env, LOG_LEVEL: "warn", ...env }, stdout: "ignore", stderr: "inherit" });
+  const proc = trackPeak(Bun.spawn(script(file, args), { env: { ...process.env, LOG_LEVEL: "warn", ...env }, stdout: "ignore", stderr: "inherit" }));
   return { name, proc, finishes };
 }
 
@@ -408,6 +447,7 @@ async function untilRows(count: () => Promise<number>, n: number, watched: reado
 /** Stops a background process (SIGTERM, SIGKILL after 30 s) and returns what it cost since `started`. */
 async function stopAndCost(proc: Bun.Subprocess, started: number): Promise<Cost> {
   if (proc.exitCode === null && proc.signalCode === null) {
+    samplePeak(proc);
     proc.kill("SIGTERM");
     try {
       await pollUntil(() => proc.exitCode !== null || proc.signalCode !== null, { timeout: 30_000, every: 50, what: `pid ${proc.pid} to stop` });
@@ -418,7 +458,7 @@ async function stopAndCost(proc: Bun.Subprocess, started: number): Promise<Cost>
   }
   await proc.exited;
   const usage = proc.resourceUsage()!;
-  return { ms: performance.now() - started, cpuMs: Number(usage.cpuTime.total) / 1000, rssBytes: usage.maxRSS };
+  return { ms: performance.now() - started, cpuMs: Number(usage.cpuTime.total) / 1000, rssBytes: peakOf(proc) };
 }
 
 /** After a failure: the scripts still running are stopped, not left behind. */
@@ -546,9 +586,11 @@ async function runConnect(b: Bench, jars: ConnectJars, topic: string, tuned: boo
   const output = openSync(join(dir, "console.log"), "a");
   const started = performance.now();
   // The heap connect-standalone.sh gives the worker.
-  const java = Bun.spawn(
-    ["java", "-Xms256M", "-Xmx2G", `-Dlog4j2.configurationFile=${files.log4j}`, "-cp", `${jars.libs}/*`, "org.apache.kafka.connect.cli.ConnectStandalone", files.worker, files.connector],
-    { stdout: output, stderr: output },
+  const java = trackPeak(
+    Bun.spawn(
+      ["java", "-Xms256M", "-Xmx2G", `-Dlog4j2.configurationFile=${files.log4j}`, "-cp", `${jars.libs}/*`, "org.apache.kafka.connect.cli.ConnectStandalone", files.worker, files.connector],
+      { stdout: output, stderr: output },
+    ),
   );
   closeSync(output);
   const what = `Kafka Connect (${tuned ? "tuned" : "defaults"})`;

@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { medianRss, memoryMarks, parseStages, scriptCommand } from "../scripts/bench.ts";
+import { highWaterMark, medianRss, memoryMarks, parseStages, scriptCommand } from "../scripts/bench.ts";
 import { parseDatabase } from "../scripts/lib/config.ts";
 import {
   CONNECT_SCHEMA,
@@ -176,6 +176,21 @@ describe("bench --stages", () => {
 
   test("refuses a stage it does not know, naming it and the stages there are", () => {
     expect(() => parseStages("scale,loadr")).toThrow('--stages: unknown stage "loadr" (stages: producer, consumer, loader, together, connect, scale)');
+  });
+});
+
+describe("a child's peak memory", () => {
+  test("is read from VmHWM in /proc/<pid>/status, in bytes", () => {
+    expect(highWaterMark("Name:\tload.ts\nVmPeak:\t 6625652 kB\nVmHWM:\t  167628 kB\nVmRSS:\t  150000 kB\n")).toBe(167_628 * 1024);
+    expect(highWaterMark("Name:\tx\nState:\tZ (zombie)\n")).toBeUndefined();
+  });
+
+  test("is this process's own: a child spawned from a process holding 300 MB is not charged with them", () => {
+    const held = Buffer.alloc(300 * 2 ** 20, 1);
+    const child = Bun.spawnSync(["cat", "/proc/self/status"]);
+    expect(held.length).toBe(300 * 2 ** 20);
+    expect(highWaterMark(child.stdout.toString())!).toBeLessThan(50 * 2 ** 20);
+    expect(child.resourceUsage.maxRSS).toBeGreaterThan(300 * 2 ** 20); // what the exit's rusage says instead
   });
 });
 
