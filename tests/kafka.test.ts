@@ -2,13 +2,13 @@
 // turning a refused login or certificate into a message that names the setting, waiting for the broker to come
 // back, and the partitioner, grouping, encoders, record decoder and CRC that replace kafkajs' slow ones.
 
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setSystemTime, test } from "bun:test";
 import { createRequire } from "node:module";
 import type { Message, PartitionMetadata } from "kafkajs";
 import { readConfig, type Config } from "../scripts/lib/config.ts";
 import { createKafka, ensureTopic, kafkaSecurity, keyPartitioner, murmur2 } from "../scripts/lib/kafka.ts";
 import { isKafkaUnavailable, kafkaAccessError, whileKafkaUnavailable } from "../scripts/lib/kafka_errors.ts";
-import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, OFFSET_MANAGER, PATCHED, RECORD_DECODER, RECORD_ENCODER, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
+import { crc32c, ENCODER, grouping, groupMessagesPerPartition, loadKafkajs, OFFSET_MANAGER, PATCHED, PRODUCE_REQUEST, RECORD_DECODER, REQUEST_FRAMING, RECORD_ENCODER, SEND_MESSAGES, sendMessages } from "../scripts/lib/kafkajs_fixes.ts";
 import { PRODUCE_RESPONSES } from "../scripts/lib/kafkajs_send.ts";
 import { acknowledgedCount } from "../scripts/producer.ts";
 import { BROKERS, uniqueName } from "./helpers.ts";
@@ -354,6 +354,48 @@ describe("kafkajs' encoder and CRC-32C", () => {
     }
     const headers = (decode(ours.decodeRecord, records[1]!, contexts[0]!) as { headers: Record<string, unknown> }).headers;
     expect(headers).toEqual({ source_file: Buffer.from("s.csv"), source_line: Buffer.from("1"), twice: [Buffer.from("a"), Buffer.from("b"), Buffer.from("c")], none: null });
+  });
+
+  test("produce requests are framed byte for byte as kafkajs' own, with and without timestamps, idempotent or compressed", async () => {
+    // v4 to v7 take v3 at their load, so each side loads its own chain.
+    const requests = [3, 4, 5, 6, 7].map((v) => `kafkajs/src/protocol/requests/produce/v${v}/request.js`);
+    const load = () => ({
+      request: new Map(requests.map((path, i) => [i + 3, require(path) as (args: object) => object])),
+      frame: require(REQUEST_FRAMING) as (args: { correlationId: number; clientId: string; request: object }) => Promise<{ buffer: Buffer }>,
+    });
+    const mine = load();
+    const theirs = kafkajsOriginals([...BATCH_MODULES, PRODUCE_REQUEST, REQUEST_FRAMING, ...requests], load);
+    expect(mine.request.get(3)).toBe(require(PRODUCE_REQUEST));
+    expect(mine.frame).not.toBe(theirs.frame);
+    const messages = (n: number, stamped: boolean) =>
+      Array.from({ length: n }, (_, i) => ({
+        key: `s.csv:${i}`,
+        value: `{"Row ID":"${i}","é":"😀${"x".repeat(i % 50)}"}`,
+        headers: { source_file: "s.csv", source_line: String(i) },
+        ...(stamped ? { timestamp: String(1_700_000_000_000 + ((i * 7919) % 1000)) } : {}),
+      }));
+    const topicData = (stamped: boolean) => [
+      { topic: "sales_topic", partitions: [0, 2].map((partition) => ({ partition, firstSequence: 40 + partition, messages: messages(150 + partition, stamped) })) },
+      { topic: "other", partitions: [{ partition: 1, firstSequence: 0, messages: messages(3, stamped) }] },
+    ];
+    setSystemTime(new Date(1_700_000_123_456));
+    try {
+      for (const version of [3, 5, 7]) {
+        for (const args of [
+          { acks: -1, timeout: 30_000, topicData: topicData(true) },
+          { acks: -1, timeout: 30_000, topicData: topicData(false), producerId: 123_456_789, producerEpoch: 2 },
+          { acks: 1, timeout: 100, topicData: topicData(true), transactionalId: "tx-é", producerId: 7, producerEpoch: 1 },
+          { acks: -1, timeout: 30_000, topicData: topicData(true), compression: 1 },
+        ]) {
+          const frame = async (k: typeof mine) => (await k.frame({ correlationId: 42, clientId: "sales-pipeline", request: k.request.get(version)!(args) })).buffer;
+          const [a, b] = [await frame(mine), await frame(theirs)];
+          expect(a.length).toBeGreaterThan(1_000);
+          expect([version, a.equals(b)]).toEqual([version, true]);
+        }
+      }
+    } finally {
+      setSystemTime();
+    }
   });
 });
 

@@ -21,9 +21,11 @@
 //    coordinator", connection refused) until the consumer happens to join again, and a stop's last commit fails.
 //    Patched to ask the cluster which broker coordinates the group after such an answer or a lost connection, as
 //    Kafka's Java client does; the membership stays (the new coordinator knows the group's members).
+// 8. A produce request copies every record batch five times on its way to the socket (partition, topic, request,
+//    header, size, each an Encoder of its own): replaced by lib/kafkajs_records.ts, with one copy (the same bytes).
 import { createRequire } from "node:module";
 import type * as KafkaJS from "kafkajs";
-import { createRecordBatch, createRecordDecoder, createRecordEncoder, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
+import { createProduceRequest, createRecordBatch, createRecordDecoder, createRecordEncoder, createRequestFraming, type EncoderClass as RecordEncoderClass } from "./kafkajs_records.ts";
 import { createSendMessages, keepEveryPartitionsAnswer } from "./kafkajs_send.ts";
 
 const require = createRequire(import.meta.url);
@@ -163,6 +165,10 @@ export const RECORD_ENCODER = "kafkajs/src/protocol/recordBatch/record/v0/index.
 /** kafkajs' record batch encoder module, whose RecordBatch is replaced by lib/kafkajs_records.ts'. */
 export const RECORD_BATCH = "kafkajs/src/protocol/recordBatch/v0/index.js";
 
+/** kafkajs' produce request v3 (which v4 to v7 reuse) and request framing, replaced by lib/kafkajs_records.ts' (fix 8). */
+export const PRODUCE_REQUEST = "kafkajs/src/protocol/requests/produce/v3/request.js";
+export const REQUEST_FRAMING = "kafkajs/src/protocol/request.js";
+
 /** kafkajs' record decoder module, replaced by lib/kafkajs_records.ts (which falls back on it past 2^53). */
 export const RECORD_DECODER = "kafkajs/src/protocol/recordBatch/record/v0/decoder.js";
 
@@ -180,18 +186,27 @@ function patchRecords(replaced: Map<string, unknown>): void {
   const Encoder = require(ENCODER) as RecordEncoderClass;
   const encodeRecord = createRecordEncoder(Encoder);
   replaced.set(replaceModule(RECORD_ENCODER, encodeRecord), encodeRecord);
-  const decoderPath = require.resolve(RECORD_DECODER);
-  if (require.cache[decoderPath] === undefined) {
-    // Ours falls back on kafkajs' own: loaded first, then ours takes its place in the module cache.
-    const original = require(RECORD_DECODER) as Parameters<typeof createRecordDecoder>[0];
-    delete require.cache[decoderPath];
-    const decodeRecord = createRecordDecoder(original);
-    replaced.set(replaceModule(RECORD_DECODER, decodeRecord), decodeRecord);
-  }
+  replaceKeeping(replaced, RECORD_DECODER, (original: Parameters<typeof createRecordDecoder>[0]) => createRecordDecoder(original));
   const batchModule = require(RECORD_BATCH) as { RecordBatch: Parameters<typeof createRecordBatch>[1] & { [PATCHED]?: true } };
-  if (batchModule.RecordBatch[PATCHED]) return;
-  const encodeBatch = Object.assign(createRecordBatch(Encoder, batchModule.RecordBatch, crc32c), { [PATCHED]: true as const });
-  batchModule.RecordBatch = encodeBatch;
+  if (!batchModule.RecordBatch[PATCHED]) {
+    batchModule.RecordBatch = Object.assign(createRecordBatch(Encoder, batchModule.RecordBatch, crc32c), { [PATCHED]: true as const });
+  }
+  // After the record and batch encoders: kafkajs' produce request takes both at its load, and ours falls back on it.
+  replaceKeeping(replaced, PRODUCE_REQUEST, (original: Parameters<typeof createProduceRequest>[1]) =>
+    createProduceRequest(Encoder, original, encodeRecord, batchModule.RecordBatch),
+  );
+  const framing = createRequestFraming(Encoder);
+  replaced.set(replaceModule(REQUEST_FRAMING, framing), framing);
+}
+
+/** Puts `make(kafkajs' own module)` in its place in the module cache: kafkajs' own is loaded first, for ours to fall back on. */
+function replaceKeeping<T>(replaced: Map<string, unknown>, specifier: string, make: (original: T) => unknown): void {
+  const path = require.resolve(specifier);
+  if (require.cache[path] !== undefined) return;
+  const original = require(specifier) as T;
+  delete require.cache[path];
+  const ours = make(original);
+  replaced.set(replaceModule(specifier, ours), ours);
 }
 
 /** kafkajs' consumer offset manager, patched in place (fix 7). */
