@@ -1,6 +1,7 @@
 // kafkajs 2.2.4's record encoder (protocol/recordBatch/record/v0), record batch encoder (protocol/recordBatch/v0)
 // and record decoder (protocol/recordBatch/record/v0/decoder), replaced for speed with the same bytes and the
-// same decoded records. Installed by loadKafkajs (lib/kafkajs_fixes.ts).
+// same decoded records; and the produce request (requests/produce/v3) and the request framing (protocol/request.js),
+// with the same bytes and one copy of each batch. Installed by loadKafkajs (lib/kafkajs_fixes.ts).
 //
 // - Encoding: kafkajs makes an Encoder per record and one per header, each a zero-filled 512-byte buffer, copies
 //   every header into its record and every record into the batch: several small allocations and copies per
