@@ -33,7 +33,7 @@
 // Env: DATABASE_URL (or PG*), BATCHES_DIR, BATCH_RETENTION, BATCH_RETENTION_DAYS, LOG_LEVEL, LOG_PROGRESS.
 // Flags: --dir, --watch, --retention, --retention-days, --help.
 
-import { existsSync, watch, type FSWatcher } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdir, readdir, rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { parseBatchFileName, parseGapFileName, sha256 } from "./lib/batch.ts";
@@ -49,6 +49,7 @@ import {
   openDatabase,
   type Database,
 } from "./lib/db.ts";
+import { FolderChanges, RECHECK_ALL, type Recheck } from "./lib/load/changes.ts";
 import { BadBatchFileError, checkFile, FileChangedError, type CheckedFile } from "./lib/load/read.ts";
 import { writeRejects } from "./lib/load/rejects.ts";
 import { LOCK_WAIT_MS, LoaderLockError } from "./lib/load/lock.ts";
@@ -143,6 +144,11 @@ export class LoadedFiles {
     return true;
   }
 
+  /** Whether this run loaded `name` (or found it loaded): a pass looks at it again only when it may have changed. */
+  loadedHere(name: string): boolean {
+    return this.seen.has(name);
+  }
+
   /** The loaded content of `name` while it looks as it did when it was judged loaded; undefined otherwise. */
   hashOf(name: string, stamp: Stamp): string | undefined {
     const seen = this.seen.get(name);
@@ -169,11 +175,13 @@ export function describeCrossSource(batchFile: string, rows: readonly SameAs[]):
 }
 
 /** Batch files waiting in `dir`, oldest name first, with their sizes; dot files (being written) are not ready. */
-export async function pendingFiles(dir: string, done: LoadedFiles, now = Date.now()): Promise<PendingFile[]> {
+export async function pendingFiles(dir: string, done: LoadedFiles, now = Date.now(), recheck: Recheck = RECHECK_ALL): Promise<PendingFile[]> {
   const entries = await readdir(dir, { withFileTypes: true });
   const names = entries
     .filter((d) => (d.isFile() || d.isSymbolicLink()) && d.name.endsWith(".csv") && !d.name.startsWith("."))
     .map((d) => d.name)
+    // A file this run loaded is looked at again only when it may have changed (lib/load/changes.ts).
+    .filter((name) => !done.loadedHere(name) || recheck(name))
     .sort();
   const infos = await Promise.all(names.map((name) => stat(join(dir, name)).catch(() => undefined)));
   const pending: PendingFile[] = [];
@@ -205,30 +213,6 @@ export function groupFiles<T extends { size: number }>(files: readonly T[], maxB
   }
   if (current.length > 0) groups.push(current);
   return groups;
-}
-
-/**
- * Resolves when something in `dir` changes (a batch file renamed into place), or after `ms` at the latest: the
- * folder is watched, and also looked at twice a second, since not every filesystem reports changes.
- */
-function nextChange(dir: string, ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    let watcher: FSWatcher | undefined;
-    const done = () => {
-      watcher?.close();
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    try {
-      watcher = watch(dir, done);
-      watcher.on("error", done);
-    } catch {
-      // Not watchable here: the timer alone paces the loop.
-    }
-  });
 }
 
 /**
@@ -500,12 +484,14 @@ async function reportGroup({ db, log, watch }: LoaderRun, results: readonly File
  * transaction runs, and within a group each chunk is cleaned while PostgreSQL takes the one before it.
  * Returns false when it stopped early (a stop request while waiting for the database).
  */
-async function loadPending(run: LoaderRun, done: LoadedFiles): Promise<boolean> {
+async function loadPending(run: LoaderRun, done: LoadedFiles, recheck: Recheck): Promise<boolean> {
   const { dir, log, shutdown } = run;
   const began = performance.now();
+  // Files left to settle are looked at again whether or not the folder reported them since.
+  const unsettled = new Set(run.unsettled);
   run.unsettled.clear();
   run.young.clear();
-  const pending = await pendingFiles(dir, done);
+  const pending = await pendingFiles(dir, done, Date.now(), (name) => unsettled.has(name) || recheck(name));
   if (pending.length === 0) return true;
   const stamps = new Map(pending.map((f) => [f.name, f.stamp]));
   const groups = groupFiles(pending);
@@ -607,7 +593,7 @@ function createLoader(options: LoaderOptions) {
   return {
     totals: run.totals,
     persist: run.persist,
-    loadPending: (done: LoadedFiles) => loadPending(run, done),
+    loadPending: (done: LoadedFiles, recheck: Recheck = RECHECK_ALL) => loadPending(run, done, recheck),
     sweepFolder: (done: LoadedFiles) => sweepFolder(run, done),
     unsettled: run.unsettled,
   };
@@ -652,15 +638,21 @@ export function retentionFrom(flags: { retention?: string; "retention-days"?: st
  */
 async function loadUntilDone(loader: ReturnType<typeof createLoader>, done: LoadedFiles, dir: string, watch: boolean, shutdown: Shutdown): Promise<void> {
   let swept = -Infinity;
-  while (!shutdown.requested) {
-    if (!(await loader.loadPending(done))) return;
-    if (watch && performance.now() - swept >= RETENTION_SWEEP_MS) {
-      await loader.sweepFolder(done);
-      swept = performance.now();
+  // The folder is watched, and also looked at twice a second, since not every filesystem reports changes.
+  const changes = new FolderChanges(dir);
+  try {
+    while (!shutdown.requested) {
+      if (!(await loader.loadPending(done, watch ? changes.take() : RECHECK_ALL))) return;
+      if (watch && performance.now() - swept >= RETENTION_SWEEP_MS) {
+        await loader.sweepFolder(done);
+        swept = performance.now();
+      }
+      // A single run ends when nothing is left; it waits only for files still being written.
+      if (!watch && loader.unsettled.size === 0) break;
+      await changes.next(500, shutdown.signal);
     }
-    // A single run ends when nothing is left; it waits only for files still being written.
-    if (!watch && loader.unsettled.size === 0) break;
-    await nextChange(dir, 500, shutdown.signal);
+  } finally {
+    changes.close();
   }
   if (!watch && !shutdown.requested) await loader.sweepFolder(done);
 }

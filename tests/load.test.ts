@@ -3,7 +3,7 @@
 // telling a lost connection from a problem with the data (scripts/lib/db.ts).
 
 import { describe, expect, spyOn, test } from "bun:test";
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gapFile, META_COLUMNS } from "../scripts/lib/batch.ts";
@@ -26,7 +26,10 @@ import {
   transform,
 } from "../scripts/lib/load/read.ts";
 import { isLater, latestBy } from "../scripts/lib/load/transaction.ts";
-import { groupFiles } from "../scripts/load.ts";
+import { FolderChanges } from "../scripts/lib/load/changes.ts";
+import { stampOf } from "../scripts/lib/load/retention.ts";
+import { waitFor } from "./helpers.ts";
+import { groupFiles, LoadedFiles, pendingFiles } from "../scripts/load.ts";
 
 const SOURCE_COLUMNS = [
   "Row ID",
@@ -585,6 +588,58 @@ describe("groupFiles", () => {
 
   test("returns no groups for no files", () => {
     expect(groupFiles([], 100, 10)).toEqual([]);
+  });
+});
+
+describe("the folder's changes (--watch)", () => {
+  const folder = () => mkdtempSync(join(tmpdir(), "load-changes-"));
+  const stampNow = (path: string) => stampOf(statSync(path));
+
+  test("a loaded file is looked at again only when the watch names it, or at a full look", async () => {
+    const dir = folder();
+    let clock = 0;
+    const changes = new FolderChanges(dir, 60_000, () => clock);
+    try {
+      expect(changes.watching).toBe(true);
+      expect(changes.take()("a.csv")).toBe(true); // the first pass looks at everything
+      expect(changes.take()("a.csv")).toBe(false);
+      writeFileSync(join(dir, "a.csv"), "x");
+      await waitFor("the watch to name a.csv", async () => {
+        await changes.next(50, new AbortController().signal);
+        const recheck = changes.take();
+        return recheck("a.csv") && !recheck("b.csv");
+      });
+      expect(changes.take()("a.csv")).toBe(false);
+      clock = 60_000;
+      expect(changes.take()("b.csv")).toBe(true);
+    } finally {
+      changes.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a folder that cannot be watched is looked at whole every pass", () => {
+    const changes = new FolderChanges(join(tmpdir(), "no-such-folder-" + process.pid));
+    expect(changes.watching).toBe(false);
+    expect([changes.take()("a.csv"), changes.take()("a.csv")]).toEqual([true, true]);
+  });
+
+  test("pendingFiles skips a file this run loaded unless told to look again, and then sees it changed", async () => {
+    const dir = folder();
+    try {
+      const path = join(dir, "a.csv");
+      writeFileSync(path, "one");
+      const done = new LoadedFiles(new Map());
+      done.loaded("a.csv", stampNow(path), "hash-of-one");
+      writeFileSync(join(dir, "b.csv"), "new");
+      writeFileSync(path, "changed");
+      const names = async (recheck?: (name: string) => boolean) => (await pendingFiles(dir, done, Date.now(), recheck)).map((f) => f.name);
+      expect(await names(() => false)).toEqual(["b.csv"]);
+      expect(await names((name) => name === "a.csv")).toEqual(["a.csv", "b.csv"]);
+      expect(await names()).toEqual(["a.csv", "b.csv"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
